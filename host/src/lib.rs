@@ -1,1 +1,14 @@
+//! # logstream
+//!
+//! The LogStream host: runs stateful log processors, compiled to
+//! WebAssembly components, with active-passive failover.
+//!
+//! - [`wasm`]: the processor runtime (engine, sandbox, instances, recovery);
+//! - [`jsonl`]: the JSON-lines record format of `run-local`;
+//! - [`sample_logs`]: deterministic realistic sample records;
+//! - [`cli`]: the `logstream` command line.
 
+pub mod cli;
+pub mod jsonl;
+pub mod sample_logs;
+pub mod wasm;

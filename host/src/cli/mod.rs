@@ -1,0 +1,128 @@
+//! The command line: argument definitions (clap) and dispatch to one module
+//! per command. Each command returns an exit code or an error; `main` prints
+//! errors as one line on stderr and exits non-zero.
+
+mod check;
+mod gen_logs;
+mod run_local;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::wasm::{CompileCache, InstanceLimits, ModuleLoader, WasmEngine};
+
+/// LogStream: stateful WebAssembly log processors with active-passive failover.
+#[derive(Debug, Parser)]
+#[command(name = "logstream", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `logstream=debug`).
+    #[arg(long, global = true, env = "LOGSTREAM_LOG", default_value = "warn")]
+    pub log: String,
+
+    /// Where compiled modules are cached [default: $XDG_CACHE_HOME/logstream].
+    #[arg(long, global = true, env = "LOGSTREAM_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile modules afresh instead of using the cache.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a processor component and print its interface and state version.
+    Check(check::CheckArgs),
+    /// Run a processor over a JSON-lines file and print its outputs (the
+    /// plugin author's harness).
+    RunLocal(run_local::RunLocalArgs),
+    /// Write realistic sample log records as JSON lines (run-local input format).
+    GenLogs(gen_logs::GenLogsArgs),
+}
+
+/// Limits of processor instances, shared by the commands that run them.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Memory limit of one processor instance, in MiB.
+    #[arg(long, default_value_t = (crate::wasm::limits::DEFAULT_MEMORY_LIMIT_BYTES >> 20) as u64)]
+    pub memory_limit_mib: u64,
+
+    /// Time limit of one call into the processor, in milliseconds.
+    #[arg(long, default_value_t = crate::wasm::limits::DEFAULT_CALL_TIMEOUT.as_millis() as u64)]
+    pub call_timeout_ms: u64,
+
+    /// Limit on the payload one call may return, in MiB.
+    #[arg(long, default_value_t = (crate::wasm::limits::DEFAULT_MAX_OUTPUT_BYTES_PER_CALL >> 20) as u64)]
+    pub max_output_mib: u64,
+}
+
+impl LimitArgs {
+    fn instance_limits(&self) -> InstanceLimits {
+        InstanceLimits {
+            memory_limit_bytes: usize::try_from(self.memory_limit_mib << 20).unwrap_or(usize::MAX),
+            call_timeout: Duration::from_millis(self.call_timeout_ms),
+            max_output_bytes_per_call: usize::try_from(self.max_output_mib << 20).unwrap_or(usize::MAX),
+            ..InstanceLimits::default()
+        }
+    }
+}
+
+/// Set up `tracing` to stderr with the `--log` filter.
+pub fn init_tracing(global: &GlobalArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&global.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// An error and its causes on one line.
+pub fn one_line(error: &anyhow::Error) -> String {
+    format!("{error:#}").replace('\n', " ")
+}
+
+/// Run one command.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check(args) => check::run(&cli.global, args),
+        Command::RunLocal(args) => run_local::run(&cli.global, args),
+        Command::GenLogs(args) => gen_logs::run(args),
+    }
+}
+
+/// Engine and loader for commands that load modules.
+fn module_loader(global: &GlobalArgs, limits: InstanceLimits) -> Result<ModuleLoader> {
+    let engine = WasmEngine::new(limits)?;
+    let cache = if global.no_cache {
+        None
+    } else {
+        global
+            .cache_dir
+            .clone()
+            .or_else(CompileCache::default_dir)
+            .map(CompileCache::new)
+    };
+    ModuleLoader::new(engine, cache)
+}
+
+/// Read and validate a module file, naming the file in every error.
+fn load_module(loader: &ModuleLoader, path: &std::path::Path) -> Result<crate::wasm::ProcessorModule> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    loader
+        .load(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is {e}", path.display()))
+}

@@ -1,0 +1,164 @@
+//! One live processor instance: a store, the instantiated component and the
+//! calls into it, each under the engine's time limit and output limit.
+//!
+//! Guarantees:
+//! - every call runs with a fresh epoch deadline of the configured timeout;
+//! - a trap, a timeout, a memory-limit hit or an oversized result marks the
+//!   instance dead ([`GuestError::is_fatal`]): every later call fails at once
+//!   without entering the guest, and the owner must start a new instance;
+//! - an error the processor *returns* (`processor-error`) leaves it alive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use wasmtime::{Store, Trap};
+
+use super::bindings::{BatchResult, LogProcessor, LogProcessorPre, LogRecord, ProcessorError};
+use super::engine::WasmEngine;
+use super::limits::InstanceLimits;
+use super::sandbox::{MemoryLimitExceeded, SandboxState};
+
+/// Why a call into a processor failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GuestError {
+    #[error("the processor trapped: {0}")]
+    Trap(String),
+    #[error("the processor exceeded its time limit of {0:?} per call")]
+    TimeLimit(Duration),
+    #[error("the processor exceeded its memory limit: {0}")]
+    MemoryLimit(String),
+    #[error("the processor returned {bytes} bytes, more than the limit of {limit} bytes per call")]
+    OutputTooLarge { bytes: usize, limit: usize },
+    #[error("the instance is dead after an earlier failure")]
+    Dead,
+    #[error("the processor returned an error: {0}")]
+    Returned(ProcessorError),
+}
+
+impl GuestError {
+    /// Whether the instance must be discarded.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, GuestError::Returned(_))
+    }
+}
+
+/// A started instance of a processor module.
+pub struct ProcessorInstance {
+    name: Arc<str>,
+    store: Store<SandboxState>,
+    bindings: LogProcessor,
+    limits: InstanceLimits,
+    dead: bool,
+}
+
+impl ProcessorInstance {
+    pub(crate) fn start(
+        engine: &WasmEngine,
+        pre: &LogProcessorPre<SandboxState>,
+        name: Arc<str>,
+    ) -> anyhow::Result<Self> {
+        let limits = engine.limits();
+        let mut store = Store::new(
+            engine.engine(),
+            SandboxState::new(name.clone(), limits.memory_limit_bytes),
+        );
+        store.limiter(|state| state);
+        store.set_epoch_deadline(limits.call_timeout_ticks());
+        store.epoch_deadline_trap();
+        let bindings = pre
+            .instantiate(&mut store)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("instantiating processor '{name}'"))?;
+        Ok(ProcessorInstance {
+            name,
+            store,
+            bindings,
+            limits: limits.clone(),
+            dead: false,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// Run one guest call with a fresh deadline, classifying failures and
+    /// marking the instance dead on a fatal one.
+    fn call<R>(
+        &mut self,
+        output_bytes: impl FnOnce(&R) -> usize,
+        f: impl FnOnce(&LogProcessor, &mut Store<SandboxState>) -> wasmtime::Result<Result<R, ProcessorError>>,
+    ) -> Result<R, GuestError> {
+        if self.dead {
+            return Err(GuestError::Dead);
+        }
+        let limits = &self.limits;
+        self.store.set_epoch_deadline(limits.call_timeout_ticks());
+        let result = match f(&self.bindings, &mut self.store) {
+            Ok(Ok(value)) => {
+                let bytes = output_bytes(&value);
+                if bytes > limits.max_output_bytes_per_call {
+                    Err(GuestError::OutputTooLarge {
+                        bytes,
+                        limit: limits.max_output_bytes_per_call,
+                    })
+                } else {
+                    Ok(value)
+                }
+            }
+            Ok(Err(returned)) => Err(GuestError::Returned(returned)),
+            Err(trap) => Err(classify_trap(&trap, limits.call_timeout)),
+        };
+        if let Err(error) = &result {
+            if error.is_fatal() {
+                self.dead = true;
+            }
+        }
+        result
+    }
+
+    pub fn state_version(&mut self) -> Result<u32, GuestError> {
+        self.call(
+            |_| 0,
+            |b, s| b.logstream_processor_processor().call_state_version(s).map(Ok),
+        )
+    }
+
+    pub fn configure(&mut self, config: &str) -> Result<(), GuestError> {
+        self.call(|_| 0, |b, s| b.logstream_processor_processor().call_configure(s, config))
+    }
+
+    pub fn process_batch(&mut self, records: &[LogRecord]) -> Result<BatchResult, GuestError> {
+        self.call(batch_result_bytes, |b, s| {
+            b.logstream_processor_processor().call_process_batch(s, records)
+        })
+    }
+
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, GuestError> {
+        self.call(Vec::len, |b, s| b.logstream_processor_processor().call_snapshot(s))
+    }
+
+    pub fn restore(&mut self, state: &[u8]) -> Result<(), GuestError> {
+        self.call(|_| 0, |b, s| b.logstream_processor_processor().call_restore(s, state))
+    }
+}
+
+fn batch_result_bytes(result: &BatchResult) -> usize {
+    result.outputs.iter().map(|o| o.payload_bytes()).sum::<usize>()
+        + result.rejections.iter().map(|r| r.reason.len()).sum::<usize>()
+}
+
+fn classify_trap(error: &wasmtime::Error, timeout: Duration) -> GuestError {
+    if let Some(limit) = error.downcast_ref::<MemoryLimitExceeded>() {
+        return GuestError::MemoryLimit(limit.to_string());
+    }
+    if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+        return GuestError::TimeLimit(timeout);
+    }
+    GuestError::Trap(format!("{error:#}").replace('\n', " "))
+}

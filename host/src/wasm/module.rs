@@ -1,0 +1,229 @@
+//! Loading a processor: classify the bytes, compile (through the cache),
+//! check the component against the `log-processor` world, and keep an
+//! `InstancePre` from which instances start in microseconds.
+//!
+//! Guarantee: a [`ProcessorModule`] only exists for a component whose
+//! imports the host satisfies and whose exports match the world; every other
+//! input is refused with a [`ModuleError`] that says which case it is.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+
+use super::bindings::{LogProcessor, LogProcessorPre, HOST_LOG_IMPORT, PROCESSOR_EXPORT};
+use super::compile_cache::{CacheOutcome, CompileCache};
+use super::engine::WasmEngine;
+use super::instance::ProcessorInstance;
+use super::sandbox::SandboxState;
+
+/// Why bytes are not a loadable processor.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("not a WebAssembly file (it does not start with the \\0asm magic)")]
+    NotWasm,
+    #[error("a core WebAssembly module, not a component; build the processor for wasm32-wasip2 (or run `wasm-tools component new`)")]
+    CoreModule,
+    #[error("not a valid WebAssembly component: {0}")]
+    InvalidComponent(String),
+    #[error("a component of another world: it does not export `{PROCESSOR_EXPORT}` (it exports: {exports})")]
+    WrongWorld { exports: String },
+    #[error("a component that imports `{import}`, which the host does not provide (a processor may import only `{HOST_LOG_IMPORT}` and WASI 0.2)")]
+    UnsupportedImport { import: String },
+    #[error("a component whose `{PROCESSOR_EXPORT}` export does not match the host's world: {0}")]
+    IncompatibleExports(String),
+    #[error("the component cannot be linked against the host: {0}")]
+    Link(String),
+}
+
+/// The kind of a WebAssembly binary, from its 8-byte preamble.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryKind {
+    CoreModule,
+    Component,
+}
+
+/// Tell a component from a core module (or from anything else).
+pub fn classify(bytes: &[u8]) -> Result<BinaryKind, ModuleError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(ModuleError::NotWasm);
+    }
+    // The preamble's "layer" field: 0 for core modules, 1 for components.
+    match (bytes[6], bytes[7]) {
+        (0, 0) => Ok(BinaryKind::CoreModule),
+        (1, 0) => Ok(BinaryKind::Component),
+        _ => Err(ModuleError::InvalidComponent(format!(
+            "unknown WebAssembly layer {}",
+            u16::from_le_bytes([bytes[6], bytes[7]])
+        ))),
+    }
+}
+
+/// Import names a processor may have: our logging interface and WASI 0.2.
+fn import_is_provided(name: &str) -> bool {
+    name == HOST_LOG_IMPORT
+        || name.starts_with("logstream:processor/types@0.1.0")
+        || (name.starts_with("wasi:") && name.contains("@0.2."))
+}
+
+/// Compiles modules for one engine and links them against the sandbox.
+#[derive(Clone)]
+pub struct ModuleLoader {
+    engine: WasmEngine,
+    linker: Arc<Linker<SandboxState>>,
+    cache: Option<CompileCache>,
+}
+
+impl ModuleLoader {
+    pub fn new(engine: WasmEngine, cache: Option<CompileCache>) -> anyhow::Result<Self> {
+        let mut linker = Linker::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI")?;
+        LogProcessor::add_to_linker::<_, HasSelf<SandboxState>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)
+            .context("linking the host-log interface")?;
+        Ok(ModuleLoader {
+            engine,
+            linker: Arc::new(linker),
+            cache,
+        })
+    }
+
+    pub fn engine(&self) -> &WasmEngine {
+        &self.engine
+    }
+
+    /// Validate and compile `bytes` as a processor.
+    pub fn load(&self, bytes: &[u8]) -> Result<ProcessorModule, ModuleError> {
+        if classify(bytes)? == BinaryKind::CoreModule {
+            return Err(ModuleError::CoreModule);
+        }
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let (component, cache) = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, &sha256, bytes),
+            None => Component::new(self.engine.engine(), bytes)
+                .map(|c| (c, CacheOutcome::Compiled))
+                .map_err(anyhow::Error::from),
+        }
+        .map_err(|e| ModuleError::InvalidComponent(first_line(&e)))?;
+
+        let interface = describe(&component, &self.engine);
+        if let Some(import) = interface.imports.iter().find(|name| !import_is_provided(name)) {
+            return Err(ModuleError::UnsupportedImport {
+                import: import.clone(),
+            });
+        }
+        if !interface.exports.iter().any(|name| name == PROCESSOR_EXPORT) {
+            let exports = if interface.exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                interface.exports.join(", ")
+            };
+            return Err(ModuleError::WrongWorld { exports });
+        }
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| ModuleError::Link(first_line(&e.into())))?;
+        let pre = LogProcessorPre::new(instance_pre)
+            .map_err(|e| ModuleError::IncompatibleExports(first_line(&e.into())))?;
+        Ok(ProcessorModule {
+            inner: Arc::new(ModuleInner {
+                engine: self.engine.clone(),
+                pre,
+                sha256,
+                size_bytes: bytes.len(),
+                interface,
+                cache,
+            }),
+        })
+    }
+}
+
+/// The error's message with its causes, on one line.
+fn first_line(error: &anyhow::Error) -> String {
+    format!("{error:#}").replace('\n', " ")
+}
+
+/// The names a component imports and exports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ComponentInterface {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
+fn describe(component: &Component, engine: &WasmEngine) -> ComponentInterface {
+    let ty = component.component_type();
+    let engine = engine.engine();
+    ComponentInterface {
+        imports: ty.imports(engine).map(|(name, _)| name.to_string()).collect(),
+        exports: ty.exports(engine).map(|(name, _)| name.to_string()).collect(),
+    }
+}
+
+/// A validated, compiled processor, ready to instantiate. Cheap to clone.
+#[derive(Clone)]
+pub struct ProcessorModule {
+    inner: Arc<ModuleInner>,
+}
+
+struct ModuleInner {
+    engine: WasmEngine,
+    pre: LogProcessorPre<SandboxState>,
+    sha256: String,
+    size_bytes: usize,
+    interface: ComponentInterface,
+    cache: CacheOutcome,
+}
+
+impl ProcessorModule {
+    /// Hex sha256 of the module bytes: the module's identity.
+    pub fn sha256(&self) -> &str {
+        &self.inner.sha256
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        self.inner.size_bytes
+    }
+
+    pub fn interface(&self) -> &ComponentInterface {
+        &self.inner.interface
+    }
+
+    /// Whether loading found a precompiled artifact.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.inner.cache
+    }
+
+    /// Start a fresh, unconfigured instance named `processor_name`.
+    pub fn instantiate(&self, processor_name: &str) -> anyhow::Result<ProcessorInstance> {
+        ProcessorInstance::start(&self.inner.engine, &self.inner.pre, processor_name.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_preambles() {
+        assert!(matches!(classify(b"hello world"), Err(ModuleError::NotWasm)));
+        assert!(matches!(classify(b"\0asm"), Err(ModuleError::NotWasm)));
+        assert_eq!(classify(b"\0asm\x01\0\0\0").unwrap(), BinaryKind::CoreModule);
+        assert_eq!(classify(b"\0asm\x0d\0\x01\0").unwrap(), BinaryKind::Component);
+        assert!(matches!(
+            classify(b"\0asm\x01\0\x07\0"),
+            Err(ModuleError::InvalidComponent(_))
+        ));
+    }
+
+    #[test]
+    fn only_our_interfaces_and_wasi_02_are_provided() {
+        assert!(import_is_provided(HOST_LOG_IMPORT));
+        assert!(import_is_provided("wasi:cli/environment@0.2.6"));
+        assert!(!import_is_provided("wasi:http/outgoing-handler@0.3.0"));
+        assert!(!import_is_provided("acme:secrets/vault@1.0.0"));
+    }
+}
