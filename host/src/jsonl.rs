@@ -81,7 +81,9 @@ impl RecordReader {
             return Ok(None);
         }
         if text.len() > MAX_LINE_BYTES {
-            return Err(invalid(format!("the line is longer than {MAX_LINE_BYTES} bytes")));
+            return Err(invalid(format!(
+                "the line is longer than {MAX_LINE_BYTES} bytes"
+            )));
         }
         let input: InputLine = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
         let partition = input.partition.unwrap_or(0);
@@ -104,7 +106,8 @@ impl RecordReader {
             .headers
             .into_iter()
             .map(|h| {
-                let value = text_or_base64("header value", h.value, h.value_base64)?.unwrap_or_default();
+                let value =
+                    text_or_base64("header value", h.value, h.value_base64)?.unwrap_or_default();
                 Ok(Header { key: h.key, value })
             })
             .collect::<Result<Vec<_>, String>>()
@@ -159,7 +162,10 @@ struct OutputLine<'a> {
 fn encode_bytes(bytes: &[u8]) -> (Option<String>, Option<String>) {
     match std::str::from_utf8(bytes) {
         Ok(text) => (Some(text.to_string()), None),
-        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(bytes))),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
     }
 }
 
@@ -196,14 +202,33 @@ pub fn output_line(source: &LogRecord, index: u32, output: &OutputRecord) -> Str
     serde_json::to_string(&line).expect("plain data always serialises")
 }
 
-/// A rejected or failed record as a JSON line; `kind` is `rejected` or `failed`.
-pub fn refusal_line(source: &LogRecord, kind: &str, reason: &str) -> String {
-    serde_json::json!({
-        "partition": source.partition,
-        "offset": source.offset,
-        kind: reason,
-    })
-    .to_string()
+/// A rejected or failed record as a JSON line.
+pub fn refusal_line(source: &LogRecord, kind: Refusal, reason: &str) -> String {
+    #[derive(Serialize)]
+    struct RefusalLine<'a> {
+        partition: i32,
+        offset: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rejected: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        failed: Option<&'a str>,
+    }
+    let line = RefusalLine {
+        partition: source.partition,
+        offset: source.offset,
+        rejected: (kind == Refusal::Rejected).then_some(reason),
+        failed: (kind == Refusal::Failed).then_some(reason),
+    };
+    serde_json::to_string(&line).expect("plain data always serialises")
+}
+
+/// Why a record produced no outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The processor rejected it.
+    Rejected,
+    /// The processor failed on it (trap, limit).
+    Failed,
 }
 
 #[cfg(test)]
@@ -214,7 +239,10 @@ mod tests {
     fn defaults_and_offsets() {
         let mut reader = RecordReader::default();
         let a = reader.parse_line(r#"{"value":"a"}"#).unwrap().unwrap();
-        let b = reader.parse_line(r#"{"value":"b","partition":1}"#).unwrap().unwrap();
+        let b = reader
+            .parse_line(r#"{"value":"b","partition":1}"#)
+            .unwrap()
+            .unwrap();
         let c = reader.parse_line(r#"{"value":"c"}"#).unwrap().unwrap();
         assert_eq!((a.partition, a.offset), (0, 0));
         assert_eq!((b.partition, b.offset), (1, 0));
@@ -226,11 +254,15 @@ mod tests {
     fn errors_name_the_line_and_problem() {
         let mut reader = RecordReader::default();
         reader.parse_line(r#"{"value":"a","offset":5}"#).unwrap();
-        let err = reader.parse_line(r#"{"value":"b","offset":5}"#).unwrap_err();
+        let err = reader
+            .parse_line(r#"{"value":"b","offset":5}"#)
+            .unwrap_err();
         assert!(err.to_string().starts_with("line 2: offset 5"), "{err}");
         let err = reader.parse_line(r#"{"key":"k"}"#).unwrap_err();
         assert!(err.to_string().contains("neither `value`"), "{err}");
-        let err = reader.parse_line(r#"{"value":"x","colour":1}"#).unwrap_err();
+        let err = reader
+            .parse_line(r#"{"value":"x","colour":1}"#)
+            .unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
         let err = reader.parse_line(r#"{"value_base64":"!!"}"#).unwrap_err();
         assert!(err.to_string().contains("does not decode"), "{err}");

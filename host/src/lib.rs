@@ -1,4 +1,4 @@
-//! # logstream
+//! # logstream-host
 //!
 //! The LogStream host: runs stateful log processors, compiled to
 //! WebAssembly components, with active-passive failover.

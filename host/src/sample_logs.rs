@@ -7,9 +7,20 @@
 
 use crate::wasm::bindings::LogRecord;
 
-const SERVICES: &[&str] = &["checkout", "payments", "search", "auth", "inventory", "gateway"];
+const SERVICES: &[&str] = &[
+    "checkout",
+    "payments",
+    "search",
+    "auth",
+    "inventory",
+    "gateway",
+];
 const LEVELS: &[&str] = &["debug", "info", "info", "info", "warn", "error"];
-const USERS: &[&str] = &["alice@example.com", "bob.smith@mail.example.org", "carol+ops@corp.example"];
+const USERS: &[&str] = &[
+    "alice@example.com",
+    "bob.smith@mail.example.org",
+    "carol+ops@corp.example",
+];
 const MESSAGES: &[&str] = &[
     "request served in {ms} ms",
     "user {user} logged in from {ip}",
@@ -81,11 +92,19 @@ impl SampleLogs {
             .replace("{user}", rng.pick(USERS))
             .replace(
                 "{ip}",
-                &format!("10.{}.{}.{}", rng.below(256), rng.below(256), rng.below(256)),
+                &format!(
+                    "10.{}.{}.{}",
+                    rng.below(256),
+                    rng.below(256),
+                    rng.below(256)
+                ),
             )
             .replace("{n}", &rng.below(50).to_string())
             .replace("{attempt}", &(rng.below(3) + 1).to_string())
-            .replace("{token}", &format!("eyJ{:016x}.{:08x}", rng.next(), rng.next() as u32));
+            .replace(
+                "{token}",
+                &format!("eyJ{:016x}.{:08x}", rng.next(), rng.next() as u32),
+            );
         serde_json::json!({
             "service": service,
             "level": level,
@@ -132,7 +151,11 @@ mod tests {
     #[test]
     fn offsets_increase_per_partition() {
         let records: Vec<_> = SampleLogs::new(1, 3).take(9).collect();
-        let p1: Vec<_> = records.iter().filter(|r| r.partition == 1).map(|r| r.offset).collect();
+        let p1: Vec<_> = records
+            .iter()
+            .filter(|r| r.partition == 1)
+            .map(|r| r.offset)
+            .collect();
         assert_eq!(p1, vec![0, 1, 2]);
     }
 }

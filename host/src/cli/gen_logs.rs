@@ -32,7 +32,8 @@ pub struct GenLogsArgs {
 pub fn run(args: GenLogsArgs) -> Result<ExitCode> {
     let sink: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(
-            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
         ),
         None => Box::new(std::io::stdout().lock()),
     };

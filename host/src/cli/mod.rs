@@ -73,7 +73,8 @@ impl LimitArgs {
         InstanceLimits {
             memory_limit_bytes: usize::try_from(self.memory_limit_mib << 20).unwrap_or(usize::MAX),
             call_timeout: Duration::from_millis(self.call_timeout_ms),
-            max_output_bytes_per_call: usize::try_from(self.max_output_mib << 20).unwrap_or(usize::MAX),
+            max_output_bytes_per_call: usize::try_from(self.max_output_mib << 20)
+                .unwrap_or(usize::MAX),
             ..InstanceLimits::default()
         }
     }
@@ -119,9 +120,12 @@ fn module_loader(global: &GlobalArgs, limits: InstanceLimits) -> Result<ModuleLo
 }
 
 /// Read and validate a module file, naming the file in every error.
-fn load_module(loader: &ModuleLoader, path: &std::path::Path) -> Result<crate::wasm::ProcessorModule> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+fn load_module(
+    loader: &ModuleLoader,
+    path: &std::path::Path,
+) -> Result<crate::wasm::ProcessorModule> {
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     loader
         .load(&bytes)
         .map_err(|e| anyhow::anyhow!("{} is {e}", path.display()))

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::{load_module, module_loader, GlobalArgs, LimitArgs};
-use crate::jsonl::{output_line, refusal_line, RecordReader};
+use crate::jsonl::{output_line, refusal_line, RecordReader, Refusal};
 use crate::wasm::bindings::LogRecord;
 use crate::wasm::{ProcessedBatch, RecoveryPolicy, SupervisedProcessor};
 
@@ -83,10 +83,18 @@ pub fn run(global: &GlobalArgs, args: RunLocalArgs) -> Result<ExitCode> {
     let initial_state = args
         .state_in
         .as_ref()
-        .map(|path| std::fs::read(path).with_context(|| format!("cannot read state file {}", path.display())))
+        .map(|path| {
+            std::fs::read(path)
+                .with_context(|| format!("cannot read state file {}", path.display()))
+        })
         .transpose()?;
-    let mut processor =
-        SupervisedProcessor::start_from(&name, module, &args.config, RecoveryPolicy::default(), initial_state)?;
+    let mut processor = SupervisedProcessor::start_from(
+        &name,
+        module,
+        &args.config,
+        RecoveryPolicy::default(),
+        initial_state,
+    )?;
 
     let input: Box<dyn BufRead> = if args.input.as_os_str() == "-" {
         Box::new(BufReader::new(std::io::stdin()))
@@ -111,7 +119,13 @@ pub fn run(global: &GlobalArgs, args: RunLocalArgs) -> Result<ExitCode> {
             batch.push(record);
         }
         if batch.len() == args.batch {
-            run_batch(&mut processor, std::mem::take(&mut batch), &mut out, &mut totals, &args)?;
+            run_batch(
+                &mut processor,
+                std::mem::take(&mut batch),
+                &mut out,
+                &mut totals,
+                &args,
+            )?;
             batch.reserve(args.batch);
         }
     }
@@ -122,7 +136,8 @@ pub fn run(global: &GlobalArgs, args: RunLocalArgs) -> Result<ExitCode> {
 
     if let Some(path) = &args.state_out {
         let state = processor.snapshot()?;
-        std::fs::write(path, &state).with_context(|| format!("cannot write state file {}", path.display()))?;
+        std::fs::write(path, &state)
+            .with_context(|| format!("cannot write state file {}", path.display()))?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!(
@@ -163,7 +178,7 @@ fn run_batch(
     totals.batches += 1;
     let result = processor.process_batch(records)?;
     write_batch(&sources, &result, out, totals)?;
-    if args.snapshot_every > 0 && totals.batches % args.snapshot_every == 0 {
+    if args.snapshot_every > 0 && totals.batches.is_multiple_of(args.snapshot_every) {
         processor.restart_from_snapshot()?;
     }
     Ok(())
@@ -189,16 +204,26 @@ fn write_batch(
             totals.outputs += 1;
         }
         if let Some(rejection) = rejections.next_if(|r| r.input_index == index) {
-            writeln!(out, "{}", refusal_line(source, "rejected", &rejection.reason))?;
+            writeln!(
+                out,
+                "{}",
+                refusal_line(source, Refusal::Rejected, &rejection.reason)
+            )?;
             totals.rejected += 1;
         }
         if let Some(failure) = failures.next_if(|f| f.input_index == index) {
-            writeln!(out, "{}", refusal_line(source, "failed", &failure.error.to_string()))?;
+            writeln!(
+                out,
+                "{}",
+                refusal_line(source, Refusal::Failed, &failure.error.to_string())
+            )?;
             totals.failed += 1;
         }
     }
     if outputs.next().is_some() || rejections.next().is_some() {
-        anyhow::bail!("the processor returned results out of input order or for records that do not exist");
+        anyhow::bail!(
+            "the processor returned results out of input order or for records that do not exist"
+        );
     }
     Ok(())
 }

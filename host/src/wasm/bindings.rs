@@ -6,6 +6,7 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "log-processor",
+    additional_derives: [PartialEq, Eq],
 });
 
 pub use exports::logstream::processor::processor::Guest as ProcessorExports;
@@ -24,7 +25,11 @@ impl LogRecord {
     pub fn payload_bytes(&self) -> usize {
         self.key.as_ref().map_or(0, Vec::len)
             + self.value.len()
-            + self.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>()
+            + self
+                .headers
+                .iter()
+                .map(|h| h.key.len() + h.value.len())
+                .sum::<usize>()
     }
 }
 
@@ -34,6 +39,10 @@ impl OutputRecord {
         self.topic.as_ref().map_or(0, String::len)
             + self.key.as_ref().map_or(0, Vec::len)
             + self.value.len()
-            + self.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>()
+            + self
+                .headers
+                .iter()
+                .map(|h| h.key.len() + h.value.len())
+                .sum::<usize>()
     }
 }

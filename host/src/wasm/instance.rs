@@ -92,13 +92,17 @@ impl ProcessorInstance {
     fn call<R>(
         &mut self,
         output_bytes: impl FnOnce(&R) -> usize,
-        f: impl FnOnce(&LogProcessor, &mut Store<SandboxState>) -> wasmtime::Result<Result<R, ProcessorError>>,
+        f: impl FnOnce(
+            &LogProcessor,
+            &mut Store<SandboxState>,
+        ) -> wasmtime::Result<Result<R, ProcessorError>>,
     ) -> Result<R, GuestError> {
         if self.dead {
             return Err(GuestError::Dead);
         }
         let limits = &self.limits;
         self.store.set_epoch_deadline(limits.call_timeout_ticks());
+        self.store.data_mut().clear_last_guest_error();
         let result = match f(&self.bindings, &mut self.store) {
             Ok(Ok(value)) => {
                 let bytes = output_bytes(&value);
@@ -112,7 +116,11 @@ impl ProcessorInstance {
                 }
             }
             Ok(Err(returned)) => Err(GuestError::Returned(returned)),
-            Err(trap) => Err(classify_trap(&trap, limits.call_timeout)),
+            Err(trap) => Err(classify_trap(
+                &trap,
+                limits.call_timeout,
+                self.store.data_mut().take_last_guest_error(),
+            )),
         };
         if let Err(error) = &result {
             if error.is_fatal() {
@@ -125,40 +133,75 @@ impl ProcessorInstance {
     pub fn state_version(&mut self) -> Result<u32, GuestError> {
         self.call(
             |_| 0,
-            |b, s| b.logstream_processor_processor().call_state_version(s).map(Ok),
+            |b, s| {
+                b.logstream_processor_processor()
+                    .call_state_version(s)
+                    .map(Ok)
+            },
         )
     }
 
     pub fn configure(&mut self, config: &str) -> Result<(), GuestError> {
-        self.call(|_| 0, |b, s| b.logstream_processor_processor().call_configure(s, config))
+        self.call(
+            |_| 0,
+            |b, s| b.logstream_processor_processor().call_configure(s, config),
+        )
     }
 
     pub fn process_batch(&mut self, records: &[LogRecord]) -> Result<BatchResult, GuestError> {
         self.call(batch_result_bytes, |b, s| {
-            b.logstream_processor_processor().call_process_batch(s, records)
+            b.logstream_processor_processor()
+                .call_process_batch(s, records)
         })
     }
 
     pub fn snapshot(&mut self) -> Result<Vec<u8>, GuestError> {
-        self.call(Vec::len, |b, s| b.logstream_processor_processor().call_snapshot(s))
+        self.call(Vec::len, |b, s| {
+            b.logstream_processor_processor().call_snapshot(s)
+        })
     }
 
     pub fn restore(&mut self, state: &[u8]) -> Result<(), GuestError> {
-        self.call(|_| 0, |b, s| b.logstream_processor_processor().call_restore(s, state))
+        self.call(
+            |_| 0,
+            |b, s| b.logstream_processor_processor().call_restore(s, state),
+        )
     }
 }
 
 fn batch_result_bytes(result: &BatchResult) -> usize {
-    result.outputs.iter().map(|o| o.payload_bytes()).sum::<usize>()
-        + result.rejections.iter().map(|r| r.reason.len()).sum::<usize>()
+    result
+        .outputs
+        .iter()
+        .map(|o| o.payload_bytes())
+        .sum::<usize>()
+        + result
+            .rejections
+            .iter()
+            .map(|r| r.reason.len())
+            .sum::<usize>()
 }
 
-fn classify_trap(error: &wasmtime::Error, timeout: Duration) -> GuestError {
+/// Name the failure: a limit when one was hit, else the trap (without the
+/// wasm backtrace) and what the guest last logged as an error.
+fn classify_trap(
+    error: &wasmtime::Error,
+    timeout: Duration,
+    guest_said: Option<String>,
+) -> GuestError {
     if let Some(limit) = error.downcast_ref::<MemoryLimitExceeded>() {
         return GuestError::MemoryLimit(limit.to_string());
     }
-    if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+    let trap = error.downcast_ref::<Trap>();
+    if let Some(Trap::Interrupt) = trap {
         return GuestError::TimeLimit(timeout);
     }
-    GuestError::Trap(format!("{error:#}").replace('\n', " "))
+    let what = match trap {
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}").replace('\n', " "),
+    };
+    GuestError::Trap(match guest_said {
+        Some(said) => format!("{what} ({})", said.replace('\n', " ")),
+        None => what,
+    })
 }

@@ -15,4 +15,6 @@ pub use engine::WasmEngine;
 pub use instance::{GuestError, ProcessorInstance};
 pub use limits::InstanceLimits;
 pub use module::{ComponentInterface, ModuleError, ModuleLoader, ProcessorModule};
-pub use supervisor::{ProcessedBatch, RecordFailure, RecoveryPolicy, SupervisedProcessor, SupervisorError};
+pub use supervisor::{
+    ProcessedBatch, RecordFailure, RecoveryPolicy, SupervisedProcessor, SupervisorError,
+};

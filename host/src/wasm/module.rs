@@ -110,12 +110,20 @@ impl ModuleLoader {
         .map_err(|e| ModuleError::InvalidComponent(first_line(&e)))?;
 
         let interface = describe(&component, &self.engine);
-        if let Some(import) = interface.imports.iter().find(|name| !import_is_provided(name)) {
+        if let Some(import) = interface
+            .imports
+            .iter()
+            .find(|name| !import_is_provided(name))
+        {
             return Err(ModuleError::UnsupportedImport {
                 import: import.clone(),
             });
         }
-        if !interface.exports.iter().any(|name| name == PROCESSOR_EXPORT) {
+        if !interface
+            .exports
+            .iter()
+            .any(|name| name == PROCESSOR_EXPORT)
+        {
             let exports = if interface.exports.is_empty() {
                 "nothing".to_string()
             } else {
@@ -158,8 +166,14 @@ fn describe(component: &Component, engine: &WasmEngine) -> ComponentInterface {
     let ty = component.component_type();
     let engine = engine.engine();
     ComponentInterface {
-        imports: ty.imports(engine).map(|(name, _)| name.to_string()).collect(),
-        exports: ty.exports(engine).map(|(name, _)| name.to_string()).collect(),
+        imports: ty
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect(),
+        exports: ty
+            .exports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect(),
     }
 }
 
@@ -209,10 +223,19 @@ mod tests {
 
     #[test]
     fn classifies_preambles() {
-        assert!(matches!(classify(b"hello world"), Err(ModuleError::NotWasm)));
+        assert!(matches!(
+            classify(b"hello world"),
+            Err(ModuleError::NotWasm)
+        ));
         assert!(matches!(classify(b"\0asm"), Err(ModuleError::NotWasm)));
-        assert_eq!(classify(b"\0asm\x01\0\0\0").unwrap(), BinaryKind::CoreModule);
-        assert_eq!(classify(b"\0asm\x0d\0\x01\0").unwrap(), BinaryKind::Component);
+        assert_eq!(
+            classify(b"\0asm\x01\0\0\0").unwrap(),
+            BinaryKind::CoreModule
+        );
+        assert_eq!(
+            classify(b"\0asm\x0d\0\x01\0").unwrap(),
+            BinaryKind::Component
+        );
         assert!(matches!(
             classify(b"\0asm\x01\0\x07\0"),
             Err(ModuleError::InvalidComponent(_))

@@ -40,6 +40,9 @@ pub struct SandboxState {
     wasi: WasiCtx,
     table: ResourceTable,
     memory_limit_bytes: usize,
+    /// The last error-level message the guest logged during the current
+    /// call (the SDK logs panics this way), to explain a trap.
+    last_guest_error: Option<String>,
 }
 
 impl SandboxState {
@@ -60,7 +63,18 @@ impl SandboxState {
             wasi,
             table: ResourceTable::new(),
             memory_limit_bytes,
+            last_guest_error: None,
         }
+    }
+
+    /// Forget the last guest error (at the start of a call).
+    pub fn clear_last_guest_error(&mut self) {
+        self.last_guest_error = None;
+    }
+
+    /// The last error the guest logged since the start of the call.
+    pub fn take_last_guest_error(&mut self) -> Option<String> {
+        self.last_guest_error.take()
     }
 }
 
@@ -107,11 +121,22 @@ impl host_log::Host for SandboxState {
         let message = truncate_at_char_boundary(&message, MAX_GUEST_LOG_MESSAGE_BYTES);
         let processor = &*self.processor_name;
         match level {
-            host_log::Level::Trace => tracing::trace!(target: "logstream::guest", processor, "{message}"),
-            host_log::Level::Debug => tracing::debug!(target: "logstream::guest", processor, "{message}"),
-            host_log::Level::Info => tracing::info!(target: "logstream::guest", processor, "{message}"),
-            host_log::Level::Warn => tracing::warn!(target: "logstream::guest", processor, "{message}"),
-            host_log::Level::Error => tracing::error!(target: "logstream::guest", processor, "{message}"),
+            host_log::Level::Trace => {
+                tracing::trace!(target: "logstream::guest", processor, "{message}")
+            }
+            host_log::Level::Debug => {
+                tracing::debug!(target: "logstream::guest", processor, "{message}")
+            }
+            host_log::Level::Info => {
+                tracing::info!(target: "logstream::guest", processor, "{message}")
+            }
+            host_log::Level::Warn => {
+                tracing::warn!(target: "logstream::guest", processor, "{message}")
+            }
+            host_log::Level::Error => {
+                tracing::error!(target: "logstream::guest", processor, "{message}");
+                self.last_guest_error = Some(message.to_string());
+            }
         }
     }
 }

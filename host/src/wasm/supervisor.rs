@@ -176,7 +176,10 @@ impl SupervisedProcessor {
     }
 
     /// Run a batch; see the module docs for what happens on failure.
-    pub fn process_batch(&mut self, records: Vec<LogRecord>) -> Result<ProcessedBatch, SupervisorError> {
+    pub fn process_batch(
+        &mut self,
+        records: Vec<LogRecord>,
+    ) -> Result<ProcessedBatch, SupervisorError> {
         let span = tracing::debug_span!(
             "processor.batch",
             processor = %self.name,
@@ -201,7 +204,10 @@ impl SupervisedProcessor {
         Ok(result)
     }
 
-    fn process_one_by_one(&mut self, records: Vec<LogRecord>) -> Result<ProcessedBatch, SupervisorError> {
+    fn process_one_by_one(
+        &mut self,
+        records: Vec<LogRecord>,
+    ) -> Result<ProcessedBatch, SupervisorError> {
         let mut batch = ProcessedBatch::default();
         let mut applied = Vec::with_capacity(records.len());
         for (index, record) in records.iter().enumerate() {
@@ -215,14 +221,18 @@ impl SupervisedProcessor {
                 let instance = self.instance.as_mut().expect("just built");
                 match instance.process_batch(std::slice::from_ref(record)) {
                     Ok(result) => {
-                        batch.outputs.extend(result.outputs.into_iter().map(|mut o| {
-                            o.input_index = index;
-                            o
-                        }));
-                        batch.rejections.extend(result.rejections.into_iter().map(|mut r| {
-                            r.input_index = index;
-                            r
-                        }));
+                        batch
+                            .outputs
+                            .extend(result.outputs.into_iter().map(|mut o| {
+                                o.input_index = index;
+                                o
+                            }));
+                        batch
+                            .rejections
+                            .extend(result.rejections.into_iter().map(|mut r| {
+                                r.input_index = index;
+                                r
+                            }));
                         applied.push(record.clone());
                         break;
                     }
@@ -276,7 +286,11 @@ impl SupervisedProcessor {
     }
 
     fn live_instance(&mut self) -> Result<&mut ProcessorInstance, SupervisorError> {
-        if self.instance.as_ref().is_none_or(ProcessorInstance::is_dead) {
+        if self
+            .instance
+            .as_ref()
+            .is_none_or(ProcessorInstance::is_dead)
+        {
             self.instance = Some(self.build_instance(&[])?);
         }
         Ok(self.instance.as_mut().expect("just ensured"))
@@ -284,25 +298,40 @@ impl SupervisedProcessor {
 
     /// A fresh instance at the state after the base snapshot, the journal
     /// and `extra` records.
-    fn build_instance(&mut self, extra: &[LogRecord]) -> Result<ProcessorInstance, SupervisorError> {
+    fn build_instance(
+        &mut self,
+        extra: &[LogRecord],
+    ) -> Result<ProcessorInstance, SupervisorError> {
         let name = self.name.to_string();
-        let mut instance = self.module.instantiate(&name).map_err(|e| SupervisorError::Instantiate {
-            name: name.clone(),
-            reason: format!("{e:#}"),
-        })?;
+        let mut instance =
+            self.module
+                .instantiate(&name)
+                .map_err(|e| SupervisorError::Instantiate {
+                    name: name.clone(),
+                    reason: format!("{e:#}"),
+                })?;
         instance
             .configure(&self.config)
-            .map_err(|error| SupervisorError::Configure { name: name.clone(), error })?;
+            .map_err(|error| SupervisorError::Configure {
+                name: name.clone(),
+                error,
+            })?;
         if let Some(snapshot) = &self.base_snapshot {
             instance
                 .restore(snapshot)
-                .map_err(|error| SupervisorError::Restore { name: name.clone(), error })?;
+                .map_err(|error| SupervisorError::Restore {
+                    name: name.clone(),
+                    error,
+                })?;
         }
         let extra = (!extra.is_empty()).then_some(extra);
         for batch in self.journal.iter().map(Vec::as_slice).chain(extra) {
             instance
                 .process_batch(batch)
-                .map_err(|error| SupervisorError::Replay { name: name.clone(), error })?;
+                .map_err(|error| SupervisorError::Replay {
+                    name: name.clone(),
+                    error,
+                })?;
         }
         self.rebuilds += 1;
         Ok(instance)
@@ -314,8 +343,14 @@ impl SupervisorError {
     /// or an incompatible snapshot).
     pub fn processor_error(&self) -> Option<&ProcessorError> {
         match self {
-            SupervisorError::Configure { error: GuestError::Returned(e), .. }
-            | SupervisorError::Restore { error: GuestError::Returned(e), .. } => Some(e),
+            SupervisorError::Configure {
+                error: GuestError::Returned(e),
+                ..
+            }
+            | SupervisorError::Restore {
+                error: GuestError::Returned(e),
+                ..
+            } => Some(e),
             _ => None,
         }
     }

@@ -12,7 +12,9 @@ impl Processor for Passthrough {
         if config.trim().is_empty() {
             Ok(Passthrough)
         } else {
-            Err(format!("passthrough takes no configuration, got {config:?}"))
+            Err(format!(
+                "passthrough takes no configuration, got {config:?}"
+            ))
         }
     }
 

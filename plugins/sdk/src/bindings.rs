@@ -15,14 +15,20 @@ use logstream::processor::types as wit;
 fn from_wit_headers(headers: Vec<wit::Header>) -> Vec<Header> {
     headers
         .into_iter()
-        .map(|h| Header { key: h.key, value: h.value })
+        .map(|h| Header {
+            key: h.key,
+            value: h.value,
+        })
         .collect()
 }
 
 fn to_wit_headers(headers: Vec<Header>) -> Vec<wit::Header> {
     headers
         .into_iter()
-        .map(|h| wit::Header { key: h.key, value: h.value })
+        .map(|h| wit::Header {
+            key: h.key,
+            value: h.value,
+        })
         .collect()
 }
 
@@ -56,7 +62,10 @@ pub fn to_wit_batch(batch: BatchOutput) -> wit::BatchResult {
         rejections: batch
             .rejections
             .into_iter()
-            .map(|(input_index, reason)| wit::Rejection { input_index, reason })
+            .map(|(input_index, reason)| wit::Rejection {
+                input_index,
+                reason,
+            })
             .collect(),
     }
 }
@@ -64,10 +73,18 @@ pub fn to_wit_batch(batch: BatchOutput) -> wit::BatchResult {
 pub fn to_wit_error(error: RuntimeError) -> wit::ProcessorError {
     match error {
         RuntimeError::InvalidConfig(reason) => wit::ProcessorError::InvalidConfig(reason),
-        RuntimeError::State(StateError::Incompatible { found, expected, reason }) => {
-            wit::ProcessorError::IncompatibleState(wit::IncompatibleState { found, expected, reason })
+        RuntimeError::State(StateError::Incompatible {
+            found,
+            expected,
+            reason,
+        }) => wit::ProcessorError::IncompatibleState(wit::IncompatibleState {
+            found,
+            expected,
+            reason,
+        }),
+        RuntimeError::State(e @ StateError::Encode(_)) => {
+            wit::ProcessorError::Failed(e.to_string())
         }
-        RuntimeError::State(e @ StateError::Encode(_)) => wit::ProcessorError::Failed(e.to_string()),
         RuntimeError::Failed(reason) => wit::ProcessorError::Failed(reason),
     }
 }

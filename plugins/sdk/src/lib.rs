@@ -118,10 +118,12 @@ macro_rules! export_processor {
 
             impl wit::Guest for LogstreamExport {
                 fn state_version() -> u32 {
+                    $crate::log::install_panic_hook();
                     <$processor as $crate::Processor>::STATE_VERSION
                 }
 
                 fn configure(config: ::std::string::String) -> Result<(), wit_types::ProcessorError> {
+                    $crate::log::install_panic_hook();
                     RUNTIME.with_borrow_mut(|rt| rt.configure(&config)).map_err($crate::bindings::to_wit_error)
                 }
 

@@ -40,3 +40,15 @@ pub fn warn(message: &str) {
 pub fn debug(message: &str) {
     log(Level::Debug, message)
 }
+
+/// Report panics through the host's log at error level, so the host can say
+/// *why* a processor trapped (a panic in wasm is an `unreachable` trap and
+/// stderr goes nowhere). Idempotent.
+pub fn install_panic_hook() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            log(Level::Error, &format!("panic: {info}"));
+        }));
+    });
+}

@@ -61,9 +61,9 @@ impl<P: Processor> Runtime<P> {
     }
 
     fn processor_mut(&mut self) -> Result<&mut P, RuntimeError> {
-        self.processor.as_mut().ok_or_else(|| {
-            RuntimeError::Failed("the processor was used before configure".into())
-        })
+        self.processor
+            .as_mut()
+            .ok_or_else(|| RuntimeError::Failed("the processor was used before configure".into()))
     }
 
     /// Run every record through [`Processor::process`], in order.
@@ -122,11 +122,18 @@ mod tests {
             let step = if config.is_empty() {
                 1
             } else {
-                config.parse().map_err(|_| format!("step {config:?} is not a number"))?
+                config
+                    .parse()
+                    .map_err(|_| format!("step {config:?} is not a number"))?
             };
             Ok(Counter { step })
         }
-        fn process(&mut self, state: &mut u64, record: &Record, out: &mut Emitter) -> Result<(), Reject> {
+        fn process(
+            &mut self,
+            state: &mut u64,
+            record: &Record,
+            out: &mut Emitter,
+        ) -> Result<(), Reject> {
             out.emit_value(state.to_string());
             if record.value.is_empty() {
                 return Err(Reject::new("empty value"));
@@ -184,10 +191,15 @@ mod tests {
     #[test]
     fn misuse_and_bad_config_are_errors() {
         let mut rt = Runtime::<Counter>::new();
-        assert!(matches!(rt.process_batch(&[]), Err(RuntimeError::Failed(_))));
+        assert!(matches!(
+            rt.process_batch(&[]),
+            Err(RuntimeError::Failed(_))
+        ));
         assert_eq!(
             rt.configure("x"),
-            Err(RuntimeError::InvalidConfig("step \"x\" is not a number".into()))
+            Err(RuntimeError::InvalidConfig(
+                "step \"x\" is not a number".into()
+            ))
         );
         rt.configure("1").unwrap();
         assert!(matches!(rt.configure("1"), Err(RuntimeError::Failed(_))));

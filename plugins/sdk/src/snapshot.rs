@@ -85,7 +85,12 @@ mod tests {
         fn configure(_: &str) -> Result<Self, String> {
             Ok(Map)
         }
-        fn process(&mut self, _: &mut Self::State, _: &Record, _: &mut Emitter) -> Result<(), Reject> {
+        fn process(
+            &mut self,
+            _: &mut Self::State,
+            _: &Record,
+            _: &mut Emitter,
+        ) -> Result<(), Reject> {
             Ok(())
         }
     }
@@ -109,7 +114,11 @@ mod tests {
         let mut bytes = encode::<Map>(&BTreeMap::new()).unwrap();
         bytes[4] = 2;
         match decode::<Map>(&bytes) {
-            Err(StateError::Incompatible { found: Some(2), expected: 3, reason }) => {
+            Err(StateError::Incompatible {
+                found: Some(2),
+                expected: 3,
+                reason,
+            }) => {
                 assert!(reason.contains("no migration from version 2"), "{reason}")
             }
             other => panic!("unexpected {other:?}"),
@@ -118,9 +127,15 @@ mod tests {
 
     #[test]
     fn garbage_and_trailing_bytes_are_refused() {
-        assert!(matches!(decode::<Map>(b"nope"), Err(StateError::Incompatible { found: None, .. })));
+        assert!(matches!(
+            decode::<Map>(b"nope"),
+            Err(StateError::Incompatible { found: None, .. })
+        ));
         let mut bytes = encode::<Map>(&BTreeMap::new()).unwrap();
         bytes.push(0);
-        assert!(matches!(decode::<Map>(&bytes), Err(StateError::Incompatible { found: Some(3), .. })));
+        assert!(matches!(
+            decode::<Map>(&bytes),
+            Err(StateError::Incompatible { found: Some(3), .. })
+        ));
     }
 }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Build every processor component (examples and test components) for
+# wasm32-wasip2 into target/wasm32-wasip2/plugin/*.wasm, adding the Rust
+# target first if it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+    echo "adding the wasm32-wasip2 Rust target" >&2
+    rustup target add wasm32-wasip2
+fi
+
+COMPONENTS=(passthrough level-counter redactor dedup misbehave other-world)
+args=()
+for component in "${COMPONENTS[@]}"; do
+    args+=(-p "$component")
+done
+cargo build --profile plugin --target wasm32-wasip2 "${args[@]}"
+ls -l target/wasm32-wasip2/plugin/*.wasm >&2
