@@ -5,10 +5,12 @@
 //!
 //! - [`wasm`]: the processor runtime (engine, sandbox, instances, recovery);
 //! - [`jsonl`]: the JSON-lines record format of `run-local`;
+//! - [`store`]: the coordination store (transactional KV, election, checkpoints);
 //! - [`sample_logs`]: deterministic realistic sample records;
 //! - [`cli`]: the `logstream` command line.
 
 pub mod cli;
 pub mod jsonl;
 pub mod sample_logs;
+pub mod store;
 pub mod wasm;

@@ -1,5 +1,5 @@
-//! Deterministic, realistic sample log records: JSON log lines from a few
-//! services, with e-mail addresses, IPv4 addresses and bearer tokens in some
+//! Deterministic, realistic sample log records: JSON log lines (about 200
+//! bytes, with trace and span ids) from a few services, with e-mail addresses, IPv4 addresses and bearer tokens in some
 //! messages, repeated messages, and an occasional line that is not JSON.
 //! Used by `logstream gen-logs`, the tests, the benchmarks and the demo.
 //!
@@ -110,6 +110,8 @@ impl SampleLogs {
             "level": level,
             "message": message,
             "host": format!("{service}-{}", rng.below(3)),
+            "trace_id": format!("{:016x}{:016x}", rng.next(), rng.next()),
+            "span_id": format!("{:016x}", rng.next()),
         })
         .to_string()
     }

@@ -30,6 +30,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 
+use logstream_sdk::config::Settings;
 use logstream_sdk::{Emitter, Output, Processor, Record, Reject};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -154,30 +155,11 @@ impl Processor for Dedup {
     type State = Window;
 
     fn configure(config: &str) -> Result<Self, String> {
-        let config = config.trim();
-        if config.is_empty() {
-            return Ok(Dedup {
-                window: DEFAULT_WINDOW,
-            });
-        }
-        let Some((key, value)) = config.split_once('=') else {
-            return Err(format!(
-                "dedup expects an empty configuration or `window=K`, got {config:?}"
-            ));
-        };
-        if key.trim() != "window" {
-            return Err(format!(
-                "dedup knows only the setting `window`, got {:?}",
-                key.trim()
-            ));
-        }
-        match value.trim().parse::<usize>() {
-            Ok(window) if window >= 1 => Ok(Dedup { window }),
-            _ => Err(format!(
-                "`window` must be a whole number of at least 1, got {:?}",
-                value.trim()
-            )),
-        }
+        let mut settings = Settings::parse(config, "dedup")?;
+        let window = settings.take_u64("window", DEFAULT_WINDOW as u64, 1)?;
+        settings.finish()?;
+        let window = usize::try_from(window).map_err(|_| format!("`window` {window} is too large"))?;
+        Ok(Dedup { window })
     }
 
     fn process(

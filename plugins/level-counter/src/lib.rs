@@ -27,6 +27,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use logstream_sdk::config::Settings;
 use logstream_sdk::{Emitter, Output, Processor, Record, Reject};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -86,30 +87,10 @@ impl Processor for LevelCounter {
     type State = Counts;
 
     fn configure(config: &str) -> Result<Self, String> {
-        let config = config.trim();
-        if config.is_empty() {
-            return Ok(LevelCounter {
-                every: DEFAULT_EVERY,
-            });
-        }
-        let Some((key, value)) = config.split_once('=') else {
-            return Err(format!(
-                "level-counter expects an empty configuration or `every=N`, got {config:?}"
-            ));
-        };
-        if key.trim() != "every" {
-            return Err(format!(
-                "level-counter knows only the setting `every`, got {:?}",
-                key.trim()
-            ));
-        }
-        match value.trim().parse::<u64>() {
-            Ok(every) if every >= 1 => Ok(LevelCounter { every }),
-            _ => Err(format!(
-                "`every` must be a whole number of at least 1, got {:?}",
-                value.trim()
-            )),
-        }
+        let mut settings = Settings::parse(config, "level-counter")?;
+        let every = settings.take_u64("every", DEFAULT_EVERY, 1)?;
+        settings.finish()?;
+        Ok(LevelCounter { every })
     }
 
     fn process(

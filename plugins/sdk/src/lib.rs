@@ -22,6 +22,7 @@
 //!
 //! See the crate README for a complete example.
 
+pub mod config;
 mod emitter;
 pub mod log;
 mod record;
@@ -36,6 +37,10 @@ pub use emitter::{Emitter, Output};
 pub use record::{Header, Record};
 pub use runtime::{BatchOutput, IndexedOutput, IndexedRejection, Runtime, RuntimeError};
 pub use snapshot::StateError;
+
+/// Re-exported so processors can derive `Serialize`/`Deserialize` for their
+/// state without depending on serde themselves.
+pub use serde;
 
 /// The error a processor returns to refuse one record. The record goes to the
 /// processor's dead-letter topic with this reason; processing continues with

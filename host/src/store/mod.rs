@@ -1,0 +1,49 @@
+//! The coordination store: one transactional key-value contract ([`kv`])
+//! with two backends (SQLite by default, FoundationDB behind the `fdb`
+//! feature), and everything failover stands on written once above it.
+//!
+//! - [`kv`]: the contract, limits and the retry loop;
+//! - [`sqlite`]: the embedded single-machine backend;
+//! - [`keys`]: the key layout (FoundationDB tuple encoding).
+
+pub mod keys;
+pub mod kv;
+pub mod sqlite;
+
+pub use kv::{transact, KvStore, KvTxn, RetryPolicy, StoreError, TransactError, TxnAbort, TxnResult};
+pub use sqlite::SqliteStore;
+
+use std::sync::Arc;
+
+/// Open a store from its URL: `sqlite:PATH`, or `fdb:CLUSTER_FILE` / `fdb:`
+/// (the default cluster file) when built with the `fdb` feature.
+pub fn open(url: &str) -> Result<Arc<dyn KvStore>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        if path.is_empty() {
+            return Err(StoreError::Other("the store URL `sqlite:` needs a file path, e.g. `sqlite:/var/lib/logstream/store.db`".into()));
+        }
+        return Ok(Arc::new(SqliteStore::open(path)?));
+    }
+    if url.starts_with("fdb:") {
+        return open_fdb(url.trim_start_matches("fdb:"));
+    }
+    Err(StoreError::Other(format!(
+        "the store URL {url:?} is neither `sqlite:PATH` nor `fdb:[CLUSTER_FILE]`"
+    )))
+}
+
+#[cfg(not(feature = "fdb"))]
+fn open_fdb(_cluster_file: &str) -> Result<Arc<dyn KvStore>, StoreError> {
+    Err(StoreError::Other(
+        "this logstream was built without FoundationDB support (cargo feature `fdb`)".into(),
+    ))
+}
+
+#[cfg(feature = "fdb")]
+fn open_fdb(cluster_file: &str) -> Result<Arc<dyn KvStore>, StoreError> {
+    let cluster_file = (!cluster_file.is_empty()).then_some(cluster_file);
+    Ok(Arc::new(fdb::FdbStore::open(cluster_file)?))
+}
+
+#[cfg(feature = "fdb")]
+pub mod fdb;

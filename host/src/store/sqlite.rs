@@ -1,0 +1,187 @@
+//! The embedded default backend: one SQLite file shared by the host
+//! processes of one machine.
+//!
+//! Every transaction is `BEGIN IMMEDIATE`: it holds the database's write lock
+//! from its first read to its commit, so transactions are serial (hence
+//! serialisable) across processes and never conflict; waiting for the lock is
+//! bounded by [`BUSY_TIMEOUT`], after which the store reports itself
+//! unavailable (retryable). WAL mode lets the file survive kill -9 of any
+//! process at any point; `synchronous=NORMAL` in WAL mode is durable across
+//! process crashes, which is the failure this single-machine store exists
+//! for (a power loss takes every host of the machine down with it).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, MAX_TXN_WRITE_BYTES};
+
+/// How long a transaction waits for another process's write lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// A SQLite-file coordination store.
+pub struct SqliteStore {
+    path: PathBuf,
+    connection: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the store file at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Other(format!("cannot create the directory {}: {e}", parent.display()))
+            })?;
+        }
+        let connection = Connection::open(&path).map_err(|e| open_error(&path, e))?;
+        connection
+            .busy_timeout(BUSY_TIMEOUT)
+            .and_then(|_| {
+                connection.execute_batch(
+                    "PRAGMA journal_mode = WAL;
+                     PRAGMA synchronous = NORMAL;
+                     CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
+                )
+            })
+            .map_err(|e| open_error(&path, e))?;
+        Ok(SqliteStore {
+            path,
+            connection: Mutex::new(connection),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn open_error(path: &Path, error: rusqlite::Error) -> StoreError {
+    if is_busy(&error) {
+        return StoreError::Unavailable(format!("{} is locked: {error}", path.display()));
+    }
+    StoreError::Other(format!("cannot open the SQLite store {}: {error}", path.display()))
+}
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn store_error(error: rusqlite::Error) -> StoreError {
+    if is_busy(&error) {
+        StoreError::Unavailable(format!("the SQLite store is locked by another process ({error})"))
+    } else {
+        StoreError::Other(error.to_string())
+    }
+}
+
+impl KvStore for SqliteStore {
+    fn begin(&self) -> Result<Box<dyn KvTxn + '_>, StoreError> {
+        // A poisoned mutex only means another thread panicked mid-transaction;
+        // its transaction was rolled back when its guard dropped.
+        let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        connection
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(store_error)?;
+        Ok(Box::new(SqliteTxn {
+            connection,
+            finished: false,
+            written_bytes: 0,
+        }))
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+}
+
+struct SqliteTxn<'a> {
+    connection: MutexGuard<'a, Connection>,
+    finished: bool,
+    written_bytes: usize,
+}
+
+impl SqliteTxn<'_> {
+    fn account(&mut self, bytes: usize) -> Result<(), StoreError> {
+        self.written_bytes += bytes;
+        if self.written_bytes > MAX_TXN_WRITE_BYTES {
+            return Err(StoreError::TooLarge(format!(
+                "the transaction writes more than {MAX_TXN_WRITE_BYTES} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl KvTxn for SqliteTxn<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.connection
+            .prepare_cached("SELECT value FROM kv WHERE key = ?1")
+            .and_then(|mut statement| statement.query_row([key], |row| row.get(0)).optional())
+            .map_err(store_error)
+    }
+
+    fn get_range(&mut self, begin: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3")
+            .map_err(store_error)?;
+        let rows = statement
+            .query_map(rusqlite::params![begin, end, limit], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(store_error)?;
+        rows.collect::<Result<_, _>>().map_err(store_error)
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        check_write(key, value)?;
+        self.account(key.len() + value.len())?;
+        self.connection
+            .prepare_cached("INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .and_then(|mut statement| statement.execute([key, value]))
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.account(key.len())?;
+        self.connection
+            .prepare_cached("DELETE FROM kv WHERE key = ?1")
+            .and_then(|mut statement| statement.execute([key]))
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError> {
+        self.account(begin.len() + end.len())?;
+        self.connection
+            .prepare_cached("DELETE FROM kv WHERE key >= ?1 AND key < ?2")
+            .and_then(|mut statement| statement.execute([begin, end]))
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.finished = true;
+        if let Err(error) = self.connection.execute_batch("COMMIT") {
+            let _ = self.connection.execute_batch("ROLLBACK");
+            return Err(store_error(error));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SqliteTxn<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Nothing to report to: a failed rollback leaves the transaction
+            // to be rolled back when the connection next begins or closes.
+            let _ = self.connection.execute_batch("ROLLBACK");
+        }
+    }
+}
