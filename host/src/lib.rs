@@ -6,11 +6,13 @@
 //! - [`wasm`]: the processor runtime (engine, sandbox, instances, recovery);
 //! - [`jsonl`]: the JSON-lines record format of `run-local`;
 //! - [`store`]: the coordination store (transactional KV, election, checkpoints);
+//! - [`probe`]: the diagnostic election probe and its log checker;
 //! - [`sample_logs`]: deterministic realistic sample records;
 //! - [`cli`]: the `logstream` command line.
 
 pub mod cli;
 pub mod jsonl;
+pub mod probe;
 pub mod sample_logs;
 pub mod store;
 pub mod wasm;

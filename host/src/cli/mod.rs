@@ -4,6 +4,7 @@
 
 mod check;
 mod gen_logs;
+mod probe_election;
 mod run_local;
 
 use std::path::PathBuf;
@@ -50,6 +51,9 @@ pub enum Command {
     RunLocal(run_local::RunLocalArgs),
     /// Write realistic sample log records as JSON lines (run-local input format).
     GenLogs(gen_logs::GenLogsArgs),
+    /// Diagnostic: contend for a processor's leadership and append fenced
+    /// writes while leading (or --check the log they left).
+    ProbeElection(probe_election::ProbeElectionArgs),
 }
 
 /// Limits of processor instances, shared by the commands that run them.
@@ -101,6 +105,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => check::run(&cli.global, args),
         Command::RunLocal(args) => run_local::run(&cli.global, args),
         Command::GenLogs(args) => gen_logs::run(args),
+        Command::ProbeElection(args) => probe_election::run(args),
     }
 }
 

@@ -4,13 +4,19 @@
 //!
 //! - [`kv`]: the contract, limits and the retry loop;
 //! - [`sqlite`]: the embedded single-machine backend;
-//! - [`keys`]: the key layout (FoundationDB tuple encoding).
+//! - [`keys`]: the key layout (FoundationDB tuple encoding);
+//! - [`clock`]: injectable monotonic time;
+//! - [`election`]: lease election with epoch fencing.
 
+pub mod clock;
+pub mod election;
 pub mod keys;
 pub mod kv;
 pub mod sqlite;
 
-pub use kv::{transact, KvStore, KvTxn, RetryPolicy, StoreError, TransactError, TxnAbort, TxnResult};
+pub use kv::{
+    transact, KvStore, KvTxn, RetryPolicy, StoreError, TransactError, TxnAbort, TxnResult,
+};
 pub use sqlite::SqliteStore;
 
 use std::sync::Arc;

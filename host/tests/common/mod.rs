@@ -1,7 +1,10 @@
 //! Helpers shared by the integration tests: the real `logstream` binary, the
-//! real plugin components (built by `scripts/build-plugins.sh`), inputs.
+//! real plugin components (built by `scripts/build-plugins.sh`), inputs,
+//! and (in [`probes`]) election probe processes.
 
 #![allow(dead_code)]
+
+pub mod probes;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

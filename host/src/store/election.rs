@@ -1,0 +1,770 @@
+//! Lease election of one active host per processor, with epochs as fencing
+//! tokens (design: guarantee 1 and the timing model).
+//!
+//! The leader record at `("proc", NAME, "leader")` holds the epoch, the
+//! holder (a host *incarnation*: host id plus a per-process nonce, so a
+//! restarted process never mistakes an old epoch for its own) and a renewal
+//! counter the leader bumps every heartbeat.
+//!
+//! - A contender reads the record every heartbeat and decides the leader is
+//!   dead when `(epoch, renewal)` has not changed for `lease`, measured on
+//!   its **own monotonic clock** from when it first saw that value. It then
+//!   claims `epoch + 1` in the same serialisable transaction as the read,
+//!   which makes the claim a compare-and-set.
+//! - The leader may act only until `start of its last successful renewal +
+//!   lease - margin` ([`Election::acting_epoch`]); it is quiet before any
+//!   contender can have waited out the lease.
+//! - A leader that reads a record it no longer holds is fenced: it becomes a
+//!   follower at once.
+//! - A graceful step-down marks the record released; contenders claim a
+//!   released record at once.
+//! - A preferred host may be named; other contenders wait
+//!   [`ElectionTiming::preference_delay`] longer before claiming, and a
+//!   leader that is not the preferred host steps down when the preferred
+//!   host is alive (the driver checks membership).
+//!
+//! [`Election`] is a pure state machine over injected time; [`step`] runs
+//! one round of it in a store transaction.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::keys;
+use super::kv::{transact, KvStore, KvTxn, RetryPolicy, StoreError, TransactError, TxnAbort};
+
+/// Default lease: a silent leader is replaced after this long.
+pub const DEFAULT_LEASE: Duration = Duration::from_millis(500);
+/// Default heartbeat: renewal and observation period.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(100);
+/// Default margin: the leader stops acting this long before its lease ends.
+pub const DEFAULT_MARGIN: Duration = Duration::from_millis(100);
+/// Fewest heartbeats a lease must span, so one lost renewal never costs
+/// the leadership.
+pub const MIN_HEARTBEATS_PER_LEASE: u32 = 3;
+
+/// The timing of an election; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElectionTiming {
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    pub margin: Duration,
+}
+
+impl Default for ElectionTiming {
+    fn default() -> Self {
+        ElectionTiming {
+            lease: DEFAULT_LEASE,
+            heartbeat: DEFAULT_HEARTBEAT,
+            margin: DEFAULT_MARGIN,
+        }
+    }
+}
+
+impl ElectionTiming {
+    /// Check the timing is safe and live; one sentence on what is not.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat.is_zero() {
+            return Err("the heartbeat must be longer than zero".into());
+        }
+        if self.lease < self.heartbeat * MIN_HEARTBEATS_PER_LEASE {
+            return Err(format!(
+                "the lease ({:?}) must be at least {MIN_HEARTBEATS_PER_LEASE} heartbeats ({:?})",
+                self.lease,
+                self.heartbeat * MIN_HEARTBEATS_PER_LEASE
+            ));
+        }
+        if self.margin.is_zero() || self.margin + self.heartbeat >= self.lease {
+            return Err(format!(
+                "the margin ({:?}) must be above zero and leave at least one heartbeat ({:?}) of the lease ({:?})",
+                self.margin, self.heartbeat, self.lease
+            ));
+        }
+        Ok(())
+    }
+
+    /// Extra wait of non-preferred contenders.
+    pub fn preference_delay(&self) -> Duration {
+        self.heartbeat * 2
+    }
+
+    /// How long a leader may act after the start of a successful renewal.
+    pub fn validity(&self) -> Duration {
+        self.lease - self.margin
+    }
+}
+
+/// The stored leader record of one processor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    pub epoch: u64,
+    /// The holder's incarnation id.
+    pub holder: String,
+    /// Bumped by every renewal; a contender watches it change.
+    pub renewal: u64,
+    /// Set by a graceful step-down: claim at once.
+    #[serde(default)]
+    pub released: bool,
+    /// A host id (not incarnation) that should lead when alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_host: Option<String>,
+}
+
+/// What a round of the election wants written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing to write (follower watching a live leader).
+    Observe,
+    /// Claim the epoch in this record.
+    Claim(LeaderRecord),
+    /// Renew: write this record (renewal bumped).
+    Renew(LeaderRecord),
+    /// Step down: write this record (released).
+    Release(LeaderRecord),
+}
+
+impl Decision {
+    fn record(&self) -> Option<&LeaderRecord> {
+        match self {
+            Decision::Observe => None,
+            Decision::Claim(r) | Decision::Renew(r) | Decision::Release(r) => Some(r),
+        }
+    }
+}
+
+/// A change of role, for logs and the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ElectionEvent {
+    BecameLeader {
+        epoch: u64,
+    },
+    /// Another holder took over (`by_epoch`) while we thought we led.
+    Fenced {
+        epoch: u64,
+        by_epoch: u64,
+    },
+    SteppedDown {
+        epoch: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Follower,
+    Leader { epoch: u64, valid_until: Duration },
+}
+
+/// The value a follower watches and since when (its own clock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Observed {
+    epoch: u64,
+    renewal: u64,
+    since: Duration,
+}
+
+/// The election state machine of one contender for one processor.
+#[derive(Debug)]
+pub struct Election {
+    host_id: String,
+    incarnation: String,
+    timing: ElectionTiming,
+    role: Role,
+    observed: Option<Observed>,
+    /// The record we last wrote as leader (to recognise our own renewals).
+    last_written: Option<LeaderRecord>,
+    step_down_requested: bool,
+}
+
+impl Election {
+    /// `incarnation` must be unique per process start (see module docs).
+    pub fn new(host_id: &str, incarnation: &str, timing: ElectionTiming) -> Self {
+        Election {
+            host_id: host_id.to_string(),
+            incarnation: incarnation.to_string(),
+            timing,
+            role: Role::Follower,
+            observed: None,
+            last_written: None,
+            step_down_requested: false,
+        }
+    }
+
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
+
+    pub fn timing(&self) -> &ElectionTiming {
+        &self.timing
+    }
+
+    /// The epoch this contender may act for at `now`, if any: it leads and
+    /// its last successful renewal started less than `lease - margin` ago.
+    pub fn acting_epoch(&self, now: Duration) -> Option<u64> {
+        match self.role {
+            Role::Leader { epoch, valid_until } if now < valid_until => Some(epoch),
+            _ => None,
+        }
+    }
+
+    /// The epoch it believes it holds, acting or not.
+    pub fn held_epoch(&self) -> Option<u64> {
+        match self.role {
+            Role::Leader { epoch, .. } => Some(epoch),
+            Role::Follower => None,
+        }
+    }
+
+    /// Ask to hand over at the next round.
+    pub fn request_step_down(&mut self) {
+        self.step_down_requested = true;
+    }
+
+    /// Decide a round, given the record read in a transaction that started
+    /// at `started`. `preferred_alive` says whether the record's preferred
+    /// host (if any, and not us) is alive.
+    pub fn decide(
+        &mut self,
+        started: Duration,
+        current: Option<&LeaderRecord>,
+        preferred_alive: bool,
+    ) -> Decision {
+        let Some(current) = current else {
+            return Decision::Claim(self.claim_record(0, None));
+        };
+        if current.holder == self.incarnation && !current.released {
+            // We hold it (also after a commit whose outcome was unknown).
+            let prefers_other = current
+                .preferred_host
+                .as_ref()
+                .is_some_and(|p| *p != self.host_id && preferred_alive);
+            if self.step_down_requested || prefers_other {
+                return Decision::Release(LeaderRecord {
+                    released: true,
+                    ..current.clone()
+                });
+            }
+            return Decision::Renew(LeaderRecord {
+                renewal: current.renewal + 1,
+                ..current.clone()
+            });
+        }
+        // Someone else's record (or our own released one).
+        let seen = (current.epoch, current.renewal);
+        let since = match &self.observed {
+            Some(o) if (o.epoch, o.renewal) == seen => o.since,
+            _ => {
+                self.observed = Some(Observed {
+                    epoch: seen.0,
+                    renewal: seen.1,
+                    since: started,
+                });
+                started
+            }
+        };
+        let other_preferred = current
+            .preferred_host
+            .as_ref()
+            .is_some_and(|p| *p != self.host_id);
+        let delay = if other_preferred {
+            self.timing.preference_delay()
+        } else {
+            Duration::ZERO
+        };
+        let own_release = current.released && current.holder == self.incarnation;
+        let claimable = if current.released && !own_release {
+            started >= since + delay
+        } else {
+            started >= since + self.timing.lease + delay
+        };
+        if claimable && !self.step_down_requested {
+            Decision::Claim(self.claim_record(current.epoch, current.preferred_host.clone()))
+        } else {
+            Decision::Observe
+        }
+    }
+
+    fn claim_record(&self, previous_epoch: u64, preferred_host: Option<String>) -> LeaderRecord {
+        LeaderRecord {
+            epoch: previous_epoch + 1,
+            holder: self.incarnation.clone(),
+            renewal: 0,
+            released: false,
+            preferred_host,
+        }
+    }
+
+    /// Apply the outcome of the round's commit. `committed` is false when
+    /// the transaction failed; `current` is the record it had read.
+    pub fn apply(
+        &mut self,
+        started: Duration,
+        current: Option<&LeaderRecord>,
+        decision: &Decision,
+        committed: bool,
+    ) -> Option<ElectionEvent> {
+        let previous = self.role;
+        if !committed {
+            // Keep the role; validity runs out on its own (acting_epoch).
+            return None;
+        }
+        match decision {
+            Decision::Claim(record) | Decision::Renew(record) => {
+                self.role = Role::Leader {
+                    epoch: record.epoch,
+                    valid_until: started + self.timing.validity(),
+                };
+                self.last_written = Some(record.clone());
+                self.observed = None;
+                match previous {
+                    Role::Leader { epoch, .. } if epoch == record.epoch => None,
+                    _ => Some(ElectionEvent::BecameLeader {
+                        epoch: record.epoch,
+                    }),
+                }
+            }
+            Decision::Release(record) => {
+                self.role = Role::Follower;
+                self.step_down_requested = false;
+                self.last_written = None;
+                self.observed = None;
+                Some(ElectionEvent::SteppedDown {
+                    epoch: record.epoch,
+                })
+            }
+            Decision::Observe => {
+                self.last_written = None;
+                match previous {
+                    Role::Leader { epoch, .. } => {
+                        self.role = Role::Follower;
+                        let by_epoch = current.map_or(epoch, |c| c.epoch);
+                        Some(ElectionEvent::Fenced { epoch, by_epoch })
+                    }
+                    Role::Follower => None,
+                }
+            }
+        }
+    }
+}
+
+/// Why a round failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ElectionError {
+    #[error("the leader record of '{processor}' is unreadable: {reason}")]
+    Corrupt { processor: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] TransactError),
+}
+
+/// Read a processor's leader record inside a transaction.
+pub fn read_leader(txn: &mut dyn KvTxn, processor: &str) -> Result<Option<LeaderRecord>, TxnAbort> {
+    let Some(bytes) = txn.get(&keys::leader(processor))? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        TxnAbort::Abort(
+            ElectionError::Corrupt {
+                processor: processor.to_string(),
+                reason: e.to_string(),
+            }
+            .into(),
+        )
+    })
+}
+
+/// The outcome of one [`step`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepOutcome {
+    pub event: Option<ElectionEvent>,
+    /// The record as it stands after the round.
+    pub record: Option<LeaderRecord>,
+}
+
+/// Run one round for `processor`: read the record, decide, write, apply.
+/// `started` is the clock reading taken just before the transaction
+/// began; `preferred_alive` as in [`Election::decide`]. A store failure
+/// leaves the role as it was (validity runs out by itself) and is returned.
+pub fn step(
+    store: &dyn KvStore,
+    policy: &RetryPolicy,
+    election: &mut Election,
+    processor: &str,
+    started: Duration,
+    preferred_alive: bool,
+) -> Result<StepOutcome, ElectionError> {
+    let key = keys::leader(processor);
+    let result = transact(store, policy, |txn| {
+        let current = read_leader(txn, processor)?;
+        let decision = election.decide(started, current.as_ref(), preferred_alive);
+        if let Some(record) = decision.record() {
+            let value = serde_json::to_vec(record).expect("a leader record always serialises");
+            txn.set(&key, &value)?;
+        }
+        Ok((current, decision))
+    });
+    match result {
+        Ok((current, decision)) => {
+            let event = election.apply(started, current.as_ref(), &decision, true);
+            let record = decision.record().cloned().or(current);
+            Ok(StepOutcome { event, record })
+        }
+        Err(error) => {
+            if let TransactError::Aborted(inner) = error {
+                return Err(match inner.downcast::<ElectionError>() {
+                    Ok(election_error) => election_error,
+                    Err(other) => ElectionError::Store(TransactError::Aborted(other)),
+                });
+            }
+            Err(ElectionError::Store(error))
+        }
+    }
+}
+
+/// Name a preferred host for a processor (or clear it with `None`).
+pub fn set_preferred_host(
+    store: &dyn KvStore,
+    policy: &RetryPolicy,
+    processor: &str,
+    host_id: Option<&str>,
+) -> Result<(), ElectionError> {
+    let key = keys::leader(processor);
+    transact(store, policy, |txn| {
+        let record = read_leader(txn, processor)?.unwrap_or(LeaderRecord {
+            epoch: 0,
+            holder: String::new(),
+            renewal: 0,
+            released: true,
+            preferred_host: None,
+        });
+        let record = LeaderRecord {
+            preferred_host: host_id.map(str::to_string),
+            ..record
+        };
+        txn.set(&key, &serde_json::to_vec(&record).expect("serialises"))?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Why a fenced write was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("processor '{processor}': the write of epoch {epoch} is fenced off (the leader record is at epoch {current_epoch}, held by {holder})")]
+pub struct Fenced {
+    pub processor: String,
+    pub epoch: u64,
+    pub current_epoch: u64,
+    pub holder: String,
+}
+
+/// Inside a transaction, refuse unless `incarnation` holds `epoch` of
+/// `processor`. Every write made on behalf of a processor calls this first,
+/// so a zombie's write conflicts with, or is refused after, a newer claim.
+pub fn check_fence(
+    txn: &mut dyn KvTxn,
+    processor: &str,
+    epoch: u64,
+    incarnation: &str,
+) -> Result<(), TxnAbort> {
+    let current = read_leader(txn, processor)?;
+    match current {
+        Some(r) if r.epoch == epoch && r.holder == incarnation => Ok(()),
+        other => {
+            let (current_epoch, holder) =
+                other.map_or((0, "nobody".into()), |r| (r.epoch, r.holder));
+            Err(TxnAbort::Abort(
+                Fenced {
+                    processor: processor.to_string(),
+                    epoch,
+                    current_epoch,
+                    holder,
+                }
+                .into(),
+            ))
+        }
+    }
+}
+
+impl From<StoreError> for ElectionError {
+    fn from(error: StoreError) -> Self {
+        ElectionError::Store(TransactError::Store {
+            source: error,
+            attempts: 1,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::clock::{Clock, ManualClock};
+    use crate::store::SqliteStore;
+
+    const P: &str = "orders";
+
+    struct World {
+        _dir: tempfile::TempDir,
+        store: SqliteStore,
+        clock: ManualClock,
+        policy: RetryPolicy,
+    }
+
+    impl World {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(dir.path().join("store.db")).unwrap();
+            World {
+                _dir: dir,
+                store,
+                clock: ManualClock::default(),
+                policy: RetryPolicy::default(),
+            }
+        }
+
+        fn round(&self, election: &mut Election) -> StepOutcome {
+            step(
+                &self.store,
+                &self.policy,
+                election,
+                P,
+                self.clock.now(),
+                false,
+            )
+            .unwrap()
+        }
+
+        fn tick(&self) {
+            self.clock.advance(DEFAULT_HEARTBEAT);
+        }
+    }
+
+    fn contender(name: &str) -> Election {
+        Election::new(name, &format!("{name}#1"), ElectionTiming::default())
+    }
+
+    #[test]
+    fn timing_is_validated() {
+        assert!(ElectionTiming::default().validate().is_ok());
+        let short = ElectionTiming {
+            lease: Duration::from_millis(250),
+            ..ElectionTiming::default()
+        };
+        assert!(short
+            .validate()
+            .unwrap_err()
+            .contains("at least 3 heartbeats"));
+        let no_margin = ElectionTiming {
+            margin: Duration::ZERO,
+            ..ElectionTiming::default()
+        };
+        assert!(no_margin.validate().unwrap_err().contains("margin"));
+    }
+
+    #[test]
+    fn first_contender_claims_epoch_one_and_the_other_follows() {
+        let world = World::new();
+        let (mut a, mut b) = (contender("a"), contender("b"));
+        assert_eq!(
+            world.round(&mut a).event,
+            Some(ElectionEvent::BecameLeader { epoch: 1 })
+        );
+        assert_eq!(world.round(&mut b).event, None);
+        assert_eq!(a.acting_epoch(world.clock.now()), Some(1));
+        assert_eq!(b.held_epoch(), None);
+    }
+
+    #[test]
+    fn renewals_keep_the_leader_for_as_long_as_they_come() {
+        let world = World::new();
+        let (mut a, mut b) = (contender("a"), contender("b"));
+        world.round(&mut a);
+        for _ in 0..50 {
+            world.tick();
+            assert_eq!(world.round(&mut a).event, None);
+            assert_eq!(world.round(&mut b).event, None);
+            assert_eq!(a.acting_epoch(world.clock.now()), Some(1));
+        }
+        assert_eq!(world.round(&mut a).record.unwrap().renewal, 51);
+    }
+
+    #[test]
+    fn a_silent_leader_is_replaced_after_the_lease_on_the_contenders_clock() {
+        let world = World::new();
+        let (mut a, mut b) = (contender("a"), contender("b"));
+        world.round(&mut a);
+        world.round(&mut b); // b first sees (1, 0) now
+        let seen_at = world.clock.now();
+        while world.clock.now() + DEFAULT_HEARTBEAT < seen_at + DEFAULT_LEASE {
+            world.tick();
+            assert_eq!(
+                world.round(&mut b).event,
+                None,
+                "claimed early at {:?}",
+                world.clock.now()
+            );
+        }
+        world
+            .clock
+            .advance(seen_at + DEFAULT_LEASE - world.clock.now());
+        assert_eq!(
+            world.round(&mut b).event,
+            Some(ElectionEvent::BecameLeader { epoch: 2 })
+        );
+    }
+
+    #[test]
+    fn the_leader_goes_quiet_at_lease_minus_margin_after_its_last_renewal_started() {
+        let world = World::new();
+        let mut a = contender("a");
+        world.round(&mut a);
+        let started = world.clock.now();
+        let quiet_at = started + DEFAULT_LEASE - DEFAULT_MARGIN;
+        world
+            .clock
+            .advance(quiet_at - started - Duration::from_millis(1));
+        assert_eq!(a.acting_epoch(world.clock.now()), Some(1));
+        world.clock.advance(Duration::from_millis(1));
+        assert_eq!(a.acting_epoch(world.clock.now()), None);
+        // Quiet strictly before any contender may claim (lease after it saw the record).
+        assert!(quiet_at < started + DEFAULT_LEASE);
+    }
+
+    #[test]
+    fn a_slow_store_counts_validity_from_the_start_of_the_renewal() {
+        let mut a = contender("a");
+        let t0 = Duration::from_secs(10);
+        let decision = a.decide(t0, None, false);
+        // The commit lands 300 ms after the transaction started.
+        a.apply(t0, None, &decision, true);
+        let committed_at = t0 + Duration::from_millis(300);
+        assert_eq!(a.acting_epoch(committed_at), Some(1));
+        assert_eq!(a.acting_epoch(t0 + DEFAULT_LEASE - DEFAULT_MARGIN), None);
+        // A failed renewal leaves the role but not the right to act.
+        let record = decision.record().cloned().unwrap();
+        let later = t0 + Duration::from_millis(100);
+        let renewal = a.decide(later, Some(&record), false);
+        a.apply(later, Some(&record), &renewal, false);
+        assert_eq!(a.held_epoch(), Some(1));
+        assert_eq!(a.acting_epoch(t0 + DEFAULT_LEASE - DEFAULT_MARGIN), None);
+    }
+
+    #[test]
+    fn step_down_hands_over_at_once() {
+        let world = World::new();
+        let (mut a, mut b) = (contender("a"), contender("b"));
+        world.round(&mut a);
+        world.round(&mut b);
+        a.request_step_down();
+        world.tick();
+        assert_eq!(
+            world.round(&mut a).event,
+            Some(ElectionEvent::SteppedDown { epoch: 1 })
+        );
+        assert_eq!(a.acting_epoch(world.clock.now()), None);
+        assert_eq!(
+            world.round(&mut b).event,
+            Some(ElectionEvent::BecameLeader { epoch: 2 })
+        );
+        // The one who stepped down does not take it straight back.
+        assert_eq!(world.round(&mut a).event, None);
+    }
+
+    #[test]
+    fn a_resumed_zombie_is_fenced_and_its_writes_refused() {
+        let world = World::new();
+        let (mut a, mut b) = (contender("a"), contender("b"));
+        world.round(&mut a);
+        world.round(&mut b);
+        // a is paused; b waits out the lease and claims.
+        world.clock.advance(DEFAULT_LEASE);
+        assert_eq!(
+            world.round(&mut b).event,
+            Some(ElectionEvent::BecameLeader { epoch: 2 })
+        );
+        // a resumes: it is no longer acting, its fenced write is refused...
+        assert_eq!(a.acting_epoch(world.clock.now()), None);
+        let refused = transact(&world.store, &world.policy, |txn| {
+            check_fence(txn, P, 1, a.incarnation())
+        });
+        let error = refused.unwrap_err();
+        let TransactError::Aborted(inner) = error else {
+            panic!("not a fence refusal")
+        };
+        let fenced = inner.downcast::<Fenced>().unwrap();
+        assert_eq!((fenced.epoch, fenced.current_epoch), (1, 2));
+        // ...and its next round tells it so.
+        assert_eq!(
+            world.round(&mut a).event,
+            Some(ElectionEvent::Fenced {
+                epoch: 1,
+                by_epoch: 2
+            })
+        );
+        assert_eq!(a.held_epoch(), None);
+        // b's writes pass the fence.
+        transact(&world.store, &world.policy, |txn| {
+            check_fence(txn, P, 2, b.incarnation())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_restarted_process_does_not_inherit_its_old_epoch() {
+        let world = World::new();
+        let mut old = Election::new("a", "a#1", ElectionTiming::default());
+        world.round(&mut old);
+        let mut restarted = Election::new("a", "a#2", ElectionTiming::default());
+        assert_eq!(world.round(&mut restarted).event, None);
+        world.clock.advance(DEFAULT_LEASE);
+        assert_eq!(
+            world.round(&mut restarted).event,
+            Some(ElectionEvent::BecameLeader { epoch: 2 })
+        );
+    }
+
+    #[test]
+    fn a_preferred_host_gets_a_head_start_and_the_leader_yields_to_it() {
+        let world = World::new();
+        let (mut a, mut b, mut c) = (contender("a"), contender("b"), contender("c"));
+        world.round(&mut a);
+        set_preferred_host(&world.store, &world.policy, P, Some("b")).unwrap();
+        // a yields to b, which is alive.
+        world.tick();
+        let outcome = step(
+            &world.store,
+            &world.policy,
+            &mut a,
+            P,
+            world.clock.now(),
+            true,
+        )
+        .unwrap();
+        assert_eq!(outcome.event, Some(ElectionEvent::SteppedDown { epoch: 1 }));
+        // c, not preferred, waits; b claims at once.
+        assert_eq!(world.round(&mut c).event, None);
+        assert_eq!(
+            world.round(&mut b).event,
+            Some(ElectionEvent::BecameLeader { epoch: 2 })
+        );
+    }
+
+    #[test]
+    fn a_non_preferred_contender_waits_the_preference_delay_longer() {
+        let mut c = contender("c");
+        let record = LeaderRecord {
+            epoch: 3,
+            holder: "a#1".into(),
+            renewal: 7,
+            released: false,
+            preferred_host: Some("b".into()),
+        };
+        let t0 = Duration::from_secs(1);
+        assert_eq!(c.decide(t0, Some(&record), false), Decision::Observe);
+        assert_eq!(
+            c.decide(t0 + DEFAULT_LEASE, Some(&record), false),
+            Decision::Observe
+        );
+        let later = t0 + DEFAULT_LEASE + ElectionTiming::default().preference_delay();
+        assert!(
+            matches!(c.decide(later, Some(&record), false), Decision::Claim(r) if r.epoch == 4)
+        );
+    }
+}
