@@ -28,7 +28,10 @@ struct Settings {
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -39,7 +42,8 @@ fn main() {
     };
     let records: Vec<LogRecord> = SampleLogs::new(42, 1).take(SAMPLE_RECORDS).collect();
     let mean_bytes = records.iter().map(LogRecord::payload_bytes).sum::<usize>() / records.len();
-    let plugin_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin");
+    let plugin_dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin");
     let engine = WasmEngine::new(InstanceLimits::default()).expect("engine");
     let loader = ModuleLoader::new(engine, None).expect("loader");
 
@@ -50,9 +54,23 @@ fn main() {
     println!("| processor | native records/s | WASM records/s | WASM / native |");
     println!("|---|---:|---:|---:|");
     bench::<passthrough::Passthrough>("passthrough", "", &records, &loader, &plugin_dir, &settings);
-    bench::<level_counter::LevelCounter>("level_counter", "every=1000", &records, &loader, &plugin_dir, &settings);
+    bench::<level_counter::LevelCounter>(
+        "level_counter",
+        "every=1000",
+        &records,
+        &loader,
+        &plugin_dir,
+        &settings,
+    );
     bench::<redactor::Redactor>("redactor", "", &records, &loader, &plugin_dir, &settings);
-    bench::<dedup::Dedup>("dedup", "window=10000", &records, &loader, &plugin_dir, &settings);
+    bench::<dedup::Dedup>(
+        "dedup",
+        "window=10000",
+        &records,
+        &loader,
+        &plugin_dir,
+        &settings,
+    );
 }
 
 fn bench<P: Processor>(
@@ -64,7 +82,8 @@ fn bench<P: Processor>(
     settings: &Settings,
 ) {
     let path = plugin_dir.join(format!("{name}.wasm"));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-plugins.sh)", path.display()));
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-plugins.sh)", path.display()));
     let module = loader.load(&bytes).expect("module loads");
     let mut instance: ProcessorInstance = module.instantiate(name).expect("instantiate");
     instance.configure(config).expect("configure");
@@ -76,7 +95,11 @@ fn bench<P: Processor>(
     let mut wasm_rates = Vec::new();
     for _ in 0..settings.rounds {
         native_rates.push(measure(settings, records.len(), |range| {
-            std::hint::black_box(native.process_batch(&sdk_records[range]).expect("native batch"));
+            std::hint::black_box(
+                native
+                    .process_batch(&sdk_records[range])
+                    .expect("native batch"),
+            );
         }));
         wasm_rates.push(measure(settings, records.len(), |range| {
             std::hint::black_box(instance.process_batch(&records[range]).expect("wasm batch"));
@@ -92,7 +115,11 @@ fn bench<P: Processor>(
 }
 
 /// Records/s of `run_batch` over consecutive batches for `settings.seconds`.
-fn measure(settings: &Settings, available: usize, mut run_batch: impl FnMut(std::ops::Range<usize>)) -> f64 {
+fn measure(
+    settings: &Settings,
+    available: usize,
+    mut run_batch: impl FnMut(std::ops::Range<usize>),
+) -> f64 {
     let budget = Duration::from_secs_f64(settings.seconds);
     let started = Instant::now();
     let (mut start, mut processed) = (0, 0usize);

@@ -61,7 +61,12 @@ impl StoreError {
 pub trait KvTxn {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Keys in `[begin, end)`, ascending, at most `limit` of them.
-    fn get_range(&mut self, begin: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError>;
+    fn get_range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError>;
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError>;
     /// Remove every key in `[begin, end)`.
@@ -161,8 +166,8 @@ pub fn transact<T>(
             Ok(value) => return Ok(value),
             Err(TxnAbort::Abort(error)) => return Err(TransactError::Aborted(error)),
             Err(TxnAbort::Store(error)) => {
-                let out_of_budget =
-                    attempts >= policy.max_attempts || started.elapsed() + backoff > policy.max_elapsed;
+                let out_of_budget = attempts >= policy.max_attempts
+                    || started.elapsed() + backoff > policy.max_elapsed;
                 if !error.is_retryable() || out_of_budget {
                     return Err(TransactError::Store {
                         source: error,
@@ -221,7 +226,13 @@ mod tests {
     #[test]
     fn limits_are_checked() {
         assert!(check_write(&[0; 10], &[0; MAX_VALUE_BYTES]).is_ok());
-        assert!(matches!(check_write(&[0; 10], &[0; MAX_VALUE_BYTES + 1]), Err(StoreError::TooLarge(_))));
-        assert!(matches!(check_write(&[0; MAX_KEY_BYTES + 1], &[]), Err(StoreError::TooLarge(_))));
+        assert!(matches!(
+            check_write(&[0; 10], &[0; MAX_VALUE_BYTES + 1]),
+            Err(StoreError::TooLarge(_))
+        ));
+        assert!(matches!(
+            check_write(&[0; MAX_KEY_BYTES + 1], &[]),
+            Err(StoreError::TooLarge(_))
+        ));
     }
 }

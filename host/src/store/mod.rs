@@ -8,10 +8,12 @@
 //! - [`clock`]: injectable monotonic time;
 //! - [`election`]: lease election with epoch fencing.
 
+pub mod checkpoint;
 pub mod clock;
 pub mod election;
 pub mod keys;
 pub mod kv;
+pub mod registry;
 pub mod sqlite;
 
 pub use kv::{

@@ -33,7 +33,10 @@ impl SqliteStore {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Other(format!("cannot create the directory {}: {e}", parent.display()))
+                StoreError::Other(format!(
+                    "cannot create the directory {}: {e}",
+                    parent.display()
+                ))
             })?;
         }
         let connection = Connection::open(&path).map_err(|e| open_error(&path, e))?;
@@ -62,7 +65,10 @@ fn open_error(path: &Path, error: rusqlite::Error) -> StoreError {
     if is_busy(&error) {
         return StoreError::Unavailable(format!("{} is locked: {error}", path.display()));
     }
-    StoreError::Other(format!("cannot open the SQLite store {}: {error}", path.display()))
+    StoreError::Other(format!(
+        "cannot open the SQLite store {}: {error}",
+        path.display()
+    ))
 }
 
 fn is_busy(error: &rusqlite::Error) -> bool {
@@ -74,7 +80,9 @@ fn is_busy(error: &rusqlite::Error) -> bool {
 
 fn store_error(error: rusqlite::Error) -> StoreError {
     if is_busy(&error) {
-        StoreError::Unavailable(format!("the SQLite store is locked by another process ({error})"))
+        StoreError::Unavailable(format!(
+            "the SQLite store is locked by another process ({error})"
+        ))
     } else {
         StoreError::Other(error.to_string())
     }
@@ -126,14 +134,23 @@ impl KvTxn for SqliteTxn<'_> {
             .map_err(store_error)
     }
 
-    fn get_range(&mut self, begin: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+    fn get_range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut statement = self
             .connection
-            .prepare_cached("SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3")
+            .prepare_cached(
+                "SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3",
+            )
             .map_err(store_error)?;
         let rows = statement
-            .query_map(rusqlite::params![begin, end, limit], |row| Ok((row.get(0)?, row.get(1)?)))
+            .query_map(rusqlite::params![begin, end, limit], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
             .map_err(store_error)?;
         rows.collect::<Result<_, _>>().map_err(store_error)
     }

@@ -1,3 +1,5 @@
+#![allow(dead_code)]
+
 //! Running `logstream probe-election` processes against one SQLite store.
 
 use std::path::{Path, PathBuf};

@@ -56,8 +56,10 @@ impl LevelCounter {
 pub struct Counts {
     /// Accepted records so far.
     pub records: u64,
-    /// Accepted records per `(service, level)`.
-    pub counts: BTreeMap<(String, String), u64>,
+    /// Accepted records per service, then per level. Nested (rather than
+    /// keyed by a `(service, level)` pair) so a record of a known service
+    /// and level is counted by borrowed lookups, without allocating.
+    pub counts: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 impl Counts {
@@ -66,18 +68,11 @@ impl Counts {
         #[derive(Serialize)]
         struct Summary<'a> {
             records: u64,
-            counts: BTreeMap<&'a str, BTreeMap<&'a str, u64>>,
-        }
-        let mut counts: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
-        for ((service, level), n) in &self.counts {
-            counts
-                .entry(service.as_str())
-                .or_default()
-                .insert(level.as_str(), *n);
+            counts: &'a BTreeMap<String, BTreeMap<String, u64>>,
         }
         serde_json::to_vec(&Summary {
             records: self.records,
-            counts,
+            counts: &self.counts,
         })
         .expect("a map of strings to integers always serialises")
     }
@@ -101,16 +96,28 @@ impl Processor for LevelCounter {
     ) -> Result<(), Reject> {
         let fields: Fields = serde_json::from_slice(&record.value)
             .map_err(|e| Reject::new(format!("the value is not a JSON object: {e}")))?;
-        let service = fields.service.into_string();
+        let service = match fields.service {
+            Field::Str(service) => service,
+            Field::Absent => Cow::Borrowed(UNKNOWN),
+        };
         let level = [fields.level, fields.severity, fields.lvl]
             .into_iter()
             .find_map(|f| match f {
-                Field::Str(s) => Some(s.to_lowercase()),
+                Field::Str(level) => Some(lowercase(level)),
                 Field::Absent => None,
             })
-            .unwrap_or_else(|| UNKNOWN.to_owned());
+            .unwrap_or(Cow::Borrowed(UNKNOWN));
 
-        *state.counts.entry((service, level)).or_insert(0) += 1;
+        let levels = match state.counts.get_mut(service.as_ref()) {
+            Some(levels) => levels,
+            None => state.counts.entry(service.into_owned()).or_default(),
+        };
+        match levels.get_mut(level.as_ref()) {
+            Some(count) => *count += 1,
+            None => {
+                levels.insert(level.into_owned(), 1);
+            }
+        }
         state.records += 1;
         if state.records.is_multiple_of(self.every) {
             out.emit(Output::new(state.summary_json()).key(SUMMARY_KEY));
@@ -130,12 +137,12 @@ enum Field<'de> {
     Absent,
 }
 
-impl Field<'_> {
-    fn into_string(self) -> String {
-        match self {
-            Field::Str(s) => s.into_owned(),
-            Field::Absent => UNKNOWN.to_owned(),
-        }
+/// `text` in lower case, allocating only when it has upper-case letters.
+fn lowercase(text: Cow<'_, str>) -> Cow<'_, str> {
+    if text.chars().any(char::is_uppercase) {
+        Cow::Owned(text.to_lowercase())
+    } else {
+        text
     }
 }
 
@@ -480,7 +487,7 @@ mod tests {
         for (k, (_, output)) in out.outputs.iter().enumerate() {
             assert_eq!(summary(output)["records"], 10 * (k as u64 + 1));
         }
-        let total: u64 = rt.state().counts.values().sum();
+        let total: u64 = rt.state().counts.values().flat_map(BTreeMap::values).sum();
         assert_eq!(total, rt.state().records);
         assert_eq!(rt.state().records as usize, accepted);
     }
