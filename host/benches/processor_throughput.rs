@@ -12,10 +12,10 @@
 
 use std::time::{Duration, Instant};
 
+use logstream_host::record::LogRecord;
 use logstream_host::sample_logs::SampleLogs;
-use logstream_host::wasm::bindings::LogRecord;
 use logstream_host::wasm::{InstanceLimits, ModuleLoader, ProcessorInstance, WasmEngine};
-use logstream_sdk::{Processor, Record, Runtime};
+use logstream_sdk::{OwnedRecord, Processor, Runtime};
 
 /// Distinct sample records cycled through (enough to defeat caching effects,
 /// few enough to stay in memory).
@@ -54,6 +54,14 @@ fn main() {
     println!("| processor | native records/s | WASM records/s | WASM / native |");
     println!("|---|---:|---:|---:|");
     bench::<passthrough::Passthrough>("passthrough", "", &records, &loader, &plugin_dir, &settings);
+    bench::<passthrough::Passthrough>(
+        "passthrough",
+        "mode=drop",
+        &records,
+        &loader,
+        &plugin_dir,
+        &settings,
+    );
     bench::<level_counter::LevelCounter>(
         "level_counter",
         "every=1000",
@@ -89,7 +97,7 @@ fn bench<P: Processor>(
     instance.configure(config).expect("configure");
     let mut native = Runtime::<P>::new();
     native.configure(config).expect("configure");
-    let sdk_records: Vec<Record> = records.iter().map(to_sdk).collect();
+    let sdk_records: Vec<OwnedRecord> = records.iter().map(to_sdk).collect();
 
     let mut native_rates = Vec::new();
     let mut wasm_rates = Vec::new();
@@ -106,8 +114,13 @@ fn bench<P: Processor>(
         }));
     }
     let (native, wasm) = (median(native_rates), median(wasm_rates));
+    let label = if config.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name} ({config})")
+    };
     println!(
-        "| {name} | {:.2} M | {:.2} M | {:.0} % |",
+        "| {label} | {:.2} M | {:.2} M | {:.0} % |",
         native / 1e6,
         wasm / 1e6,
         100.0 * wasm / native
@@ -139,8 +152,8 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn to_sdk(record: &LogRecord) -> Record {
-    Record {
+fn to_sdk(record: &LogRecord) -> OwnedRecord {
+    OwnedRecord {
         partition: record.partition,
         offset: record.offset,
         timestamp_ms: record.timestamp_ms,

@@ -27,7 +27,8 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::wasm::bindings::{Header, LogRecord, OutputRecord};
+use crate::record::LogRecord;
+use crate::wasm::bindings::{Header, OutputRecord};
 
 /// Largest input line accepted: 16 MiB.
 pub const MAX_LINE_BYTES: usize = 16 << 20;

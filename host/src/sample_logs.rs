@@ -5,7 +5,7 @@
 //!
 //! Guarantee: the same seed gives the same records, on every machine.
 
-use crate::wasm::bindings::LogRecord;
+use crate::record::LogRecord;
 
 const SERVICES: &[&str] = &[
     "checkout",

@@ -16,7 +16,7 @@ use clap::Args;
 
 use super::{load_module, module_loader, GlobalArgs, LimitArgs};
 use crate::jsonl::{output_line, refusal_line, RecordReader, Refusal};
-use crate::wasm::bindings::LogRecord;
+use crate::record::LogRecord;
 use crate::wasm::{ProcessedBatch, RecoveryPolicy, SupervisedProcessor};
 
 /// Default records per batch.

@@ -21,8 +21,9 @@ pub const MAX_VALUE_BYTES: usize = 100_000;
 /// Largest total of keys and values one transaction may write: 1 MB,
 /// well under FoundationDB's 10 MB hard limit.
 pub const MAX_TXN_WRITE_BYTES: usize = 1_000_000;
-/// Largest key: 10 kB, FoundationDB's limit.
-pub const MAX_KEY_BYTES: usize = 10_000;
+/// Largest key: 9,900 bytes, under FoundationDB's 10 kB limit with room for
+/// the backend's directory prefix (which FoundationDB counts).
+pub const MAX_KEY_BYTES: usize = 9_900;
 
 /// A key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);

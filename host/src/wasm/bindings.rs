@@ -12,26 +12,14 @@ wasmtime::component::bindgen!({
 pub use exports::logstream::processor::processor::Guest as ProcessorExports;
 pub use logstream::processor::host_log;
 pub use logstream::processor::types::{
-    BatchResult, Header, IncompatibleState, LogRecord, OutputRecord, ProcessorError, Rejection,
+    BatchResult, Header, HeaderSpan, IncompatibleState, LogRecord, OutputRecord, ProcessorError,
+    RecordBatch, Rejection, Span,
 };
 
 /// The name of the interface every processor must export.
 pub const PROCESSOR_EXPORT: &str = "logstream:processor/processor@0.1.0";
 /// The name of the logging interface the host provides.
 pub const HOST_LOG_IMPORT: &str = "logstream:processor/host-log@0.1.0";
-
-impl LogRecord {
-    /// Bytes this record occupies in key, value and headers.
-    pub fn payload_bytes(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len)
-            + self.value.len()
-            + self
-                .headers
-                .iter()
-                .map(|h| h.key.len() + h.value.len())
-                .sum::<usize>()
-    }
-}
 
 impl OutputRecord {
     /// Bytes this output occupies in topic, key, value and headers.

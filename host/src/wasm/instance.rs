@@ -14,10 +14,11 @@ use std::time::Duration;
 use anyhow::Context;
 use wasmtime::{Store, Trap};
 
-use super::bindings::{BatchResult, LogProcessor, LogProcessorPre, LogRecord, ProcessorError};
+use super::bindings::{BatchResult, LogProcessor, LogProcessorPre, ProcessorError};
 use super::engine::WasmEngine;
 use super::limits::InstanceLimits;
 use super::sandbox::{MemoryLimitExceeded, SandboxState};
+use crate::record::{pack_batch, LogRecord};
 
 /// Why a call into a processor failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -149,9 +150,13 @@ impl ProcessorInstance {
     }
 
     pub fn process_batch(&mut self, records: &[LogRecord]) -> Result<BatchResult, GuestError> {
+        // A batch too large to pack is the caller's problem, not the
+        // guest's: refuse it without entering (or killing) the instance.
+        let batch = pack_batch(records)
+            .map_err(|e| GuestError::Returned(ProcessorError::Failed(e.to_string())))?;
         self.call(batch_result_bytes, |b, s| {
             b.logstream_processor_processor()
-                .call_process_batch(s, records)
+                .call_process_batch(s, &batch)
         })
     }
 

@@ -21,9 +21,10 @@
 
 use std::sync::Arc;
 
-use super::bindings::{LogRecord, OutputRecord, ProcessorError, Rejection};
+use super::bindings::{OutputRecord, ProcessorError, Rejection};
 use super::instance::{GuestError, ProcessorInstance};
 use super::module::ProcessorModule;
+use crate::record::LogRecord;
 
 /// Default attempts at one failing record before it is given up on.
 pub const DEFAULT_MAX_ATTEMPTS_PER_RECORD: u32 = 2;

@@ -158,7 +158,8 @@ impl Processor for Dedup {
         let mut settings = Settings::parse(config, "dedup")?;
         let window = settings.take_u64("window", DEFAULT_WINDOW as u64, 1)?;
         settings.finish()?;
-        let window = usize::try_from(window).map_err(|_| format!("`window` {window} is too large"))?;
+        let window =
+            usize::try_from(window).map_err(|_| format!("`window` {window} is too large"))?;
         Ok(Dedup { window })
     }
 
@@ -168,17 +169,12 @@ impl Processor for Dedup {
         record: &Record,
         out: &mut Emitter,
     ) -> Result<(), Reject> {
-        let key = key_of(&record.value);
+        let key = key_of(record.value);
         state.shrink_to(self.window);
         if state.contains(&key) {
             return Ok(());
         }
-        out.emit(Output {
-            topic: None,
-            key: record.key.clone(),
-            value: record.value.clone(),
-            headers: record.headers.clone(),
-        });
+        out.emit(Output::copy_of(record));
         state.push(key, self.window);
         Ok(())
     }
@@ -309,6 +305,7 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use logstream_sdk::OwnedRecord;
     use logstream_sdk::{snapshot, BatchOutput, Header, Runtime, RuntimeError, StateError};
 
     fn runtime(config: &str) -> Runtime<Dedup> {
@@ -317,8 +314,8 @@ mod tests {
         rt
     }
 
-    fn record(offset: i64, value: &str) -> Record {
-        Record {
+    fn record(offset: i64, value: &str) -> OwnedRecord {
+        OwnedRecord {
             partition: 0,
             offset,
             timestamp_ms: 1_700_000_000_000 + offset,
@@ -331,7 +328,7 @@ mod tests {
         }
     }
 
-    fn records(values: &[&str]) -> Vec<Record> {
+    fn records(values: &[&str]) -> Vec<OwnedRecord> {
         values
             .iter()
             .enumerate()
@@ -344,7 +341,11 @@ mod tests {
         out.outputs.iter().map(|(i, _)| *i).collect()
     }
 
-    fn run_in_batches(rt: &mut Runtime<Dedup>, input: &[Record], sizes: &[usize]) -> BatchOutput {
+    fn run_in_batches(
+        rt: &mut Runtime<Dedup>,
+        input: &[OwnedRecord],
+        sizes: &[usize],
+    ) -> BatchOutput {
         let mut all = BatchOutput::default();
         let mut start = 0;
         for &size in sizes.iter().cycle() {
@@ -365,7 +366,7 @@ mod tests {
 
     /// A stream with many repeats: about 40 distinct keys over 3 services
     /// and plain-text lines, in a scrambled order.
-    fn stream(n: usize) -> Vec<Record> {
+    fn stream(n: usize) -> Vec<OwnedRecord> {
         (0..n)
             .map(|i| {
                 let seed = (i * 7919) % 97;

@@ -94,7 +94,7 @@ impl Processor for LevelCounter {
         record: &Record,
         out: &mut Emitter,
     ) -> Result<(), Reject> {
-        let fields: Fields = serde_json::from_slice(&record.value)
+        let fields: Fields = serde_json::from_slice(record.value)
             .map_err(|e| Reject::new(format!("the value is not a JSON object: {e}")))?;
         let service = match fields.service {
             Field::Str(service) => service,
@@ -271,6 +271,7 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use logstream_sdk::OwnedRecord;
     use logstream_sdk::{BatchOutput, Runtime, RuntimeError};
     use serde_json::{json, Value};
 
@@ -280,11 +281,11 @@ mod tests {
         rt
     }
 
-    fn records(values: &[&str]) -> Vec<Record> {
+    fn records(values: &[&str]) -> Vec<OwnedRecord> {
         values
             .iter()
             .enumerate()
-            .map(|(i, v)| Record::with_value(i as i64, v.as_bytes()))
+            .map(|(i, v)| OwnedRecord::with_value(i as i64, v.as_bytes()))
             .collect()
     }
 
@@ -292,7 +293,7 @@ mod tests {
     /// returns the outputs and rejections with indices into `input`.
     fn run_in_batches(
         rt: &mut Runtime<LevelCounter>,
-        input: &[Record],
+        input: &[OwnedRecord],
         sizes: &[usize],
     ) -> BatchOutput {
         let mut all = BatchOutput::default();
@@ -314,7 +315,7 @@ mod tests {
     }
 
     /// A mixed stream: several services and levels, aliases, a few bad lines.
-    fn stream(n: usize) -> Vec<Record> {
+    fn stream(n: usize) -> Vec<OwnedRecord> {
         let services = ["api", "db", "auth", "édge"];
         let levels = ["INFO", "warn", "Error", "debug"];
         (0..n)
@@ -326,7 +327,7 @@ mod tests {
                     _ => json!({"service": services[i % 4], "level": levels[i % 4], "n": i})
                         .to_string(),
                 };
-                Record::with_value(i as i64, value)
+                OwnedRecord::with_value(i as i64, value)
             })
             .collect()
     }
@@ -540,7 +541,7 @@ mod tests {
         let input = stream(120);
         let mut forward = runtime("");
         forward.process_batch(&input).unwrap();
-        let mut reversed: Vec<Record> = input.clone();
+        let mut reversed: Vec<OwnedRecord> = input.clone();
         reversed.reverse();
         let mut backward = runtime("");
         backward.process_batch(&reversed).unwrap();

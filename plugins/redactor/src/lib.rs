@@ -126,15 +126,10 @@ impl Processor for Redactor {
         let text = record
             .value_str()
             .ok_or_else(|| Reject::new("the value is not valid UTF-8 text"))?;
-        let value = match self.redact(text) {
-            Cow::Borrowed(_) => record.value.clone(),
-            Cow::Owned(masked) => masked.into_bytes(),
-        };
-        out.emit(Output {
-            topic: None,
-            key: record.key.clone(),
-            value,
-            headers: record.headers.clone(),
+        let output = Output::copy_of(record);
+        out.emit(match self.redact(text) {
+            Cow::Borrowed(_) => output,
+            Cow::Owned(masked) => output.with_value(masked),
         });
         Ok(())
     }
@@ -411,6 +406,7 @@ pub fn mask_ipv4(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use logstream_sdk::OwnedRecord;
     use logstream_sdk::{BatchOutput, Header, Runtime, RuntimeError};
     use proptest::prelude::*;
 
@@ -655,7 +651,7 @@ mod tests {
         assert!(matches!(Redactor::default().redact(""), Cow::Borrowed(_)));
     }
 
-    fn records() -> Vec<Record> {
+    fn records() -> Vec<OwnedRecord> {
         let values: Vec<Vec<u8>> = vec![
             b"login bob@example.com from 10.0.0.1".to_vec(),
             b"nothing here".to_vec(),
@@ -665,7 +661,7 @@ mod tests {
             "caf\u{e9} 8.8.4.4".as_bytes().to_vec(),
         ];
         (0..60)
-            .map(|i| Record {
+            .map(|i| OwnedRecord {
                 partition: 3,
                 offset: i,
                 timestamp_ms: 1_700_000_000_000 + i,
@@ -679,7 +675,11 @@ mod tests {
             .collect()
     }
 
-    fn run_in_batches(rt: &mut Runtime<Redactor>, input: &[Record], size: usize) -> BatchOutput {
+    fn run_in_batches(
+        rt: &mut Runtime<Redactor>,
+        input: &[OwnedRecord],
+        size: usize,
+    ) -> BatchOutput {
         let mut all = BatchOutput::default();
         for (n, chunk) in input.chunks(size).enumerate() {
             let base = (n * size) as u32;
@@ -704,7 +704,10 @@ mod tests {
             assert_eq!(output.key, record.key);
             assert_eq!(output.headers, record.headers);
             assert_eq!(output.topic, None);
-            assert_eq!(output.value, all(record.value_str().unwrap()).into_bytes());
+            assert_eq!(
+                output.value,
+                all(std::str::from_utf8(&record.value).unwrap()).into_bytes()
+            );
         }
         assert_eq!(out.outputs[0].1.value, b"login [email] from [ipv4]");
         assert_eq!(out.outputs[1].1.value, b"nothing here");

@@ -9,18 +9,8 @@ wit_bindgen::generate!({
     default_bindings_module: "logstream_sdk::bindings",
 });
 
-use crate::{BatchOutput, Header, Record, RuntimeError, StateError};
+use crate::{BatchOutput, Header, HeaderMeta, RecordMeta, RuntimeError, Span, StateError};
 use logstream::processor::types as wit;
-
-fn from_wit_headers(headers: Vec<wit::Header>) -> Vec<Header> {
-    headers
-        .into_iter()
-        .map(|h| Header {
-            key: h.key,
-            value: h.value,
-        })
-        .collect()
-}
 
 fn to_wit_headers(headers: Vec<Header>) -> Vec<wit::Header> {
     headers
@@ -32,18 +22,38 @@ fn to_wit_headers(headers: Vec<Header>) -> Vec<wit::Header> {
         .collect()
 }
 
-pub fn from_wit_records(records: Vec<wit::LogRecord>) -> Vec<Record> {
-    records
-        .into_iter()
-        .map(|r| Record {
+fn span(span: wit::Span) -> Span {
+    Span {
+        offset: span.offset,
+        len: span.len,
+    }
+}
+
+/// The record and header tables of a WIT batch in the SDK's types (the
+/// data buffer is used as it is).
+pub fn from_wit_batch_meta(batch: &wit::RecordBatch) -> (Vec<RecordMeta>, Vec<HeaderMeta>) {
+    let records = batch
+        .records
+        .iter()
+        .map(|r| RecordMeta {
             partition: r.partition,
             offset: r.offset,
             timestamp_ms: r.timestamp_ms,
-            key: r.key,
-            value: r.value,
-            headers: from_wit_headers(r.headers),
+            key: r.key.map(span),
+            value: span(r.value),
+            first_header: r.first_header,
+            header_count: r.header_count,
         })
-        .collect()
+        .collect();
+    let headers = batch
+        .headers
+        .iter()
+        .map(|h| HeaderMeta {
+            key: span(h.key),
+            value: span(h.value),
+        })
+        .collect();
+    (records, headers)
 }
 
 pub fn to_wit_batch(batch: BatchOutput) -> wit::BatchResult {

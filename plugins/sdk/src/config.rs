@@ -24,10 +24,15 @@ impl Settings {
         let mut values = BTreeMap::new();
         for pair in config.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let Some((key, value)) = pair.split_once('=') else {
-                return Err(format!("{processor} expects settings as `key=value`, got {pair:?}"));
+                return Err(format!(
+                    "{processor} expects settings as `key=value`, got {pair:?}"
+                ));
             };
             let key = key.trim().to_string();
-            if values.insert(key.clone(), value.trim().to_string()).is_some() {
+            if values
+                .insert(key.clone(), value.trim().to_string())
+                .is_some()
+            {
                 return Err(format!("{processor} got the setting `{key}` twice"));
             }
         }
@@ -43,7 +48,9 @@ impl Settings {
             None => Ok(default),
             Some(text) => match text.parse::<u64>() {
                 Ok(n) if n >= min => Ok(n),
-                _ => Err(format!("`{key}` must be a whole number of at least {min}, got {text:?}")),
+                _ => Err(format!(
+                    "`{key}` must be a whole number of at least {min}, got {text:?}"
+                )),
             },
         }
     }
@@ -73,8 +80,12 @@ mod tests {
         assert_eq!(s.take_u64("missing", 5, 1), Ok(5));
         assert_eq!(s.take_str("b").as_deref(), Some("x"));
         s.finish().unwrap();
-        assert!(Settings::parse("a", "p").unwrap_err().contains("`key=value`"));
-        assert!(Settings::parse("a=1,a=2", "p").unwrap_err().contains("twice"));
+        assert!(Settings::parse("a", "p")
+            .unwrap_err()
+            .contains("`key=value`"));
+        assert!(Settings::parse("a=1,a=2", "p")
+            .unwrap_err()
+            .contains("twice"));
         let mut s = Settings::parse("a=0,c=1", "p").unwrap();
         assert!(s.take_u64("a", 5, 1).unwrap_err().contains("at least 1"));
         assert_eq!(s.finish().unwrap_err(), "p has no setting `c`");

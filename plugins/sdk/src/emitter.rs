@@ -1,7 +1,7 @@
 //! Collects the outputs a processor emits while it handles a record, tagged
 //! with the index of that record in the batch.
 
-use crate::Header;
+use crate::{Header, Record};
 
 /// A record to produce.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -19,6 +19,22 @@ impl Output {
             value: value.into(),
             ..Output::default()
         }
+    }
+
+    /// A copy of an input record: same key, value and headers.
+    pub fn copy_of(record: &Record<'_>) -> Self {
+        Output {
+            topic: None,
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.to_vec(),
+            headers: record.headers.iter().map(|h| h.to_owned()).collect(),
+        }
+    }
+
+    /// The same output with another value.
+    pub fn with_value(mut self, value: impl Into<Vec<u8>>) -> Self {
+        self.value = value.into();
+        self
     }
 
     pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {

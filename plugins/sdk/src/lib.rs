@@ -25,7 +25,7 @@
 pub mod config;
 mod emitter;
 pub mod log;
-mod record;
+pub mod record;
 mod runtime;
 pub mod snapshot;
 
@@ -34,7 +34,7 @@ pub mod snapshot;
 pub mod bindings;
 
 pub use emitter::{Emitter, Output};
-pub use record::{Header, Record};
+pub use record::{Batch, Header, HeaderMeta, HeaderRef, OwnedRecord, Record, RecordMeta, Span};
 pub use runtime::{BatchOutput, IndexedOutput, IndexedRejection, Runtime, RuntimeError};
 pub use snapshot::StateError;
 
@@ -83,7 +83,7 @@ pub trait Processor: Sized + 'static {
     fn process(
         &mut self,
         state: &mut Self::State,
-        record: &Record,
+        record: &Record<'_>,
         out: &mut Emitter,
     ) -> Result<(), Reject>;
 
@@ -133,11 +133,11 @@ macro_rules! export_processor {
                 }
 
                 fn process_batch(
-                    records: ::std::vec::Vec<wit_types::LogRecord>,
+                    batch: wit_types::RecordBatch,
                 ) -> Result<wit_types::BatchResult, wit_types::ProcessorError> {
-                    let records = $crate::bindings::from_wit_records(records);
+                    let (records, headers) = $crate::bindings::from_wit_batch_meta(&batch);
                     RUNTIME
-                        .with_borrow_mut(|rt| rt.process_batch(&records))
+                        .with_borrow_mut(|rt| rt.process_packed(&batch.data, &records, &headers))
                         .map($crate::bindings::to_wit_batch)
                         .map_err($crate::bindings::to_wit_error)
                 }

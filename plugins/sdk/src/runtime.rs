@@ -4,8 +4,9 @@
 //! it, so this is also what native tests and benchmarks run.
 
 use crate::emitter::Emitter;
+use crate::record::{Batch, HeaderMeta, RecordMeta};
 use crate::snapshot::{self, StateError};
-use crate::{Output, Processor, Record};
+use crate::{Output, OwnedRecord, Processor};
 
 /// An output tagged with the index of the input record that caused it.
 pub type IndexedOutput = (u32, Output);
@@ -67,21 +68,40 @@ impl<P: Processor> Runtime<P> {
     }
 
     /// Run every record through [`Processor::process`], in order.
-    pub fn process_batch(&mut self, records: &[Record]) -> Result<BatchOutput, RuntimeError> {
+    pub fn process_batch(&mut self, records: &[OwnedRecord]) -> Result<BatchOutput, RuntimeError> {
+        let batch = Batch::encode(records);
+        self.process_packed(&batch.data, &batch.records, &batch.headers)
+    }
+
+    /// [`Runtime::process_batch`] over a packed batch (what the host sends).
+    pub fn process_packed(
+        &mut self,
+        data: &[u8],
+        records: &[RecordMeta],
+        headers: &[HeaderMeta],
+    ) -> Result<BatchOutput, RuntimeError> {
         self.processor_mut()?;
+        if u32::try_from(records.len()).is_err() {
+            return Err(RuntimeError::Failed(
+                "batch has more than 2^32 records".into(),
+            ));
+        }
         let Runtime { processor, state } = self;
         let processor = processor.as_mut().expect("checked above");
         let mut emitter = Emitter::with_capacity(records.len());
         let mut rejections = Vec::new();
-        for (index, record) in records.iter().enumerate() {
-            let index = u32::try_from(index)
-                .map_err(|_| RuntimeError::Failed("batch has more than 2^32 records".into()))?;
+        crate::record::for_each_record(data, records, headers, |index, record| {
+            let index = index as u32;
             emitter.set_input(index);
             if let Err(reject) = processor.process(state, record, &mut emitter) {
                 emitter.discard_current();
                 rejections.push((index, reject.0));
             }
-        }
+            Ok::<(), RuntimeError>(())
+        })
+        .map_err(|reason| {
+            RuntimeError::Failed(format!("the host sent a malformed batch: {reason}"))
+        })??;
         Ok(BatchOutput {
             outputs: emitter.into_outputs(),
             rejections,
@@ -109,7 +129,7 @@ impl<P: Processor> Runtime<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Reject;
+    use crate::{Record, Reject};
 
     /// Emits the running count for every record; rejects empty values.
     struct Counter {
@@ -143,11 +163,11 @@ mod tests {
         }
     }
 
-    fn records(values: &[&str]) -> Vec<Record> {
+    fn records(values: &[&str]) -> Vec<OwnedRecord> {
         values
             .iter()
             .enumerate()
-            .map(|(i, v)| Record::with_value(i as i64, v.as_bytes()))
+            .map(|(i, v)| OwnedRecord::with_value(i as i64, v.as_bytes()))
             .collect()
     }
 
