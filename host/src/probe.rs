@@ -3,7 +3,8 @@
 //! epoch, appends fenced entries to a probe log in the store. Running a few
 //! probes against one store and killing or pausing the leader shows the
 //! election and the fencing at work; a checker ([`check_probe_log`]) then
-//! verifies the log.
+//! verifies the log. Each probe also registers and heartbeats as a host
+//! (store membership), as a `logstream host` does.
 //!
 //! The probe writes whenever it *believes* it leads, even past its
 //! validity, so that a resumed zombie really attempts a write and the
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::clock::{Clock, SystemClock};
 use crate::store::election::{self, check_fence, Election, ElectionEvent, ElectionTiming, Fenced};
 use crate::store::kv::{prefix_end, transact, KvStore, RetryPolicy, TransactError};
+use crate::store::membership;
 
 /// Entries one probe log read returns at most per transaction.
 const LOG_PAGE_ENTRIES: usize = 1000;
@@ -83,6 +85,7 @@ pub fn run(store: Arc<dyn KvStore>, config: ProbeConfig, shutdown: Arc<AtomicBoo
         "probe {incarnation} contending for '{name}' on {}",
         store.describe()
     );
+    let started_at_unix_ms = unix_micros() / 1000;
     let mut next_round = Duration::ZERO;
     while !shutdown.load(Ordering::Relaxed) {
         // Write first: after a pause (SIGSTOP) the first thing a zombie does
@@ -100,6 +103,15 @@ pub fn run(store: Arc<dyn KvStore>, config: ProbeConfig, shutdown: Arc<AtomicBoo
         let now = clock.now();
         if now >= next_round {
             next_round = now + config.timing.heartbeat;
+            if let Err(error) = membership::heartbeat(
+                store.as_ref(),
+                &policy,
+                &config.host_id,
+                &incarnation,
+                started_at_unix_ms,
+            ) {
+                tracing::warn!("membership heartbeat failed: {error}");
+            }
             match election::step(store.as_ref(), &policy, &mut election, name, now, false) {
                 Ok(outcome) => report(name, outcome.event),
                 Err(error) => tracing::warn!("election round failed: {error}"),
@@ -119,6 +131,7 @@ pub fn run(store: Arc<dyn KvStore>, config: ProbeConfig, shutdown: Arc<AtomicBoo
         )?;
         report(name, outcome.event);
     }
+    membership::deregister(store.as_ref(), &policy, &config.host_id, &incarnation)?;
     Ok(())
 }
 

@@ -60,6 +60,14 @@ pub fn run(args: ProbeElectionArgs) -> Result<ExitCode> {
                     report.entries,
                     report.epochs.len()
                 );
+                let hosts =
+                    crate::store::membership::list_hosts(store.as_ref(), &Default::default())?;
+                for host in hosts {
+                    println!(
+                        "host {} ({}): heartbeat {}",
+                        host.host_id, host.incarnation, host.heartbeat
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(violations) => {

@@ -6,13 +6,17 @@
 //! - [`sqlite`]: the embedded single-machine backend;
 //! - [`keys`]: the key layout (FoundationDB tuple encoding);
 //! - [`clock`]: injectable monotonic time;
-//! - [`election`]: lease election with epoch fencing.
+//! - [`election`]: lease election with epoch fencing;
+//! - [`membership`]: host registration, heartbeats and liveness;
+//! - [`checkpoint`]: fenced, chunked checkpoints of processor state;
+//! - [`registry`]: content-addressed modules and processor specs.
 
 pub mod checkpoint;
 pub mod clock;
 pub mod election;
 pub mod keys;
 pub mod kv;
+pub mod membership;
 pub mod registry;
 pub mod sqlite;
 

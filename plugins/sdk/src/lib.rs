@@ -33,6 +33,11 @@ pub mod snapshot;
 #[doc(hidden)]
 pub mod bindings;
 
+/// The README's example, compiled as a doc test so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExample;
+
 pub use emitter::{Emitter, Output};
 pub use record::{Batch, Header, HeaderMeta, HeaderRef, OwnedRecord, Record, RecordMeta, Span};
 pub use runtime::{BatchOutput, IndexedOutput, IndexedRejection, Runtime, RuntimeError};
