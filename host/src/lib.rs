@@ -5,6 +5,7 @@
 //!
 //! - [`wasm`]: the processor runtime (engine, sandbox, instances, recovery);
 //! - [`record`]: the host's input record and its packing into a batch;
+//! - [`pipeline`]: the Kafka pipeline, units with failover, the host node;
 //! - [`jsonl`]: the JSON-lines record format of `run-local`;
 //! - [`store`]: the coordination store (transactional KV, election, checkpoints);
 //! - [`probe`]: the diagnostic election probe and its log checker;
@@ -13,6 +14,7 @@
 
 pub mod cli;
 pub mod jsonl;
+pub mod pipeline;
 pub mod probe;
 pub mod record;
 pub mod sample_logs;

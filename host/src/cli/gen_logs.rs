@@ -25,11 +25,23 @@ pub struct GenLogsArgs {
     pub seed: u64,
 
     /// Output file [default: stdout].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "topic")]
     pub out: Option<PathBuf>,
+
+    /// Produce the records to this Kafka topic instead (created with
+    /// `--partitions` partitions if missing); each record goes to its partition.
+    #[arg(long, requires = "brokers")]
+    pub topic: Option<String>,
+
+    /// Kafka bootstrap servers, with `--topic`.
+    #[arg(long, env = "LOGSTREAM_BROKERS")]
+    pub brokers: Option<String>,
 }
 
 pub fn run(args: GenLogsArgs) -> Result<ExitCode> {
+    if let (Some(topic), Some(brokers)) = (&args.topic, &args.brokers) {
+        return produce(&args, topic, brokers);
+    }
     let sink: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(
             std::fs::File::create(path)
@@ -48,5 +60,34 @@ pub fn run(args: GenLogsArgs) -> Result<ExitCode> {
         writeln!(out, "{line}")?;
     }
     out.flush().context("writing records")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Records produced between progress lines on stderr.
+const PROGRESS_EVERY_RECORDS: u64 = 50_000;
+
+fn produce(args: &GenLogsArgs, topic: &str, brokers: &str) -> Result<ExitCode> {
+    use crate::pipeline::kafka::{ensure_topics, Outgoing, OutputProducer};
+    ensure_topics(brokers, &[(topic, args.partitions)])?;
+    let producer = OutputProducer::open(brokers)?;
+    let mut produced = 0u64;
+    for record in SampleLogs::new(args.seed, args.partitions).take(args.count as usize) {
+        let id = format!("gen/{}/{}", record.partition, record.offset);
+        producer.send(&Outgoing {
+            topic,
+            partition: record.partition,
+            key: None,
+            value: &record.value,
+            headers: &[],
+            id: &id,
+        })?;
+        produced += 1;
+        if produced.is_multiple_of(PROGRESS_EVERY_RECORDS) {
+            producer.flush()?;
+            eprintln!("produced {produced} of {} records to {topic}", args.count);
+        }
+    }
+    producer.flush()?;
+    eprintln!("produced {produced} records to {topic}");
     Ok(ExitCode::SUCCESS)
 }

@@ -3,7 +3,9 @@
 //! errors as one line on stderr and exits non-zero.
 
 mod check;
+mod deploy;
 mod gen_logs;
+mod host;
 mod probe_election;
 mod run_local;
 
@@ -49,6 +51,10 @@ pub enum Command {
     /// Run a processor over a JSON-lines file and print its outputs (the
     /// plugin author's harness).
     RunLocal(run_local::RunLocalArgs),
+    /// Run a host node: elect, process deployed processors over Kafka, fail over.
+    Host(host::HostArgs),
+    /// Validate a processor module and deploy it (module and spec) to the store.
+    Deploy(deploy::DeployArgs),
     /// Write realistic sample log records as JSON lines (run-local input format).
     GenLogs(gen_logs::GenLogsArgs),
     /// Diagnostic: contend for a processor's leadership and append fenced
@@ -105,6 +111,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => check::run(&cli.global, args),
         Command::RunLocal(args) => run_local::run(&cli.global, args),
         Command::GenLogs(args) => gen_logs::run(args),
+        Command::Host(args) => host::run(&cli.global, args),
+        Command::Deploy(args) => deploy::run(&cli.global, args),
         Command::ProbeElection(args) => probe_election::run(args),
     }
 }

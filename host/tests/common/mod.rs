@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod probes;
 
 use std::path::{Path, PathBuf};

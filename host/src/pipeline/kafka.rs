@@ -1,0 +1,349 @@
+//! The Kafka side of a pipeline, on `rdkafka`'s blocking clients: reading
+//! one input partition from an offset (manual assignment, no consumer
+//! group), producing with delivery confirmed, reading back the ids of what
+//! an output partition already holds, and creating topics.
+//!
+//! Guarantees: a [`PartitionReader`] returns records of its one partition in
+//! offset order; [`OutputProducer::flush`] returns only when every record
+//! sent before it was acknowledged by the broker, or reports that one was
+//! not; records are produced in order (one request in flight).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header as KafkaHeader, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::record::LogRecord;
+use crate::wasm::bindings::Header;
+
+/// Bound on metadata, watermark and admin requests.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on waiting for the broker to acknowledge produced records.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The header that carries an output's deterministic id.
+pub const ID_HEADER: &str = "logstream-id";
+/// Records the producer may hold unacknowledged before `send` waits.
+pub const PRODUCER_QUEUE_RECORDS: u32 = 100_000;
+/// Pause while the producer queue is full.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
+
+fn base_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    if let Ok(debug) = std::env::var("LOGSTREAM_RDKAFKA_DEBUG") {
+        config
+            .set("debug", debug)
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", "logstream")
+        .set("socket.timeout.ms", "10000");
+    config
+}
+
+/// Partitions of `topic`.
+pub fn partition_count(brokers: &str, topic: &str) -> Result<i32> {
+    let consumer: BaseConsumer = base_config(brokers)
+        .create()
+        .context("creating a Kafka client")?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .with_context(|| format!("reading the metadata of topic {topic} from {brokers}"))?;
+    let topic_metadata = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| anyhow!("the broker at {brokers} does not know topic {topic}"))?;
+    if let Some(error) = topic_metadata.error() {
+        return Err(anyhow!(
+            "topic {topic}: {:?}",
+            RDKafkaErrorCode::from(error)
+        ));
+    }
+    Ok(topic_metadata.partitions().len() as i32)
+}
+
+/// Create each `(topic, partitions)` that does not exist yet.
+pub fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = base_config(brokers)
+        .create()
+        .context("creating a Kafka admin client")?;
+    let new_topics: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+    let results = futures::executor::block_on(admin.create_topics(&new_topics, &options))
+        .with_context(|| format!("creating topics on {brokers}"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(anyhow!("creating topic {topic}: {code:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// Low and high watermark of one partition.
+pub fn watermarks(brokers: &str, topic: &str, partition: i32) -> Result<(i64, i64)> {
+    let consumer: BaseConsumer = base_config(brokers).create()?;
+    consumer
+        .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+        .with_context(|| format!("reading the watermarks of {topic}/{partition}"))
+}
+
+/// Reads one partition from a given offset.
+pub struct PartitionReader {
+    consumer: BaseConsumer,
+    topic: String,
+    partition: i32,
+}
+
+impl PartitionReader {
+    /// Assign `topic`/`partition` at `start` (`None`: the earliest offset).
+    pub fn open(brokers: &str, topic: &str, partition: i32, start: Option<i64>) -> Result<Self> {
+        let consumer: BaseConsumer = base_config(brokers)
+            // Required by librdkafka's assign, otherwise unused: offsets
+            // live in our checkpoints and nothing is committed to the group.
+            .set("group.id", "logstream-manual-assignment")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "20")
+            .create()
+            .context("creating a Kafka consumer")?;
+        let mut assignment = TopicPartitionList::new();
+        let offset = Offset::Offset(start.unwrap_or(0));
+        assignment
+            .add_partition_offset(topic, partition, offset)
+            .context("building the partition assignment")?;
+        consumer
+            .assign(&assignment)
+            .with_context(|| format!("assigning {topic}/{partition}"))?;
+        Ok(PartitionReader {
+            consumer,
+            topic: topic.to_string(),
+            partition,
+        })
+    }
+
+    /// Up to `max_records` records (and about `max_bytes` of payload): waits
+    /// at most `wait` for the first, then at most `linger` for more.
+    pub fn poll_batch(
+        &self,
+        max_records: usize,
+        max_bytes: usize,
+        wait: Duration,
+        linger: Duration,
+    ) -> Result<Vec<LogRecord>> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let started = Instant::now();
+        let mut deadline = started + wait;
+        while batch.len() < max_records && bytes < max_bytes {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let Some(message) = self.consumer.poll(remaining) else {
+                break;
+            };
+            let message =
+                message.with_context(|| format!("reading {}/{}", self.topic, self.partition))?;
+            let record = to_record(&message);
+            bytes += record.payload_bytes();
+            if batch.is_empty() {
+                deadline = Instant::now() + linger;
+            }
+            batch.push(record);
+        }
+        Ok(batch)
+    }
+}
+
+fn to_record(message: &impl Message) -> LogRecord {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| Header {
+                    key: h.key.to_string(),
+                    value: h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    LogRecord {
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        headers,
+    }
+}
+
+/// Counts delivery failures, keeping the first error.
+#[derive(Default)]
+pub struct DeliveryTracker {
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert_with(|| error.to_string());
+        }
+    }
+}
+
+/// One record to produce.
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: &'a [Header],
+    pub id: &'a str,
+}
+
+/// Produces records in order and confirms their delivery.
+pub struct OutputProducer {
+    producer: BaseProducer<DeliveryTracker>,
+}
+
+impl OutputProducer {
+    pub fn open(brokers: &str) -> Result<Self> {
+        let producer = base_config(brokers)
+            .set("acks", "all")
+            // One request in flight keeps each partition in send order even
+            // across retries, without idempotence (which our broker lacks).
+            .set("max.in.flight.requests.per.connection", "1")
+            .set("linger.ms", "2")
+            .set(
+                "message.timeout.ms",
+                DELIVERY_TIMEOUT.as_millis().to_string(),
+            )
+            .set(
+                "queue.buffering.max.messages",
+                PRODUCER_QUEUE_RECORDS.to_string(),
+            )
+            .create_with_context(DeliveryTracker::default())
+            .context("creating a Kafka producer")?;
+        Ok(OutputProducer { producer })
+    }
+
+    /// Queue one record (waits while the local queue is full).
+    pub fn send(&self, record: &Outgoing<'_>) -> Result<()> {
+        let mut headers =
+            OwnedHeaders::new_with_capacity(record.headers.len() + 1).insert(KafkaHeader {
+                key: ID_HEADER,
+                value: Some(record.id.as_bytes()),
+            });
+        for header in record.headers {
+            headers = headers.insert(KafkaHeader {
+                key: &header.key,
+                value: Some(&header.value),
+            });
+        }
+        let mut message = BaseRecord::to(record.topic)
+            .partition(record.partition)
+            .payload(record.value)
+            .headers(headers);
+        if let Some(key) = record.key {
+            message = message.key(key);
+        }
+        loop {
+            match self.producer.send(message) {
+                Ok(()) => return Ok(()),
+                Err((error, returned))
+                    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) =>
+                {
+                    message = returned;
+                    self.producer.poll(QUEUE_FULL_PAUSE);
+                }
+                Err((error, _)) => return Err(anyhow!("producing to {}: {error}", record.topic)),
+            }
+        }
+    }
+
+    /// Wait until everything sent was acknowledged; an error if any record
+    /// was not delivered (the caller must not checkpoint past it).
+    pub fn flush(&self) -> Result<()> {
+        self.producer
+            .flush(DELIVERY_TIMEOUT)
+            .context("waiting for the broker to acknowledge outputs")?;
+        let tracker = self.producer.context();
+        if tracker.failed.swap(0, Ordering::Relaxed) > 0 {
+            let error = tracker
+                .first_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            return Err(anyhow!(
+                "the broker did not accept some outputs: {}",
+                error.unwrap_or_default()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The ids (the [`ID_HEADER`] values) of the records of `topic`/`partition`
+/// from offset `from` up to the high watermark, keeping those that start
+/// with `prefix`.
+pub fn read_ids(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    prefix: &str,
+) -> Result<HashSet<String>> {
+    let (_, high) = watermarks(brokers, topic, partition)?;
+    let mut ids = HashSet::new();
+    if from >= high {
+        return Ok(ids);
+    }
+    let reader = PartitionReader::open(brokers, topic, partition, Some(from))?;
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    let mut next = from;
+    while next < high {
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "reading back {topic}/{partition} from {from} to {high} took longer than {DELIVERY_TIMEOUT:?}"
+            ));
+        }
+        let Some(message) = reader.consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message.with_context(|| format!("reading back {topic}/{partition}"))?;
+        next = message.offset() + 1;
+        if let Some(headers) = message.headers() {
+            for header in headers.iter() {
+                if header.key == ID_HEADER {
+                    if let Some(id) = header.value.and_then(|v| std::str::from_utf8(v).ok()) {
+                        if id.starts_with(prefix) {
+                            ids.insert(id.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(ids)
+}

@@ -1,0 +1,12 @@
+//! The Kafka pipeline: hosts that run deployed processors over Kafka with
+//! active-passive failover.
+//!
+//! - [`kafka`]: rdkafka clients (manual assignment, confirmed delivery,
+//!   reading back output ids, topic creation);
+//! - [`unit`]: one processor on one input partition: lead, checkpoint,
+//!   hot standby, takeover with output suppression;
+//! - [`node`]: a host: membership, registry polling, one thread per unit.
+
+pub mod kafka;
+pub mod node;
+pub mod unit;

@@ -1,0 +1,549 @@
+//! One pipeline unit: a deployed processor on one input partition. Units
+//! are what hosts elect a leader for, checkpoint and fail over: the unit's
+//! name is `PROCESSOR/PARTITION`, its state is one processor instance's
+//! state, its checkpoint records the partition's next offset.
+//!
+//! While it leads, a unit: polls a batch from its partition (bounded by the
+//! spec's records, bytes and linger), runs it through the processor,
+//! produces the outputs (and dead letters) with deterministic ids, waits for
+//! the broker to acknowledge them, and checkpoints state + next offset +
+//! the output partitions' high watermarks, fenced by its epoch, every
+//! checkpoint interval or N records. A checkpoint is therefore never ahead
+//! of delivered outputs.
+//!
+//! While it does not lead, it is a hot standby: the module stays compiled
+//! and an instance stays restored from the latest checkpoint, refreshed when
+//! a new one lands.
+//!
+//! On takeover it restores the last checkpoint (only if the standby does not
+//! already hold it), reads back the ids the output partitions received since
+//! the checkpoint's marks, seeks the input to the checkpointed offset, and
+//! replays, suppressing outputs that already reached the topic (guarantee 2
+//! without Kafka transactions).
+//!
+//! Output ids: `PROCESSOR/PARTITION/OFFSET/INDEX` for outputs and
+//! `PROCESSOR/PARTITION/OFFSET/dlq` for dead letters, in the `logstream-id`
+//! header.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::kafka::{self, Outgoing, OutputProducer, PartitionReader};
+use crate::record::LogRecord;
+use crate::store::checkpoint::{self, CheckpointError, Fence};
+use crate::store::clock::{Clock, SystemClock};
+use crate::store::election::{self, Election, ElectionEvent, ElectionTiming};
+use crate::store::registry::ProcessorSpec;
+use crate::store::{KvStore, RetryPolicy};
+use crate::wasm::bindings::Header;
+use crate::wasm::{ProcessedBatch, ProcessorModule, RecoveryPolicy, SupervisedProcessor};
+
+/// Header of a dead letter carrying the reason.
+pub const ERROR_HEADER: &str = "logstream-error";
+/// Mark (in checkpoints) of the output partition's high watermark.
+const OUTPUT_MARK: &str = "output_high_watermark";
+/// Mark of the dead-letter partition's high watermark.
+const DLQ_MARK: &str = "dlq_high_watermark";
+/// How often a passive unit checks whether it became the leader.
+const STANDBY_POLL: Duration = Duration::from_millis(5);
+
+/// How units run; shared by all units of a host.
+#[derive(Debug, Clone)]
+pub struct UnitSettings {
+    pub brokers: String,
+    pub host_id: String,
+    pub incarnation: String,
+    pub timing: ElectionTiming,
+    /// Checkpoint at least this often while records flow.
+    pub checkpoint_interval: Duration,
+    /// ... and after this many records.
+    pub checkpoint_every_records: u64,
+}
+
+/// The dead-letter topic of a processor.
+pub fn dlq_topic(processor: &str) -> String {
+    format!("{processor}.dlq")
+}
+
+/// The unit name (election and checkpoint key) of a processor partition.
+pub fn unit_name(processor: &str, partition: i32) -> String {
+    format!("{processor}/{partition}")
+}
+
+struct Active {
+    epoch: u64,
+    processor: SupervisedProcessor,
+    reader: PartitionReader,
+    producer: OutputProducer,
+    next_offset: Option<i64>,
+    suppressed: HashSet<String>,
+    records_since_checkpoint: u64,
+    last_checkpoint: Instant,
+    took_over_at: Instant,
+    first_output_logged: bool,
+}
+
+struct Standby {
+    generation: Option<u64>,
+    processor: SupervisedProcessor,
+}
+
+/// One unit's loop.
+pub struct Unit {
+    spec: ProcessorSpec,
+    partition: i32,
+    name: String,
+    module: ProcessorModule,
+    store: Arc<dyn KvStore>,
+    settings: UnitSettings,
+    policy: RetryPolicy,
+    /// Shared with the unit's elector thread, which renews the lease every
+    /// heartbeat whatever the worker is doing (a slow takeover or flush must
+    /// not cost the lease).
+    election: Arc<Mutex<Election>>,
+    clock: SystemClock,
+    output_partitions: HashMap<String, i32>,
+    standby: Option<Standby>,
+    active: Option<Active>,
+}
+
+impl Unit {
+    pub fn new(
+        spec: ProcessorSpec,
+        partition: i32,
+        module: ProcessorModule,
+        store: Arc<dyn KvStore>,
+        settings: UnitSettings,
+    ) -> Self {
+        let name = unit_name(&spec.name, partition);
+        let election = Arc::new(Mutex::new(Election::new(
+            &settings.host_id,
+            &settings.incarnation,
+            settings.timing,
+        )));
+        let policy = RetryPolicy {
+            max_elapsed: settings.timing.heartbeat,
+            ..RetryPolicy::default()
+        };
+        Unit {
+            spec,
+            partition,
+            name,
+            module,
+            store,
+            settings,
+            policy,
+            election,
+            clock: SystemClock::default(),
+            output_partitions: HashMap::new(),
+            standby: None,
+            active: None,
+        }
+    }
+
+    /// Run until `stop` is set; then hand over (final checkpoint, step down).
+    pub fn run(mut self, stop: Arc<AtomicBool>) {
+        let span = tracing::info_span!("unit", unit = %self.name);
+        let _entered = span.enter();
+        let elector_stop = Arc::new(AtomicBool::new(false));
+        let elector = {
+            let (store, policy, election, name, clock, stop) = (
+                self.store.clone(),
+                self.policy.clone(),
+                self.election.clone(),
+                self.name.clone(),
+                self.clock.clone(),
+                elector_stop.clone(),
+            );
+            let heartbeat = self.settings.timing.heartbeat;
+            std::thread::Builder::new()
+                .name(format!("elect-{}", self.name))
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let started = clock.now();
+                        election_round(store.as_ref(), &policy, &election, &name, started);
+                        std::thread::sleep(heartbeat.saturating_sub(clock.now() - started));
+                    }
+                })
+                .expect("starting an elector thread")
+        };
+        let mut next_standby_refresh = Duration::ZERO;
+        while !stop.load(Ordering::Relaxed) {
+            match self.acting_epoch() {
+                Some(epoch) => {
+                    if let Err(error) = self.lead(epoch) {
+                        tracing::error!(
+                            "unit {} failed while leading: {error:#}; stepping back",
+                            self.name
+                        );
+                        self.demote();
+                        std::thread::sleep(self.settings.timing.heartbeat);
+                    }
+                }
+                None => {
+                    if self.active.is_some() {
+                        tracing::info!(
+                            "unit {}: not (or no longer) the acting leader; going passive",
+                            self.name
+                        );
+                        self.demote();
+                    }
+                    if self.clock.now() >= next_standby_refresh {
+                        next_standby_refresh = self.clock.now() + self.settings.timing.heartbeat;
+                        if let Err(error) = self.refresh_standby() {
+                            tracing::warn!("refreshing the standby failed: {error:#}");
+                        }
+                    }
+                    // Poll for leadership often: takeover latency is this
+                    // pause plus the lease.
+                    std::thread::sleep(STANDBY_POLL);
+                }
+            }
+        }
+        self.hand_over(elector_stop, elector);
+    }
+
+    fn acting_epoch(&self) -> Option<u64> {
+        let election = self.election.lock().unwrap_or_else(|p| p.into_inner());
+        election.acting_epoch(self.clock.now())
+    }
+
+    /// One batch as leader (taking over first if needed).
+    fn lead(&mut self, epoch: u64) -> Result<()> {
+        if self.active.as_ref().is_none_or(|a| a.epoch != epoch) {
+            self.take_over(epoch)?;
+        }
+        let batch_settings = self.spec.batch;
+        let wait = self.settings.timing.heartbeat / 2;
+        let active = self.active.as_mut().expect("just taken over");
+        let records = active.reader.poll_batch(
+            batch_settings.max_records as usize,
+            batch_settings.max_bytes as usize,
+            wait,
+            Duration::from_millis(batch_settings.linger_ms),
+        )?;
+        if let Some(last) = records.last() {
+            let next = last.offset + 1;
+            let count = records.len() as u64;
+            // The supervisor keeps the records (its replay journal); the
+            // dead letters need their bytes too.
+            let kept = records.clone();
+            let result = active.processor.process_batch(records)?;
+            self.emit(&kept, &result)?;
+            let active = self.active.as_mut().expect("still active");
+            active.producer.flush()?;
+            active.next_offset = Some(next);
+            active.records_since_checkpoint += count;
+            if !active.first_output_logged {
+                active.first_output_logged = true;
+                tracing::info!(
+                    "unit {}: takeover phase first-output done in {:?} after takeover start",
+                    self.name,
+                    active.took_over_at.elapsed()
+                );
+            }
+        }
+        let active = self.active.as_ref().expect("still active");
+        let due = active.records_since_checkpoint >= self.settings.checkpoint_every_records
+            || (active.records_since_checkpoint > 0
+                && active.last_checkpoint.elapsed() >= self.settings.checkpoint_interval);
+        if due {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn output_partition(&mut self, topic: &str) -> Result<i32> {
+        if let Some(count) = self.output_partitions.get(topic) {
+            return Ok(self.partition % count);
+        }
+        let count = kafka::partition_count(&self.settings.brokers, topic)?.max(1);
+        self.output_partitions.insert(topic.to_string(), count);
+        Ok(self.partition % count)
+    }
+
+    /// Produce a batch's outputs and dead letters, skipping suppressed ids.
+    fn emit(&mut self, sources: &[LogRecord], result: &ProcessedBatch) -> Result<()> {
+        let output_topic = self.spec.output_topic.clone();
+        let dlq = dlq_topic(&self.spec.name);
+        let dlq_partition = self.output_partition(&dlq)?;
+        let mut index_of: HashMap<u32, u32> = HashMap::new();
+        let mut targets = Vec::with_capacity(result.outputs.len());
+        for output in &result.outputs {
+            let topic = output.topic.clone().unwrap_or_else(|| output_topic.clone());
+            let partition = self.output_partition(&topic)?;
+            targets.push((topic, partition));
+        }
+        let active = self.active.as_mut().expect("active");
+        for (output, (topic, partition)) in result.outputs.iter().zip(&targets) {
+            let source = &sources[output.input_index as usize];
+            let index = index_of.entry(output.input_index).or_insert(0);
+            let id = format!("{}/{}/{}", self.name, source.offset, index);
+            *index += 1;
+            if active.suppressed.remove(&id) {
+                continue;
+            }
+            active.producer.send(&Outgoing {
+                topic,
+                partition: *partition,
+                key: output.key.as_deref(),
+                value: &output.value,
+                headers: &output.headers,
+                id: &id,
+            })?;
+        }
+        let refusals = result
+            .rejections
+            .iter()
+            .map(|r| (r.input_index, format!("rejected: {}", r.reason)))
+            .chain(
+                result
+                    .failures
+                    .iter()
+                    .map(|f| (f.input_index, format!("failed: {}", f.error))),
+            );
+        for (input_index, reason) in refusals {
+            let source = &sources[input_index as usize];
+            let id = format!("{}/{}/dlq", self.name, source.offset);
+            if active.suppressed.remove(&id) {
+                continue;
+            }
+            let mut headers = source.headers.clone();
+            headers.push(Header {
+                key: ERROR_HEADER.to_string(),
+                value: reason.into_bytes(),
+            });
+            active.producer.send(&Outgoing {
+                topic: &dlq,
+                partition: dlq_partition,
+                key: source.key.as_deref(),
+                value: &source.value,
+                headers: &headers,
+                id: &id,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        let output_topic = self.spec.output_topic.clone();
+        let dlq = dlq_topic(&self.spec.name);
+        let output_partition = self.output_partition(&output_topic)?;
+        let dlq_partition = self.output_partition(&dlq)?;
+        let brokers = self.settings.brokers.clone();
+        let active = self.active.as_mut().expect("active");
+        let Some(next_offset) = active.next_offset else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let state = active.processor.snapshot()?;
+        let state_version = active.processor.state_version()?;
+        // Everything produced so far is acknowledged (flush after each
+        // batch), so these watermarks bound what the outputs since hold.
+        let (_, output_high) = kafka::watermarks(&brokers, &output_topic, output_partition)?;
+        let (_, dlq_high) = kafka::watermarks(&brokers, &dlq, dlq_partition)?;
+        let marks = BTreeMap::from([
+            (OUTPUT_MARK.to_string(), output_high.to_string()),
+            (DLQ_MARK.to_string(), dlq_high.to_string()),
+        ]);
+        let offsets = BTreeMap::from([(self.partition, next_offset)]);
+        let fence = Fence::new(self.name.clone(), active.epoch);
+        match checkpoint::write_checkpoint(
+            self.store.as_ref(),
+            &fence,
+            &state,
+            state_version,
+            offsets,
+            marks,
+        ) {
+            Ok(meta) => {
+                tracing::debug!(
+                    "unit {}: checkpoint generation {} ({} bytes, next offset {next_offset}) in {:?}",
+                    self.name,
+                    meta.generation,
+                    meta.size_bytes,
+                    started.elapsed()
+                );
+                active.records_since_checkpoint = 0;
+                active.last_checkpoint = Instant::now();
+                Ok(())
+            }
+            Err(CheckpointError::Fenced { .. }) => {
+                tracing::warn!(
+                    "unit {}: checkpoint fenced off at epoch {}; going passive",
+                    self.name,
+                    active.epoch
+                );
+                self.demote();
+                Ok(())
+            }
+            Err(error) => Err(error).context("writing a checkpoint"),
+        }
+    }
+
+    fn take_over(&mut self, epoch: u64) -> Result<()> {
+        let started = Instant::now();
+        tracing::info!("unit {}: taking over at epoch {epoch}", self.name);
+        let checkpoint = checkpoint::read_current(self.store.as_ref(), &self.name)?;
+        let generation = checkpoint.as_ref().map(|c| c.meta.generation);
+        let restore_started = Instant::now();
+        let processor = match self.standby.take() {
+            Some(standby) if standby.generation == generation => standby.processor,
+            _ => self.start_processor(checkpoint.as_ref().map(|c| c.state.clone()))?,
+        };
+        let restored_in = restore_started.elapsed();
+        let next_offset = checkpoint
+            .as_ref()
+            .and_then(|c| c.meta.offsets.get(&self.partition).copied());
+        let mark = |name: &str| -> i64 {
+            checkpoint
+                .as_ref()
+                .and_then(|c| c.meta.marks.get(name))
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0)
+        };
+        let (output_mark, dlq_mark) = (mark(OUTPUT_MARK), mark(DLQ_MARK));
+        let seek_started = Instant::now();
+        let brokers = self.settings.brokers.clone();
+        let output_topic = self.spec.output_topic.clone();
+        let dlq = dlq_topic(&self.spec.name);
+        let output_partition = self.output_partition(&output_topic)?;
+        let dlq_partition = self.output_partition(&dlq)?;
+        let prefix = format!("{}/", self.name);
+        let mut suppressed = kafka::read_ids(
+            &brokers,
+            &output_topic,
+            output_partition,
+            output_mark,
+            &prefix,
+        )?;
+        suppressed.extend(kafka::read_ids(
+            &brokers,
+            &dlq,
+            dlq_partition,
+            dlq_mark,
+            &prefix,
+        )?);
+        let reader = PartitionReader::open(
+            &brokers,
+            &self.spec.input_topic,
+            self.partition,
+            next_offset,
+        )?;
+        let producer = OutputProducer::open(&brokers)?;
+        tracing::info!(
+            "unit {}: takeover phases: restore {:?} (generation {generation:?}), read-back and seek {:?} ({} outputs to suppress), next offset {next_offset:?}",
+            self.name,
+            restored_in,
+            seek_started.elapsed(),
+            suppressed.len()
+        );
+        self.active = Some(Active {
+            epoch,
+            processor,
+            reader,
+            producer,
+            next_offset,
+            suppressed,
+            records_since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            took_over_at: started,
+            first_output_logged: false,
+        });
+        Ok(())
+    }
+
+    fn start_processor(&self, state: Option<Vec<u8>>) -> Result<SupervisedProcessor> {
+        SupervisedProcessor::start_from(
+            &self.name,
+            self.module.clone(),
+            &self.spec.config,
+            RecoveryPolicy::default(),
+            state,
+        )
+        .with_context(|| format!("starting processor {}", self.name))
+    }
+
+    /// Keep a warm instance at the latest checkpoint.
+    fn refresh_standby(&mut self) -> Result<()> {
+        let meta = checkpoint::read_current_meta(self.store.as_ref(), &self.name)?;
+        let generation = meta.map(|m| m.generation);
+        if self
+            .standby
+            .as_ref()
+            .is_some_and(|s| s.generation == generation)
+        {
+            return Ok(());
+        }
+        let checkpoint = checkpoint::read_current(self.store.as_ref(), &self.name)?;
+        let processor = self.start_processor(checkpoint.as_ref().map(|c| c.state.clone()))?;
+        self.standby = Some(Standby {
+            generation: checkpoint.map(|c| c.meta.generation),
+            processor,
+        });
+        Ok(())
+    }
+
+    fn demote(&mut self) {
+        // The active instance's state is ahead of the last checkpoint; the
+        // standby is rebuilt from the store.
+        self.active = None;
+    }
+
+    /// Graceful stop: final checkpoint, then release leadership at once.
+    fn hand_over(&mut self, elector_stop: Arc<AtomicBool>, elector: std::thread::JoinHandle<()>) {
+        if self.active.is_some() && self.acting_epoch().is_some() {
+            if let Err(error) = self.checkpoint() {
+                tracing::warn!("unit {}: final checkpoint failed: {error:#}", self.name);
+            }
+        }
+        elector_stop.store(true, Ordering::Relaxed);
+        let _ = elector.join();
+        let held = {
+            let mut election = self.election.lock().unwrap_or_else(|p| p.into_inner());
+            election.request_step_down();
+            election.held_epoch().is_some()
+        };
+        if held {
+            election_round(
+                self.store.as_ref(),
+                &self.policy,
+                &self.election,
+                &self.name,
+                self.clock.now(),
+            );
+        }
+    }
+}
+
+/// One election round for `unit`, logging role changes.
+fn election_round(
+    store: &dyn KvStore,
+    policy: &RetryPolicy,
+    election: &Mutex<Election>,
+    unit: &str,
+    now: Duration,
+) {
+    let mut election = election.lock().unwrap_or_else(|p| p.into_inner());
+    match election::step(store, policy, &mut election, unit, now, false) {
+        Ok(outcome) => match outcome.event {
+            Some(ElectionEvent::BecameLeader { epoch }) => {
+                tracing::info!("unit {unit}: became leader at epoch {epoch}")
+            }
+            Some(ElectionEvent::Fenced { epoch, by_epoch }) => {
+                tracing::warn!(
+                    "unit {unit}: fenced at epoch {epoch} by epoch {by_epoch}; now passive"
+                )
+            }
+            Some(ElectionEvent::SteppedDown { epoch }) => {
+                tracing::info!("unit {unit}: stepped down from epoch {epoch}")
+            }
+            None => {}
+        },
+        Err(error) => tracing::warn!("unit {unit}: election round failed: {error}"),
+    }
+}

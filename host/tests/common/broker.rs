@@ -1,0 +1,76 @@
+//! A real Kafka-compatible broker for tests: tansu with `sqlite://`
+//! storage in a temporary directory, on a free loopback port.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the broker may take to answer metadata after starting.
+const STARTUP_BOUND: Duration = Duration::from_secs(30);
+
+pub struct Broker {
+    pub address: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+/// The tansu binary: `$TANSU`, else `~/.cargo/bin/tansu`, else `tansu` on PATH.
+pub fn tansu_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TANSU") {
+        return PathBuf::from(path);
+    }
+    let cargo_bin = std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".cargo/bin/tansu"))
+        .filter(|p| p.exists());
+    cargo_bin.unwrap_or_else(|| PathBuf::from("tansu"))
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{address}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        // tansu resolves the sqlite path relative to its working directory.
+        let child = Command::new(tansu_binary())
+            .current_dir(dir.path())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}; install it: cargo install tansu --version 0.6.0 --locked --features dynostore,libsql", tansu_binary().display()));
+        let broker = Broker {
+            address,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + STARTUP_BOUND;
+        while logstream_host::pipeline::kafka::ensure_topics(
+            &broker.address,
+            &[("logstream-probe", 1)],
+        )
+        .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not come up within {STARTUP_BOUND:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        broker
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

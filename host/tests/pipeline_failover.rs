@@ -1,0 +1,388 @@
+//! Failover transparency (guarantee 2) over a real broker (tansu, sqlite
+//! storage), the real SQLite store and two real `logstream host` processes:
+//! the host leading the units is killed with kill -9 while records flow and
+//! restarted as the passive; in the end every output partition holds
+//! exactly what `logstream run-local` computes over the same input partition
+//! (nothing lost, nothing twice, same order), and the final checkpointed
+//! state equals run-local's final state byte for byte.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::broker::Broker;
+use common::{logstream, plugin, run, stderr};
+use logstream_host::pipeline::kafka::{self, PartitionReader, ID_HEADER};
+use logstream_host::record::LogRecord;
+use logstream_host::store::checkpoint;
+use logstream_host::store::election::read_leader;
+use logstream_host::store::{transact, RetryPolicy, SqliteStore};
+
+const PARTITIONS: i32 = 3;
+/// Input records, spread over the partitions (env `PIPELINE_RECORDS`).
+const DEFAULT_RECORDS: u64 = 3_000;
+/// kill -9 of the leading host while records flow (env `PIPELINE_KILLS`).
+const DEFAULT_KILLS: usize = 3;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+/// Liveness bound on the whole run (not a performance assertion).
+const RUN_BOUND: Duration = Duration::from_secs(300);
+
+struct Hosts {
+    store_path: std::path::PathBuf,
+    brokers: String,
+    dir: std::path::PathBuf,
+    children: BTreeMap<String, Child>,
+    starts: usize,
+}
+
+impl Hosts {
+    fn start(&mut self, id: &str) {
+        self.starts += 1;
+        let log =
+            std::fs::File::create(self.dir.join(format!("host-{id}-{}.log", self.starts))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_logstream"))
+            .args(["host", "--host-id", id, "--brokers", &self.brokers])
+            .arg("--store")
+            .arg(format!("sqlite:{}", self.store_path.display()))
+            .args(["--checkpoint-interval-ms", "200"])
+            .env("LOGSTREAM_LOG", "info")
+            .env("LOGSTREAM_CACHE_DIR", self.dir.join("cache"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.children.insert(id.to_string(), child);
+    }
+
+    fn pid_of(&self, id: &str) -> u32 {
+        self.children[id].id()
+    }
+
+    fn kill9(&mut self, id: &str) {
+        let mut child = self.children.remove(id).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn stop_all(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.children) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn units() -> Vec<String> {
+    ["pt", "lc"]
+        .iter()
+        .flat_map(|p| (0..PARTITIONS).map(move |i| format!("{p}/{i}")))
+        .collect()
+}
+
+/// pid of the process holding each unit's leader record.
+fn leaders(store: &SqliteStore) -> Vec<Option<u32>> {
+    units()
+        .iter()
+        .map(|unit| {
+            let record =
+                transact(store, &RetryPolicy::default(), |txn| read_leader(txn, unit)).unwrap();
+            record
+                .filter(|r| !r.released)
+                .and_then(|r| logstream_host::probe::pid_of(&r.holder))
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, deadline: Instant, mut condition: impl FnMut() -> bool) {
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every record of a partition, up to its high watermark.
+fn read_partition(brokers: &str, topic: &str, partition: i32) -> Vec<LogRecord> {
+    let (_, high) = kafka::watermarks(brokers, topic, partition).unwrap();
+    let reader = PartitionReader::open(brokers, topic, partition, Some(0)).unwrap();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + RUN_BOUND;
+    while records.last().map_or(0, |r: &LogRecord| r.offset + 1) < high {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic}/{partition} timed out"
+        );
+        records.extend(
+            reader
+                .poll_batch(
+                    10_000,
+                    64 << 20,
+                    Duration::from_secs(1),
+                    Duration::from_millis(10),
+                )
+                .unwrap(),
+        );
+    }
+    records
+}
+
+/// run-local over one partition's records: (offset, index, value) per output, and the final state.
+fn expected(
+    dir: &Path,
+    processor: &str,
+    config: &str,
+    records: &[LogRecord],
+    partition: i32,
+) -> (Vec<(i64, u64, String)>, Vec<u8>) {
+    let input = dir.join(format!("{processor}-{partition}.jsonl"));
+    let lines: Vec<String> = records
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "partition": r.partition, "offset": r.offset, "timestamp_ms": r.timestamp_ms,
+                "value": String::from_utf8(r.value.clone()).unwrap(),
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let state = dir.join(format!("{processor}-{partition}.state"));
+    let output = run(logstream()
+        .arg("run-local")
+        .arg(plugin(processor))
+        .arg("--input")
+        .arg(&input)
+        .args(["--config", config, "--state-out"])
+        .arg(&state));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let outputs = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("index").is_some())
+        .map(|v| {
+            (
+                v["offset"].as_i64().unwrap(),
+                v["index"].as_u64().unwrap(),
+                v["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (outputs, std::fs::read(state).unwrap())
+}
+
+/// Output partition contents as (source offset, index, value), in topic order.
+fn actual(brokers: &str, topic: &str, unit: &str, partition: i32) -> Vec<(i64, u64, String)> {
+    read_partition(brokers, topic, partition)
+        .into_iter()
+        .map(|r| {
+            let id = r
+                .headers
+                .iter()
+                .find(|h| h.key == ID_HEADER)
+                .expect("every output has an id");
+            let id = String::from_utf8(id.value.clone()).unwrap();
+            let rest = id
+                .strip_prefix(&format!("{unit}/"))
+                .unwrap_or_else(|| panic!("foreign id {id}"));
+            let (offset, index) = rest.split_once('/').unwrap();
+            (
+                offset.parse().unwrap(),
+                index.parse().unwrap(),
+                String::from_utf8(r.value).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn outputs_and_state_survive_kill_9_failovers_exactly_once() {
+    let records: u64 = env_or("PIPELINE_RECORDS", DEFAULT_RECORDS);
+    let kills: usize = env_or("PIPELINE_KILLS", DEFAULT_KILLS);
+    let deadline = Instant::now() + RUN_BOUND;
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store_path = dir.path().join("store.db");
+    kafka::ensure_topics(
+        &broker.address,
+        &[
+            ("logs", PARTITIONS),
+            ("pt-out", PARTITIONS),
+            ("lc-out", PARTITIONS),
+        ],
+    )
+    .unwrap();
+    let store_url = format!("sqlite:{}", store_path.display());
+    for (name, file, output, config) in [
+        ("pt", "passthrough", "pt-out", ""),
+        ("lc", "level_counter", "lc-out", "every=100"),
+    ] {
+        let out = run(logstream().arg("deploy").arg(plugin(file)).args([
+            "--name", name, "--input", "logs", "--output", output, "--config", config, "--store",
+            &store_url,
+        ]));
+        assert!(out.status.success(), "deploy {name}: {}", stderr(&out));
+    }
+    let mut hosts = Hosts {
+        store_path: store_path.clone(),
+        brokers: broker.address.clone(),
+        dir: dir.path().to_path_buf(),
+        children: BTreeMap::new(),
+        starts: 0,
+    };
+    let store = SqliteStore::open(&store_path).unwrap();
+    hosts.start("a");
+    let a = hosts.pid_of("a");
+    wait_until("host a to lead every unit", deadline, || {
+        leaders(&store).iter().all(|l| *l == Some(a))
+    });
+    hosts.start("b");
+
+    let producer = {
+        let brokers = broker.address.clone();
+        std::thread::spawn(move || {
+            let output = Command::new(env!("CARGO_BIN_EXE_logstream"))
+                .args([
+                    "gen-logs",
+                    "--count",
+                    &records.to_string(),
+                    "--partitions",
+                    &PARTITIONS.to_string(),
+                ])
+                .args(["--topic", "logs", "--brokers", &brokers])
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        })
+    };
+
+    // Kill at varied points: a fixed-seed jitter of 300-1100 ms between kills.
+    let mut jitter = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..kills {
+        jitter ^= jitter << 13;
+        jitter ^= jitter >> 7;
+        jitter ^= jitter << 17;
+        std::thread::sleep(Duration::from_millis(300 + jitter % 800));
+        // Kill whichever host leads the most units, then restart it as the passive.
+        let current = leaders(&store);
+        let (victim, _) = ["a", "b"]
+            .iter()
+            .filter(|id| hosts.children.contains_key(**id))
+            .map(|id| {
+                (
+                    *id,
+                    current
+                        .iter()
+                        .filter(|l| **l == Some(hosts.pid_of(id)))
+                        .count(),
+                )
+            })
+            .max_by_key(|(_, n)| *n)
+            .unwrap();
+        let victim = victim.to_string();
+        hosts.kill9(&victim);
+        hosts.start(&victim);
+    }
+    producer.join().unwrap();
+
+    // Wait until every unit has checkpointed past the end of its partition.
+    let highs: Vec<i64> = (0..PARTITIONS)
+        .map(|p| kafka::watermarks(&broker.address, "logs", p).unwrap().1)
+        .collect();
+    wait_until("every unit to checkpoint the whole input", deadline, || {
+        units().iter().all(|unit| {
+            let partition: i32 = unit.rsplit('/').next().unwrap().parse().unwrap();
+            checkpoint::read_current_meta(&store, unit)
+                .unwrap()
+                .and_then(|m| m.offsets.get(&partition).copied())
+                == Some(highs[partition as usize])
+        })
+    });
+    hosts.stop_all();
+
+    // Every unit really failed over (its epoch moved past the first leader's).
+    for unit in units() {
+        let record = transact(&store, &RetryPolicy::default(), |txn| {
+            read_leader(txn, &unit)
+        })
+        .unwrap()
+        .unwrap();
+        assert!(
+            record.epoch > 1,
+            "{unit} never failed over (epoch {})",
+            record.epoch
+        );
+    }
+    let suppressed: usize = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .flat_map(|log| {
+            log.lines()
+                .filter_map(|l| {
+                    l.split(" outputs to suppress")
+                        .next()?
+                        .rsplit('(')
+                        .next()?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    eprintln!("outputs suppressed on takeovers: {suppressed}");
+
+    for partition in 0..PARTITIONS {
+        let input = read_partition(&broker.address, "logs", partition);
+        assert_eq!(input.len() as i64, highs[partition as usize]);
+        for (processor, file, topic, config) in [
+            ("pt", "passthrough", "pt-out", ""),
+            ("lc", "level_counter", "lc-out", "every=100"),
+        ] {
+            let unit = format!("{processor}/{partition}");
+            let (want, want_state) = expected(dir.path(), file, config, &input, partition);
+            let got = actual(&broker.address, topic, &unit, partition);
+            assert_eq!(
+                got.len(),
+                want.len(),
+                "{unit}: {} outputs, expected {}",
+                got.len(),
+                want.len()
+            );
+            assert!(
+                got == want,
+                "{unit}: outputs differ from an uninterrupted run"
+            );
+            let state = checkpoint::read_current(&store, &unit)
+                .unwrap()
+                .unwrap()
+                .state;
+            assert!(
+                state == want_state,
+                "{unit}: final state differs from an uninterrupted run"
+            );
+        }
+    }
+}
