@@ -2,16 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use super::{GlobalArgs, LimitArgs};
 use crate::pipeline::node::{self, HostConfig};
-use crate::store::election::{ElectionTiming, DEFAULT_HEARTBEAT, DEFAULT_LEASE, DEFAULT_MARGIN};
 
 /// Default checkpoint interval while records flow, in milliseconds.
 pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1_000;
@@ -36,17 +33,8 @@ pub struct HostArgs {
     #[arg(long, env = "LOGSTREAM_HOST_ID")]
     pub host_id: Option<String>,
 
-    /// Election lease, in milliseconds.
-    #[arg(long, default_value_t = DEFAULT_LEASE.as_millis() as u64)]
-    pub lease_ms: u64,
-
-    /// Election heartbeat, in milliseconds.
-    #[arg(long, default_value_t = DEFAULT_HEARTBEAT.as_millis() as u64)]
-    pub heartbeat_ms: u64,
-
-    /// Election margin, in milliseconds.
-    #[arg(long, default_value_t = DEFAULT_MARGIN.as_millis() as u64)]
-    pub margin_ms: u64,
+    #[command(flatten)]
+    pub election: super::ElectionArgs,
 
     /// Checkpoint at least this often while records flow, in milliseconds.
     #[arg(long, default_value_t = DEFAULT_CHECKPOINT_INTERVAL_MS)]
@@ -61,17 +49,8 @@ pub struct HostArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: HostArgs) -> Result<ExitCode> {
-    let timing = ElectionTiming {
-        lease: Duration::from_millis(args.lease_ms),
-        heartbeat: Duration::from_millis(args.heartbeat_ms),
-        margin: Duration::from_millis(args.margin_ms),
-    };
-    timing.validate().map_err(anyhow::Error::msg)?;
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, shutdown.clone())
-            .context("installing signal handlers")?;
-    }
+    let timing = args.election.timing()?;
+    let shutdown = super::shutdown_on_signals()?;
     let cache_dir: Option<PathBuf> = if global.no_cache {
         None
     } else {

@@ -90,6 +90,45 @@ impl LimitArgs {
     }
 }
 
+/// The election timing, shared by the commands that contend.
+#[derive(Debug, Clone, Args)]
+pub struct ElectionArgs {
+    /// Election lease, in milliseconds: a silent leader is replaced after this.
+    #[arg(long, default_value_t = crate::store::election::DEFAULT_LEASE.as_millis() as u64)]
+    pub lease_ms: u64,
+
+    /// Election heartbeat (renewal and observation period), in milliseconds.
+    #[arg(long, default_value_t = crate::store::election::DEFAULT_HEARTBEAT.as_millis() as u64)]
+    pub heartbeat_ms: u64,
+
+    /// Election margin: the leader goes quiet this long before its lease ends, in milliseconds.
+    #[arg(long, default_value_t = crate::store::election::DEFAULT_MARGIN.as_millis() as u64)]
+    pub margin_ms: u64,
+}
+
+impl ElectionArgs {
+    /// The timing, validated (one sentence on what is wrong).
+    pub fn timing(&self) -> Result<crate::store::election::ElectionTiming> {
+        let timing = crate::store::election::ElectionTiming {
+            lease: Duration::from_millis(self.lease_ms),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            margin: Duration::from_millis(self.margin_ms),
+        };
+        timing.validate().map_err(anyhow::Error::msg)?;
+        Ok(timing)
+    }
+}
+
+/// A flag set by SIGTERM or SIGINT.
+fn shutdown_on_signals() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, shutdown.clone())
+            .map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))?;
+    }
+    Ok(shutdown)
+}
+
 /// Set up `tracing` to stderr with the `--log` filter.
 pub fn init_tracing(global: &GlobalArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&global.log)

@@ -2,15 +2,12 @@
 //! [`crate::probe`]) until SIGTERM/SIGINT, or check a store's probe log.
 
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::probe::{self, ProbeConfig};
-use crate::store::election::ElectionTiming;
 
 #[derive(Debug, Args)]
 pub struct ProbeElectionArgs {
@@ -26,17 +23,8 @@ pub struct ProbeElectionArgs {
     #[arg(long)]
     pub host_id: Option<String>,
 
-    /// Lease, in milliseconds.
-    #[arg(long, default_value_t = crate::store::election::DEFAULT_LEASE.as_millis() as u64)]
-    pub lease_ms: u64,
-
-    /// Heartbeat, in milliseconds.
-    #[arg(long, default_value_t = crate::store::election::DEFAULT_HEARTBEAT.as_millis() as u64)]
-    pub heartbeat_ms: u64,
-
-    /// Margin, in milliseconds.
-    #[arg(long, default_value_t = crate::store::election::DEFAULT_MARGIN.as_millis() as u64)]
-    pub margin_ms: u64,
+    #[command(flatten)]
+    pub election: super::ElectionArgs,
 
     /// Pause between fenced writes while leading, in milliseconds.
     #[arg(long, default_value_t = 10)]
@@ -82,17 +70,8 @@ pub fn run(args: ProbeElectionArgs) -> Result<ExitCode> {
             }
         };
     }
-    let timing = ElectionTiming {
-        lease: Duration::from_millis(args.lease_ms),
-        heartbeat: Duration::from_millis(args.heartbeat_ms),
-        margin: Duration::from_millis(args.margin_ms),
-    };
-    timing.validate().map_err(anyhow::Error::msg)?;
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, shutdown.clone())
-            .context("installing signal handlers")?;
-    }
+    let timing = args.election.timing()?;
+    let shutdown = super::shutdown_on_signals()?;
     let config = ProbeConfig {
         processor: args.processor,
         host_id: args.host_id.unwrap_or_else(default_host_id),

@@ -28,8 +28,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use logstream_sdk::config::Settings;
+use logstream_sdk::json::StrField as Field;
 use logstream_sdk::{Emitter, Output, Processor, Record, Reject};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// Summary period used when the configuration is empty.
@@ -98,13 +99,13 @@ impl Processor for LevelCounter {
             .map_err(|e| Reject::new(format!("the value is not a JSON object: {e}")))?;
         let service = match fields.service {
             Field::Str(service) => service,
-            Field::Absent => Cow::Borrowed(UNKNOWN),
+            Field::Other => Cow::Borrowed(UNKNOWN),
         };
         let level = [fields.level, fields.severity, fields.lvl]
             .into_iter()
             .find_map(|f| match f {
                 Field::Str(level) => Some(lowercase(level)),
-                Field::Absent => None,
+                Field::Other => None,
             })
             .unwrap_or(Cow::Borrowed(UNKNOWN));
 
@@ -128,69 +129,12 @@ impl Processor for LevelCounter {
 
 const UNKNOWN: &str = "unknown";
 
-/// A field of interest: a JSON string, or anything else (absent, or another
-/// JSON type), which counts as absent.
-#[derive(Debug, Default)]
-enum Field<'de> {
-    Str(Cow<'de, str>),
-    #[default]
-    Absent,
-}
-
 /// `text` in lower case, allocating only when it has upper-case letters.
 fn lowercase(text: Cow<'_, str>) -> Cow<'_, str> {
     if text.chars().any(char::is_uppercase) {
         Cow::Owned(text.to_lowercase())
     } else {
         text
-    }
-}
-
-impl<'de> Deserialize<'de> for Field<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldVisitor;
-
-        impl<'de> Visitor<'de> for FieldVisitor {
-            type Value = Field<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Field::Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Field::Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Field::Str(Cow::Owned(v)))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Field::Absent)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Field::Absent)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Field::Absent)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Field::Absent)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Field::Absent)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Field::Absent)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Field::Absent)
-            }
-        }
-
-        deserializer.deserialize_any(FieldVisitor)
     }
 }
 

@@ -24,6 +24,7 @@
 
 pub mod config;
 mod emitter;
+pub mod json;
 pub mod log;
 pub mod record;
 mod runtime;
