@@ -214,10 +214,14 @@ fn actual(brokers: &str, topic: &str, unit: &str, partition: i32) -> Vec<(i64, u
         .collect()
 }
 
-#[test]
-fn outputs_and_state_survive_kill_9_failovers_exactly_once() {
-    let records: u64 = env_or("PIPELINE_RECORDS", DEFAULT_RECORDS);
-    let kills: usize = env_or("PIPELINE_KILLS", DEFAULT_KILLS);
+/// The transparency scenario: two hosts, passthrough and level-counter on
+/// three partitions, `records` produced while `disrupt` does its worst to the
+/// hosts; then every output partition and final state must equal an
+/// uninterrupted run. Returns the test directory (host logs) for more checks.
+fn transparency_run(
+    records: u64,
+    disrupt: impl FnOnce(&mut Hosts, &SqliteStore),
+) -> tempfile::TempDir {
     let deadline = Instant::now() + RUN_BOUND;
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
@@ -279,33 +283,7 @@ fn outputs_and_state_survive_kill_9_failovers_exactly_once() {
         })
     };
 
-    // Kill at varied points: a fixed-seed jitter of 300-1100 ms between kills.
-    let mut jitter = 0x9e37_79b9_7f4a_7c15u64;
-    for _ in 0..kills {
-        jitter ^= jitter << 13;
-        jitter ^= jitter >> 7;
-        jitter ^= jitter << 17;
-        std::thread::sleep(Duration::from_millis(300 + jitter % 800));
-        // Kill whichever host leads the most units, then restart it as the passive.
-        let current = leaders(&store);
-        let (victim, _) = ["a", "b"]
-            .iter()
-            .filter(|id| hosts.children.contains_key(**id))
-            .map(|id| {
-                (
-                    *id,
-                    current
-                        .iter()
-                        .filter(|l| **l == Some(hosts.pid_of(id)))
-                        .count(),
-                )
-            })
-            .max_by_key(|(_, n)| *n)
-            .unwrap();
-        let victim = victim.to_string();
-        hosts.kill9(&victim);
-        hosts.start(&victim);
-    }
+    disrupt(&mut hosts, &store);
     producer.join().unwrap();
 
     // Wait until every unit has checkpointed past the end of its partition.
@@ -385,4 +363,173 @@ fn outputs_and_state_survive_kill_9_failovers_exactly_once() {
             );
         }
     }
+    drop(hosts);
+    dir
+}
+
+/// The running host that leads the most units.
+fn busiest_host(hosts: &Hosts, store: &SqliteStore) -> String {
+    let current = leaders(store);
+    ["a", "b"]
+        .iter()
+        .filter(|id| hosts.children.contains_key(**id))
+        .max_by_key(|id| {
+            current
+                .iter()
+                .filter(|l| **l == Some(hosts.pid_of(id)))
+                .count()
+        })
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn outputs_and_state_survive_kill_9_failovers_exactly_once() {
+    let records: u64 = env_or("PIPELINE_RECORDS", DEFAULT_RECORDS);
+    let kills: usize = env_or("PIPELINE_KILLS", DEFAULT_KILLS);
+    transparency_run(records, |hosts, store| {
+        // Kill at varied points: a fixed-seed jitter of 300-1100 ms between kills.
+        let mut jitter = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..kills {
+            jitter ^= jitter << 13;
+            jitter ^= jitter >> 7;
+            jitter ^= jitter << 17;
+            std::thread::sleep(Duration::from_millis(300 + jitter % 800));
+            // Kill whichever host leads the most units; restart it as the passive.
+            let victim = busiest_host(hosts, store);
+            hosts.kill9(&victim);
+            hosts.start(&victim);
+        }
+    });
+}
+
+#[test]
+fn a_leader_paused_past_its_lease_is_fenced_and_nothing_is_duplicated() {
+    let records: u64 = env_or("PIPELINE_RECORDS", DEFAULT_RECORDS);
+    let mut paused_host = String::new();
+    let dir = transparency_run(records, |hosts, store| {
+        std::thread::sleep(Duration::from_millis(500));
+        let zombie = busiest_host(hosts, store);
+        let zombie_pid = hosts.pid_of(&zombie);
+        signal(zombie_pid, "-STOP");
+        wait_until(
+            "the other host to take every unit over",
+            Instant::now() + RUN_BOUND,
+            || {
+                leaders(store)
+                    .iter()
+                    .all(|l| l.is_some() && *l != Some(zombie_pid))
+            },
+        );
+        signal(zombie_pid, "-CONT");
+        paused_host = zombie;
+    });
+    let logs: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.unwrap().path();
+            let name = path.file_name()?.to_str()?.to_string();
+            name.starts_with(&format!("host-{paused_host}-"))
+                .then(|| std::fs::read_to_string(&path).ok())?
+        })
+        .collect();
+    assert!(
+        logs.contains("fenced at epoch") || logs.contains("no longer) the acting leader"),
+        "the resumed host did not report losing its leadership"
+    );
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_poison_record_goes_to_the_dead_letter_topic_and_the_partition_keeps_flowing() {
+    let deadline = Instant::now() + RUN_BOUND;
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store_path = dir.path().join("store.db");
+    kafka::ensure_topics(&broker.address, &[("mb-in", 1), ("mb-out", 1)]).unwrap();
+    let store_url = format!("sqlite:{}", store_path.display());
+    let out = run(logstream().arg("deploy").arg(plugin("misbehave")).args([
+        "--name", "mb", "--input", "mb-in", "--output", "mb-out", "--store", &store_url,
+    ]));
+    assert!(out.status.success(), "deploy: {}", stderr(&out));
+    let mut hosts = Hosts {
+        store_path: store_path.clone(),
+        brokers: broker.address.clone(),
+        dir: dir.path().to_path_buf(),
+        children: BTreeMap::new(),
+        starts: 0,
+    };
+    hosts.start("a");
+
+    let values = ["a", "trap", "open-file /etc/hostname", "b"];
+    let producer = kafka::OutputProducer::open(&broker.address).unwrap();
+    for value in values {
+        producer
+            .send(&kafka::Outgoing {
+                topic: "mb-in",
+                partition: 0,
+                key: None,
+                value: value.as_bytes(),
+                headers: &[],
+                id: None,
+            })
+            .unwrap();
+    }
+    producer.flush().unwrap();
+
+    let store = SqliteStore::open(&store_path).unwrap();
+    wait_until("the unit to checkpoint past every record", deadline, || {
+        checkpoint::read_current_meta(&store, "mb/0")
+            .unwrap()
+            .and_then(|m| m.offsets.get(&0).copied())
+            == Some(values.len() as i64)
+    });
+    hosts.stop_all();
+
+    let dead: Vec<(String, String)> = read_partition(&broker.address, "mb.dlq", 0)
+        .into_iter()
+        .map(|r| {
+            let error = r
+                .headers
+                .iter()
+                .find(|h| h.key == "logstream-error")
+                .expect("a dead letter says why");
+            (
+                String::from_utf8(r.value).unwrap(),
+                String::from_utf8(error.value.clone()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0].0, "trap");
+    assert!(
+        dead[0].1.starts_with("failed: the processor trapped"),
+        "{}",
+        dead[0].1
+    );
+    assert!(
+        dead[0].1.contains("poison record at offset 1"),
+        "{}",
+        dead[0].1
+    );
+    assert_eq!(dead[1].0, "open-file /etc/hostname");
+    assert!(
+        dead[1].1.starts_with("rejected: open-file"),
+        "{}",
+        dead[1].1
+    );
+
+    let outputs: Vec<String> = read_partition(&broker.address, "mb-out", 0)
+        .into_iter()
+        .map(|r| String::from_utf8(r.value).unwrap())
+        .collect();
+    // The trap's effects were discarded; the rejected record was counted.
+    assert_eq!(outputs, ["n=1:a", "n=3:b"]);
 }

@@ -72,14 +72,13 @@ fn produce(args: &GenLogsArgs, topic: &str, brokers: &str) -> Result<ExitCode> {
     let producer = OutputProducer::open(brokers)?;
     let mut produced = 0u64;
     for record in SampleLogs::new(args.seed, args.partitions).take(args.count as usize) {
-        let id = format!("gen/{}/{}", record.partition, record.offset);
         producer.send(&Outgoing {
             topic,
             partition: record.partition,
             key: None,
             value: &record.value,
             headers: &[],
-            id: &id,
+            id: None,
         })?;
         produced += 1;
         if produced.is_multiple_of(PROGRESS_EVERY_RECORDS) {

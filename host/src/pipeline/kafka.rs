@@ -219,7 +219,8 @@ pub struct Outgoing<'a> {
     pub key: Option<&'a [u8]>,
     pub value: &'a [u8],
     pub headers: &'a [Header],
-    pub id: &'a str,
+    /// The deterministic id, sent in the [`ID_HEADER`] header.
+    pub id: Option<&'a str>,
 }
 
 /// Produces records in order and confirms their delivery.
@@ -250,11 +251,13 @@ impl OutputProducer {
 
     /// Queue one record (waits while the local queue is full).
     pub fn send(&self, record: &Outgoing<'_>) -> Result<()> {
-        let mut headers =
-            OwnedHeaders::new_with_capacity(record.headers.len() + 1).insert(KafkaHeader {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 1);
+        if let Some(id) = record.id {
+            headers = headers.insert(KafkaHeader {
                 key: ID_HEADER,
-                value: Some(record.id.as_bytes()),
+                value: Some(id.as_bytes()),
             });
+        }
         for header in record.headers {
             headers = headers.insert(KafkaHeader {
                 key: &header.key,

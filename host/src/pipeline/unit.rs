@@ -293,10 +293,11 @@ impl Unit {
                 key: output.key.as_deref(),
                 value: &output.value,
                 headers: &output.headers,
-                id: &id,
+                id: Some(&id),
             })?;
         }
-        let refusals = result
+        // Dead letters in input order, whichever way each record failed.
+        let mut refusals: Vec<(u32, String)> = result
             .rejections
             .iter()
             .map(|r| (r.input_index, format!("rejected: {}", r.reason)))
@@ -305,7 +306,9 @@ impl Unit {
                     .failures
                     .iter()
                     .map(|f| (f.input_index, format!("failed: {}", f.error))),
-            );
+            )
+            .collect();
+        refusals.sort_by_key(|(input_index, _)| *input_index);
         for (input_index, reason) in refusals {
             let source = &sources[input_index as usize];
             let id = format!("{}/{}/dlq", self.name, source.offset);
@@ -323,7 +326,7 @@ impl Unit {
                 key: source.key.as_deref(),
                 value: &source.value,
                 headers: &headers,
-                id: &id,
+                id: Some(&id),
             })?;
         }
         Ok(())
