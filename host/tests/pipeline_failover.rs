@@ -1,6 +1,7 @@
 //! Failover transparency (guarantee 2) over a real broker (tansu, sqlite
 //! storage), the real SQLite store and two real `logstream host` processes:
-//! the host leading the units is killed with kill -9 while records flow and
+//! the host leading the units is killed with kill -9 (5 times, while 200,000
+//! records flow over 3 partitions; `PIPELINE_KILLS`, `PIPELINE_RECORDS`) and
 //! restarted as the passive; in the end every output partition holds
 //! exactly what `logstream run-local` computes over the same input partition
 //! (nothing lost, nothing twice, same order), and the final checkpointed
@@ -23,9 +24,9 @@ use logstream_host::store::{transact, RetryPolicy, SqliteStore};
 
 const PARTITIONS: i32 = 3;
 /// Input records, spread over the partitions (env `PIPELINE_RECORDS`).
-const DEFAULT_RECORDS: u64 = 3_000;
+const DEFAULT_RECORDS: u64 = 200_000;
 /// kill -9 of the leading host while records flow (env `PIPELINE_KILLS`).
-const DEFAULT_KILLS: usize = 3;
+const DEFAULT_KILLS: usize = 5;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)

@@ -64,6 +64,7 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        add_header_index(&broker._dir.path().join("tansu.db"));
         broker
     }
 }
