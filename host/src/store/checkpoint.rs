@@ -214,19 +214,13 @@ fn describe_epoch(epoch: &Option<u64>) -> String {
 impl CheckpointError {
     /// Recover our own error from a transaction body's abort.
     fn from_transact(error: TransactError) -> Self {
-        match error {
-            TransactError::Aborted(abort) => match abort.downcast::<CheckpointError>() {
-                Ok(error) => error,
-                Err(other) => CheckpointError::Store(TransactError::Aborted(other)),
-            },
-            store => CheckpointError::Store(store),
-        }
+        error.into_typed(CheckpointError::Store)
     }
 }
 
 /// Abort a transaction body with one of our errors (never retried).
 fn abort(error: CheckpointError) -> TxnAbort {
-    TxnAbort::Abort(anyhow::Error::new(error))
+    TxnAbort::with(error)
 }
 
 fn run<T>(

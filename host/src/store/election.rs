@@ -407,15 +407,7 @@ pub fn step(
             let record = decision.record().cloned().or(current);
             Ok(StepOutcome { event, record })
         }
-        Err(error) => {
-            if let TransactError::Aborted(inner) = error {
-                return Err(match inner.downcast::<ElectionError>() {
-                    Ok(election_error) => election_error,
-                    Err(other) => ElectionError::Store(TransactError::Aborted(other)),
-                });
-            }
-            Err(ElectionError::Store(error))
-        }
+        Err(error) => Err(error.into_typed(ElectionError::Store)),
     }
 }
 

@@ -126,6 +126,13 @@ pub enum TxnAbort {
     Abort(anyhow::Error),
 }
 
+impl TxnAbort {
+    /// Abort a transaction body with the caller's own error (never retried).
+    pub fn with<E: std::error::Error + Send + Sync + 'static>(error: E) -> Self {
+        TxnAbort::Abort(anyhow::Error::new(error))
+    }
+}
+
 /// What [`transact`] returns when it gives up.
 #[derive(Debug, thiserror::Error)]
 pub enum TransactError {
@@ -136,6 +143,21 @@ pub enum TransactError {
 }
 
 impl TransactError {
+    /// The body's own error of type `E` when it aborted with one, else this
+    /// error wrapped by `wrap` (how callers get back their typed errors).
+    pub fn into_typed<E>(self, wrap: impl FnOnce(TransactError) -> E) -> E
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match self {
+            TransactError::Aborted(abort) => match abort.downcast::<E>() {
+                Ok(typed) => typed,
+                Err(other) => wrap(TransactError::Aborted(other)),
+            },
+            store => wrap(store),
+        }
+    }
+
     /// The store error, if the store (not the body) made it fail.
     pub fn store_error(&self) -> Option<&StoreError> {
         match self {

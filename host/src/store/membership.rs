@@ -42,13 +42,10 @@ pub enum MembershipError {
 }
 
 fn corrupt(host_id: &str, error: serde_json::Error) -> TxnAbort {
-    TxnAbort::Abort(
-        MembershipError::Corrupt {
-            host_id: host_id.to_string(),
-            reason: error.to_string(),
-        }
-        .into(),
-    )
+    TxnAbort::with(MembershipError::Corrupt {
+        host_id: host_id.to_string(),
+        reason: error.to_string(),
+    })
 }
 
 /// Register (or re-register) this incarnation, or bump its heartbeat.
@@ -123,13 +120,7 @@ pub fn list_hosts(
 }
 
 fn unwrap_abort<T>(result: Result<T, TransactError>) -> Result<T, MembershipError> {
-    result.map_err(|error| match error {
-        TransactError::Aborted(inner) => match inner.downcast::<MembershipError>() {
-            Ok(membership) => membership,
-            Err(other) => MembershipError::Store(TransactError::Aborted(other)),
-        },
-        store => MembershipError::Store(store),
-    })
+    result.map_err(|error| error.into_typed(MembershipError::Store))
 }
 
 /// One observer's view of which hosts are alive.

@@ -181,18 +181,12 @@ pub enum DeployError {
 
 impl RegistryError {
     fn from_transact(error: TransactError) -> Self {
-        match error {
-            TransactError::Aborted(abort) => match abort.downcast::<RegistryError>() {
-                Ok(error) => error,
-                Err(other) => RegistryError::Store(TransactError::Aborted(other)),
-            },
-            store => RegistryError::Store(store),
-        }
+        error.into_typed(RegistryError::Store)
     }
 }
 
 fn abort(error: RegistryError) -> TxnAbort {
-    TxnAbort::Abort(anyhow::Error::new(error))
+    TxnAbort::with(error)
 }
 
 fn run<T>(
