@@ -22,7 +22,14 @@ fn fill(brokers: &str, topic: &str, records: u64) {
     let producer = OutputProducer::open(brokers).unwrap();
     let value = [b'x'; 180];
     for i in 0..records {
-        let record = Outgoing { topic, partition: 0, key: None, value: &value, headers: &[], id: None };
+        let record = Outgoing {
+            topic,
+            partition: 0,
+            key: None,
+            value: &value,
+            headers: &[],
+            id: None,
+        };
         producer.send(&record).unwrap();
         if i % 10_000 == 9_999 {
             producer.flush().unwrap();
@@ -40,10 +47,24 @@ fn plain_loop(brokers: &str, records: u64) -> f64 {
     let mut copied = 0u64;
     while copied < records {
         assert!(started.elapsed() < RUN_BOUND, "the plain loop stalled");
-        let batch = reader.poll_batch(1_000, 1 << 20, Duration::from_millis(100), Duration::from_millis(5)).unwrap();
+        let batch = reader
+            .poll_batch(
+                1_000,
+                1 << 20,
+                Duration::from_millis(100),
+                Duration::from_millis(5),
+            )
+            .unwrap();
         for record in &batch {
             producer
-                .send(&Outgoing { topic: "plain-out", partition: 0, key: None, value: &record.value, headers: &[], id: None })
+                .send(&Outgoing {
+                    topic: "plain-out",
+                    partition: 0,
+                    key: None,
+                    value: &record.value,
+                    headers: &[],
+                    id: None,
+                })
                 .unwrap();
         }
         producer.flush().unwrap();
@@ -53,7 +74,10 @@ fn plain_loop(brokers: &str, records: u64) -> f64 {
 }
 
 fn main() {
-    let records: u64 = std::env::var("RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let records: u64 = std::env::var("RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let broker = broker::Broker::start();
     let dir = tempfile::tempdir().unwrap();
     kafka::ensure_topics(&broker.address, &[("in", 1), ("out", 1), ("plain-out", 1)]).unwrap();
@@ -63,11 +87,14 @@ fn main() {
 
     let store_path = dir.path().join("store.db");
     let store_url = format!("sqlite:{}", store_path.display());
-    let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin/passthrough.wasm");
+    let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/plugin/passthrough.wasm");
     let deployed = Command::new(env!("CARGO_BIN_EXE_logstream"))
         .arg("deploy")
         .arg(&plugin)
-        .args(["--name", "pt", "--input", "in", "--output", "out", "--store", &store_url])
+        .args([
+            "--name", "pt", "--input", "in", "--output", "out", "--store", &store_url,
+        ])
         .stdout(Stdio::null())
         .status()
         .unwrap();
@@ -75,7 +102,15 @@ fn main() {
     let store = SqliteStore::open(&store_path).unwrap();
     let started = Instant::now();
     let mut host = Command::new(env!("CARGO_BIN_EXE_logstream"))
-        .args(["host", "--host-id", "a", "--brokers", &broker.address, "--store", &store_url])
+        .args([
+            "host",
+            "--host-id",
+            "a",
+            "--brokers",
+            &broker.address,
+            "--store",
+            &store_url,
+        ])
         .args(["--checkpoint-interval-ms", "1000"])
         .env("LOGSTREAM_LOG", "warn")
         .env("LOGSTREAM_CACHE_DIR", dir.path().join("cache"))
@@ -85,7 +120,9 @@ fn main() {
     let mut done_at = None;
     while done_at.is_none() {
         assert!(started.elapsed() < RUN_BOUND, "the host stalled");
-        let next = checkpoint::read_current_meta(&store, "pt/0").unwrap().and_then(|m| m.offsets.get(&0).copied());
+        let next = checkpoint::read_current_meta(&store, "pt/0")
+            .unwrap()
+            .and_then(|m| m.offsets.get(&0).copied());
         if next == Some(records as i64) {
             done_at = Some(started.elapsed());
         }
@@ -94,7 +131,10 @@ fn main() {
     let _ = host.kill();
     let _ = host.wait();
     let (_, produced) = kafka::watermarks(&broker.address, "out", 0).unwrap();
-    assert_eq!(produced, records as i64, "the host produced {produced} outputs for {records} records");
+    assert_eq!(
+        produced, records as i64,
+        "the host produced {produced} outputs for {records} records"
+    );
     let hosted = records as f64 / done_at.unwrap().as_secs_f64();
     println!("end-to-end, {records} records of 180 bytes, one partition, tansu sqlite storage:");
     println!(
