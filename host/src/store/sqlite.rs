@@ -20,6 +20,9 @@ use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, MAX_TXN_WRITE
 
 /// How long a transaction waits for another process's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long opening the store keeps retrying while other processes hold
+/// the file's lock (switching to WAL and creating the table need it).
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A SQLite-file coordination store.
 pub struct SqliteStore {
@@ -39,6 +42,19 @@ impl SqliteStore {
                 ))
             })?;
         }
+        let deadline = std::time::Instant::now() + OPEN_TIMEOUT;
+        loop {
+            match Self::open_once(&path) {
+                Err(StoreError::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(BUSY_TIMEOUT);
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
         let connection = Connection::open(&path).map_err(|e| open_error(&path, e))?;
         connection
             .busy_timeout(BUSY_TIMEOUT)
