@@ -391,21 +391,28 @@ impl Unit {
     fn take_over(&mut self, epoch: u64) -> Result<()> {
         let started = Instant::now();
         tracing::info!("unit {}: taking over at epoch {epoch}", self.name);
-        let checkpoint = checkpoint::read_current(self.store.as_ref(), &self.name)?;
-        let generation = checkpoint.as_ref().map(|c| c.meta.generation);
+        // Read only the metadata first: when the warm standby already holds
+        // the current generation, its state need not be read again.
+        let current = checkpoint::read_current_meta(self.store.as_ref(), &self.name)?;
         let restore_started = Instant::now();
-        let processor = match self.standby.take() {
-            Some(standby) if standby.generation == generation => standby.processor,
-            _ => self.start_processor(checkpoint.as_ref().map(|c| c.state.clone()))?,
+        let (meta, processor) = match self.standby.take() {
+            Some(standby) if standby.generation == current.as_ref().map(|m| m.generation) => {
+                (current, standby.processor)
+            }
+            _ => {
+                let checkpoint = checkpoint::read_current(self.store.as_ref(), &self.name)?;
+                let (meta, state) = checkpoint.map(|c| (c.meta, c.state)).unzip();
+                (meta, self.start_processor(state)?)
+            }
         };
+        let generation = meta.as_ref().map(|m| m.generation);
         let restored_in = restore_started.elapsed();
-        let next_offset = checkpoint
+        let next_offset = meta
             .as_ref()
-            .and_then(|c| c.meta.offsets.get(&self.partition).copied());
+            .and_then(|m| m.offsets.get(&self.partition).copied());
         let mark = |name: &str| -> i64 {
-            checkpoint
-                .as_ref()
-                .and_then(|c| c.meta.marks.get(name))
+            meta.as_ref()
+                .and_then(|m| m.marks.get(name))
                 .and_then(|m| m.parse().ok())
                 .unwrap_or(0)
         };
