@@ -8,7 +8,6 @@
 //! sent before it was acknowledged by the broker, or reports that one was
 //! not; records are produced in order (one request in flight).
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -34,6 +33,11 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const ID_HEADER: &str = "logstream-id";
 /// Records the producer may hold unacknowledged before `send` waits.
 pub const PRODUCER_QUEUE_RECORDS: u32 = 100_000;
+/// Pause before the next fetch after a failed one or a full prefetch queue,
+/// in milliseconds.
+const FETCH_BACKOFF_MS: u32 = 20;
+/// One step of waiting for delivery reports in [`OutputProducer::flush`].
+const FLUSH_POLL_STEP: Duration = Duration::from_millis(1);
 /// Pause while the producer queue is full.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
 
@@ -59,11 +63,15 @@ pub fn partition_count(brokers: &str, topic: &str) -> Result<i32> {
     let metadata = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
         .with_context(|| format!("reading the metadata of topic {topic} from {brokers}"))?;
+    topic_partitions(&metadata, topic)
+}
+
+fn topic_partitions(metadata: &rdkafka::metadata::Metadata, topic: &str) -> Result<i32> {
     let topic_metadata = metadata
         .topics()
         .iter()
         .find(|t| t.name() == topic)
-        .ok_or_else(|| anyhow!("the broker at {brokers} does not know topic {topic}"))?;
+        .ok_or_else(|| anyhow!("the broker does not know topic {topic}"))?;
     if let Some(error) = topic_metadata.error() {
         return Err(anyhow!(
             "topic {topic}: {:?}",
@@ -102,6 +110,30 @@ pub fn watermarks(brokers: &str, topic: &str, partition: i32) -> Result<(i64, i6
         .with_context(|| format!("reading the watermarks of {topic}/{partition}"))
 }
 
+/// A consumer for manually assigned partitions. `prefetch_kbytes` bounds
+/// what librdkafka fetches ahead (default 64 MiB).
+pub fn manual_consumer(brokers: &str, prefetch_kbytes: Option<u32>) -> Result<BaseConsumer> {
+    let mut config = base_config(brokers);
+    // Required by librdkafka's assign, otherwise unused: offsets live in
+    // our checkpoints and nothing is committed to the group.
+    config
+        .set("group.id", "logstream-manual-assignment")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "20")
+        // After a failed fetch librdkafka waits this long (default 500 ms)
+        // before the next; a takeover must not sit out such a pause.
+        .set("fetch.error.backoff.ms", FETCH_BACKOFF_MS.to_string())
+        // Likewise after the prefetch queue was full (default 1 s): a
+        // passive's reader fills it, and is restarted at each checkpoint.
+        .set("fetch.queue.backoff.ms", FETCH_BACKOFF_MS.to_string());
+    if let Some(kbytes) = prefetch_kbytes {
+        config.set("queued.max.messages.kbytes", kbytes.to_string());
+    }
+    config.create().context("creating a Kafka consumer")
+}
+
 /// Reads one partition from a given offset.
 pub struct PartitionReader {
     consumer: BaseConsumer,
@@ -112,29 +144,45 @@ pub struct PartitionReader {
 impl PartitionReader {
     /// Assign `topic`/`partition` at `start` (`None`: the earliest offset).
     pub fn open(brokers: &str, topic: &str, partition: i32, start: Option<i64>) -> Result<Self> {
-        let consumer: BaseConsumer = base_config(brokers)
-            // Required by librdkafka's assign, otherwise unused: offsets
-            // live in our checkpoints and nothing is committed to the group.
-            .set("group.id", "logstream-manual-assignment")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "20")
-            .create()
-            .context("creating a Kafka consumer")?;
+        Self::open_with_prefetch(brokers, topic, partition, start, None)
+    }
+
+    /// [`open`](Self::open), holding at most `prefetch_kbytes` of records
+    /// fetched ahead of the caller (librdkafka's default is 64 MiB).
+    pub fn open_with_prefetch(
+        brokers: &str,
+        topic: &str,
+        partition: i32,
+        start: Option<i64>,
+        prefetch_kbytes: Option<u32>,
+    ) -> Result<Self> {
+        let reader = PartitionReader {
+            consumer: manual_consumer(brokers, prefetch_kbytes)?,
+            topic: topic.to_string(),
+            partition,
+        };
+        reader.assign(start)?;
+        Ok(reader)
+    }
+
+    fn assign(&self, start: Option<i64>) -> Result<()> {
         let mut assignment = TopicPartitionList::new();
         let offset = Offset::Offset(start.unwrap_or(0));
         assignment
-            .add_partition_offset(topic, partition, offset)
+            .add_partition_offset(&self.topic, self.partition, offset)
             .context("building the partition assignment")?;
-        consumer
+        self.consumer
             .assign(&assignment)
-            .with_context(|| format!("assigning {topic}/{partition}"))?;
-        Ok(PartitionReader {
-            consumer,
-            topic: topic.to_string(),
-            partition,
-        })
+            .with_context(|| format!("assigning {}/{}", self.topic, self.partition))
+    }
+
+    /// Read from `start` on (`None`: the earliest offset), dropping what was
+    /// fetched ahead; the connection stays open.
+    pub fn restart_at(&self, start: Option<i64>) -> Result<()> {
+        self.consumer
+            .unassign()
+            .with_context(|| format!("unassigning {}/{}", self.topic, self.partition))?;
+        self.assign(start)
     }
 
     /// Up to `max_records` records (and about `max_bytes` of payload): waits
@@ -285,12 +333,44 @@ impl OutputProducer {
         }
     }
 
+    /// Low and high watermark of one partition, over this producer's
+    /// connection.
+    pub fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        self.producer
+            .client()
+            .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+            .with_context(|| format!("reading the watermarks of {topic}/{partition}"))
+    }
+
+    /// Partitions of `topic`, over this producer's connection. Also warms
+    /// the producer's metadata for the topic, so a first send need not wait
+    /// for it.
+    pub fn partition_count(&self, topic: &str) -> Result<i32> {
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+            .with_context(|| format!("reading the metadata of topic {topic}"))?;
+        topic_partitions(&metadata, topic)
+    }
+
     /// Wait until everything sent was acknowledged; an error if any record
     /// was not delivered (the caller must not checkpoint past it).
     pub fn flush(&self) -> Result<()> {
-        self.producer
-            .flush(DELIVERY_TIMEOUT)
-            .context("waiting for the broker to acknowledge outputs")?;
+        // Not `BaseProducer::flush`: it serves delivery reports in polls of
+        // a fixed 100 ms that run to their end, so every flush took at
+        // least 100 ms. Polling in short steps returns as soon as the last
+        // report arrives.
+        let deadline = Instant::now() + DELIVERY_TIMEOUT;
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() >= deadline {
+                return Err(anyhow!(
+                    "the broker did not acknowledge {} outputs within {DELIVERY_TIMEOUT:?}",
+                    self.producer.in_flight_count()
+                ));
+            }
+            self.producer.poll(FLUSH_POLL_STEP);
+        }
         let tracker = self.producer.context();
         if tracker.failed.swap(0, Ordering::Relaxed) > 0 {
             let error = tracker
@@ -305,48 +385,4 @@ impl OutputProducer {
         }
         Ok(())
     }
-}
-
-/// The ids (the [`ID_HEADER`] values) of the records of `topic`/`partition`
-/// from offset `from` up to the high watermark, keeping those that start
-/// with `prefix`.
-pub fn read_ids(
-    brokers: &str,
-    topic: &str,
-    partition: i32,
-    from: i64,
-    prefix: &str,
-) -> Result<HashSet<String>> {
-    let (_, high) = watermarks(brokers, topic, partition)?;
-    let mut ids = HashSet::new();
-    if from >= high {
-        return Ok(ids);
-    }
-    let reader = PartitionReader::open(brokers, topic, partition, Some(from))?;
-    let deadline = Instant::now() + DELIVERY_TIMEOUT;
-    let mut next = from;
-    while next < high {
-        if Instant::now() > deadline {
-            return Err(anyhow!(
-                "reading back {topic}/{partition} from {from} to {high} took longer than {DELIVERY_TIMEOUT:?}"
-            ));
-        }
-        let Some(message) = reader.consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let message = message.with_context(|| format!("reading back {topic}/{partition}"))?;
-        next = message.offset() + 1;
-        if let Some(headers) = message.headers() {
-            for header in headers.iter() {
-                if header.key == ID_HEADER {
-                    if let Some(id) = header.value.and_then(|v| std::str::from_utf8(v).ok()) {
-                        if id.starts_with(prefix) {
-                            ids.insert(id.to_string());
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(ids)
 }

@@ -8,5 +8,7 @@
 //! - [`node`]: a host: membership, registry polling, one thread per unit.
 
 pub mod kafka;
+pub mod links;
 pub mod node;
+pub mod tail;
 pub mod unit;

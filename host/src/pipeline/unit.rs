@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::kafka::{self, Outgoing, OutputProducer, PartitionReader};
+use super::kafka::Outgoing;
+use super::links::{Position, UnitLinks, DLQ_MARK, OUTPUT_MARK};
 use crate::record::LogRecord;
 use crate::store::checkpoint::{self, CheckpointError, Fence};
 use crate::store::clock::{Clock, SystemClock};
@@ -44,11 +45,8 @@ use crate::wasm::{ProcessedBatch, ProcessorModule, RecoveryPolicy, SupervisedPro
 
 /// Header of a dead letter carrying the reason.
 pub const ERROR_HEADER: &str = "logstream-error";
-/// Mark (in checkpoints) of the output partition's high watermark.
-const OUTPUT_MARK: &str = "output_high_watermark";
-/// Mark of the dead-letter partition's high watermark.
-const DLQ_MARK: &str = "dlq_high_watermark";
-/// How often a passive unit checks whether it became the leader.
+/// How often a passive unit checks whether it became the leader (it follows
+/// the output tail meanwhile).
 const STANDBY_POLL: Duration = Duration::from_millis(5);
 
 /// How units run; shared by all units of a host.
@@ -77,8 +75,7 @@ pub fn unit_name(processor: &str, partition: i32) -> String {
 struct Active {
     epoch: u64,
     processor: SupervisedProcessor,
-    reader: PartitionReader,
-    producer: OutputProducer,
+    links: UnitLinks,
     next_offset: Option<i64>,
     suppressed: HashSet<String>,
     records_since_checkpoint: u64,
@@ -106,8 +103,12 @@ pub struct Unit {
     /// not cost the lease).
     election: Arc<Mutex<Election>>,
     clock: SystemClock,
+    /// Partition counts of extra output topics (records a processor sends
+    /// to a topic of its choosing).
     output_partitions: HashMap<String, i32>,
     standby: Option<Standby>,
+    /// Connections kept open while passive.
+    links: Option<UnitLinks>,
     active: Option<Active>,
 }
 
@@ -141,6 +142,7 @@ impl Unit {
             clock: SystemClock::default(),
             output_partitions: HashMap::new(),
             standby: None,
+            links: None,
             active: None,
         }
     }
@@ -199,8 +201,17 @@ impl Unit {
                         }
                     }
                     // Poll for leadership often: takeover latency is this
-                    // pause plus the lease.
-                    std::thread::sleep(STANDBY_POLL);
+                    // pause plus the lease. Meanwhile follow the outputs.
+                    match self.links.as_mut() {
+                        Some(links) => {
+                            if let Err(error) = links.follow(STANDBY_POLL) {
+                                tracing::warn!("following the output tail failed: {error:#}");
+                                self.links = None;
+                                std::thread::sleep(STANDBY_POLL);
+                            }
+                        }
+                        None => std::thread::sleep(STANDBY_POLL),
+                    }
                 }
             }
         }
@@ -220,30 +231,42 @@ impl Unit {
         let batch_settings = self.spec.batch;
         let wait = self.settings.timing.heartbeat / 2;
         let active = self.active.as_mut().expect("just taken over");
-        let records = active.reader.poll_batch(
+        let poll_started = Instant::now();
+        let mut records = active.links.reader.poll_batch(
             batch_settings.max_records as usize,
             batch_settings.max_bytes as usize,
             wait,
             Duration::from_millis(batch_settings.linger_ms),
         )?;
+        // A reader restarted at an offset delivers nothing before it; this
+        // guards the exactly-once accounting should it ever do so.
+        if let Some(next) = active.next_offset {
+            records.retain(|r| r.offset >= next);
+        }
         if let Some(last) = records.last() {
             let next = last.offset + 1;
             let count = records.len() as u64;
             // The supervisor keeps the records (its replay journal); the
             // dead letters need their bytes too.
             let kept = records.clone();
+            let polled_at = Instant::now();
             let result = active.processor.process_batch(records)?;
             self.emit(&kept, &result)?;
+            let emitted_at = Instant::now();
             let active = self.active.as_mut().expect("still active");
-            active.producer.flush()?;
+            active.links.producer.flush()?;
             active.next_offset = Some(next);
             active.records_since_checkpoint += count;
             if !active.first_output_logged {
                 active.first_output_logged = true;
                 tracing::info!(
-                    "unit {}: takeover phase first-output done in {:?} after takeover start",
+                    "unit {}: takeover phase first-output done in {:?} after takeover start (first batch of {count} records from offset {}: last poll {:?}, process and send {:?}, delivery {:?})",
                     self.name,
-                    active.took_over_at.elapsed()
+                    active.took_over_at.elapsed(),
+                    kept[0].offset,
+                    polled_at - poll_started,
+                    emitted_at - polled_at,
+                    emitted_at.elapsed(),
                 );
             }
         }
@@ -257,11 +280,20 @@ impl Unit {
         Ok(())
     }
 
+    /// The partition of `topic` the outputs of this unit go to.
     fn output_partition(&mut self, topic: &str) -> Result<i32> {
+        let active = self.active.as_ref().expect("active");
+        let outputs = &active.links.outputs;
+        if topic == outputs.output_topic {
+            return Ok(outputs.output_partition);
+        }
+        if topic == outputs.dlq_topic {
+            return Ok(outputs.dlq_partition);
+        }
         if let Some(count) = self.output_partitions.get(topic) {
             return Ok(self.partition % count);
         }
-        let count = kafka::partition_count(&self.settings.brokers, topic)?.max(1);
+        let count = active.links.producer.partition_count(topic)?.max(1);
         self.output_partitions.insert(topic.to_string(), count);
         Ok(self.partition % count)
     }
@@ -287,7 +319,7 @@ impl Unit {
             if active.suppressed.remove(&id) {
                 continue;
             }
-            active.producer.send(&Outgoing {
+            active.links.producer.send(&Outgoing {
                 topic,
                 partition: *partition,
                 key: output.key.as_deref(),
@@ -320,7 +352,7 @@ impl Unit {
                 key: ERROR_HEADER.to_string(),
                 value: reason.into_bytes(),
             });
-            active.producer.send(&Outgoing {
+            active.links.producer.send(&Outgoing {
                 topic: &dlq,
                 partition: dlq_partition,
                 key: source.key.as_deref(),
@@ -333,11 +365,6 @@ impl Unit {
     }
 
     fn checkpoint(&mut self) -> Result<()> {
-        let output_topic = self.spec.output_topic.clone();
-        let dlq = dlq_topic(&self.spec.name);
-        let output_partition = self.output_partition(&output_topic)?;
-        let dlq_partition = self.output_partition(&dlq)?;
-        let brokers = self.settings.brokers.clone();
         let active = self.active.as_mut().expect("active");
         let Some(next_offset) = active.next_offset else {
             return Ok(());
@@ -347,8 +374,11 @@ impl Unit {
         let state_version = active.processor.state_version()?;
         // Everything produced so far is acknowledged (flush after each
         // batch), so these watermarks bound what the outputs since hold.
-        let (_, output_high) = kafka::watermarks(&brokers, &output_topic, output_partition)?;
-        let (_, dlq_high) = kafka::watermarks(&brokers, &dlq, dlq_partition)?;
+        let outputs = &active.links.outputs;
+        let producer = &active.links.producer;
+        let (_, output_high) =
+            producer.watermarks(&outputs.output_topic, outputs.output_partition)?;
+        let (_, dlq_high) = producer.watermarks(&outputs.dlq_topic, outputs.dlq_partition)?;
         let marks = BTreeMap::from([
             (OUTPUT_MARK.to_string(), output_high.to_string()),
             (DLQ_MARK.to_string(), dlq_high.to_string()),
@@ -407,57 +437,26 @@ impl Unit {
         };
         let generation = meta.as_ref().map(|m| m.generation);
         let restored_in = restore_started.elapsed();
-        let next_offset = meta
-            .as_ref()
-            .and_then(|m| m.offsets.get(&self.partition).copied());
-        let mark = |name: &str| -> i64 {
-            meta.as_ref()
-                .and_then(|m| m.marks.get(name))
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(0)
-        };
-        let (output_mark, dlq_mark) = (mark(OUTPUT_MARK), mark(DLQ_MARK));
+        let position = Position::of(meta.as_ref(), self.partition);
         let seek_started = Instant::now();
-        let brokers = self.settings.brokers.clone();
-        let output_topic = self.spec.output_topic.clone();
-        let dlq = dlq_topic(&self.spec.name);
-        let output_partition = self.output_partition(&output_topic)?;
-        let dlq_partition = self.output_partition(&dlq)?;
-        let prefix = format!("{}/", self.name);
-        let mut suppressed = kafka::read_ids(
-            &brokers,
-            &output_topic,
-            output_partition,
-            output_mark,
-            &prefix,
-        )?;
-        suppressed.extend(kafka::read_ids(
-            &brokers,
-            &dlq,
-            dlq_partition,
-            dlq_mark,
-            &prefix,
-        )?);
-        let reader = PartitionReader::open(
-            &brokers,
-            &self.spec.input_topic,
-            self.partition,
-            next_offset,
-        )?;
-        let producer = OutputProducer::open(&brokers)?;
+        let warm_links = self.links.is_some();
+        let mut links = self.links_at(position)?;
+        let suppressed = links.produced_since_marks()?;
+        links.start_leading()?;
         tracing::info!(
-            "unit {}: takeover phases: restore {:?} (generation {generation:?}), read-back and seek {:?} ({} outputs to suppress), next offset {next_offset:?}",
+            "unit {}: takeover phases: restore {:?} (generation {generation:?}), read-back and seek {:?} ({} outputs to suppress, connections {}), next offset {:?}",
             self.name,
             restored_in,
             seek_started.elapsed(),
-            suppressed.len()
+            suppressed.len(),
+            if warm_links { "kept from standby" } else { "opened" },
+            position.next_offset,
         );
         self.active = Some(Active {
             epoch,
             processor,
-            reader,
-            producer,
-            next_offset,
+            links,
+            next_offset: position.next_offset,
             suppressed,
             records_since_checkpoint: 0,
             last_checkpoint: Instant::now(),
@@ -465,6 +464,24 @@ impl Unit {
             first_output_logged: false,
         });
         Ok(())
+    }
+
+    /// The unit's connections put at `position`: the standby's if it has
+    /// them, new ones otherwise.
+    fn links_at(&mut self, position: Position) -> Result<UnitLinks> {
+        match self.links.take() {
+            Some(mut links) => {
+                links.rebase(position)?;
+                Ok(links)
+            }
+            None => UnitLinks::open(
+                &self.settings.brokers,
+                &self.spec,
+                &self.name,
+                self.partition,
+                position,
+            ),
+        }
     }
 
     fn start_processor(&self, state: Option<Vec<u8>>) -> Result<SupervisedProcessor> {
@@ -478,30 +495,41 @@ impl Unit {
         .with_context(|| format!("starting processor {}", self.name))
     }
 
-    /// Keep a warm instance at the latest checkpoint.
+    /// Keep a warm instance and the connections at the latest checkpoint.
     fn refresh_standby(&mut self) -> Result<()> {
         let meta = checkpoint::read_current_meta(self.store.as_ref(), &self.name)?;
-        let generation = meta.map(|m| m.generation);
-        if self
+        let generation = meta.as_ref().map(|m| m.generation);
+        let fresh = self
             .standby
             .as_ref()
-            .is_some_and(|s| s.generation == generation)
-        {
-            return Ok(());
-        }
-        let checkpoint = checkpoint::read_current(self.store.as_ref(), &self.name)?;
-        let processor = self.start_processor(checkpoint.as_ref().map(|c| c.state.clone()))?;
-        self.standby = Some(Standby {
-            generation: checkpoint.map(|c| c.meta.generation),
-            processor,
-        });
+            .is_some_and(|s| s.generation == generation);
+        let meta = if fresh {
+            meta
+        } else {
+            // The full read may find a newer generation than the metadata
+            // read did; the connections follow the one restored.
+            let checkpoint = checkpoint::read_current(self.store.as_ref(), &self.name)?;
+            let (meta, state) = checkpoint.map(|c| (c.meta, c.state)).unzip();
+            let processor = self.start_processor(state)?;
+            self.standby = Some(Standby {
+                generation: meta.as_ref().map(|m| m.generation),
+                processor,
+            });
+            meta
+        };
+        // A no-op when the connections are already at this checkpoint.
+        let links = self.links_at(Position::of(meta.as_ref(), self.partition))?;
+        self.links = Some(links);
         Ok(())
     }
 
     fn demote(&mut self) {
         // The active instance's state is ahead of the last checkpoint; the
-        // standby is rebuilt from the store.
-        self.active = None;
+        // standby is rebuilt from the store. The connections are kept and
+        // put back at the checkpoint by the next standby refresh.
+        if let Some(active) = self.active.take() {
+            self.links = Some(active.links);
+        }
     }
 
     /// Graceful stop: final checkpoint, then release leadership at once.
@@ -542,7 +570,13 @@ fn election_round(
     match election::step(store, policy, &mut election, unit, now, false) {
         Ok(outcome) => match outcome.event {
             Some(ElectionEvent::BecameLeader { epoch }) => {
-                tracing::info!("unit {unit}: became leader at epoch {epoch}")
+                // The wall-clock field lets benchmarks on one machine time
+                // the takeover from the claim.
+                tracing::info!(
+                    epoch,
+                    claimed_at_unix_ms = crate::probe::unix_micros() / 1000,
+                    "unit {unit}: became leader at epoch {epoch}"
+                )
             }
             Some(ElectionEvent::Fenced { epoch, by_epoch }) => {
                 tracing::warn!(

@@ -1,0 +1,233 @@
+//! Following the tail of a unit's output partitions: the ids of what the
+//! unit's leaders produced there since the last checkpoint's marks.
+//!
+//! A new leader must not re-emit outputs that already reached the topic
+//! (guarantee 2 without Kafka transactions). The passive keeps an
+//! [`OutputTail`] connected and reading while the active produces, so at
+//! takeover it only asks for the high watermarks and reads the last few
+//! records, instead of connecting and reading everything since the marks.
+//!
+//! Guarantees: after [`OutputTail::catch_up`] returns, the set holds every id
+//! with the unit's prefix at offsets from the current marks up to the high
+//! watermarks read at that moment; ids below the marks are never returned.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::kafka::{self, ID_HEADER};
+
+/// Bound on one catch-up (reading to the high watermarks).
+pub const CATCH_UP_BOUND: Duration = Duration::from_secs(30);
+/// What the tail consumer may fetch ahead of [`OutputTail::poll`], in KiB.
+pub const TAIL_PREFETCH_KBYTES: u32 = 4 * 1024;
+/// Longest single wait for more records while catching up.
+const CATCH_UP_POLL: Duration = Duration::from_millis(100);
+
+/// One followed partition.
+#[derive(Debug)]
+struct Followed {
+    topic: String,
+    partition: i32,
+    /// Ids below this offset are covered by the checkpoint.
+    mark: i64,
+    /// The offset the consumer reads next (as far as we have seen).
+    next: i64,
+    /// `(offset, id)` of the unit's records at or above `mark`, in offset order.
+    ids: Vec<(i64, String)>,
+}
+
+/// A consumer that follows some output partitions from marks, keeping the
+/// ids that start with a unit's prefix.
+pub struct OutputTail {
+    consumer: BaseConsumer,
+    prefix: String,
+    followed: Vec<Followed>,
+    paused: bool,
+}
+
+impl OutputTail {
+    /// Follow each `(topic, partition, mark)` from its mark.
+    pub fn open(brokers: &str, prefix: &str, partitions: &[(&str, i32, i64)]) -> Result<Self> {
+        let consumer = kafka::manual_consumer(brokers, Some(TAIL_PREFETCH_KBYTES))?;
+        let followed = partitions
+            .iter()
+            .map(|(topic, partition, mark)| Followed {
+                topic: topic.to_string(),
+                partition: *partition,
+                mark: *mark,
+                next: *mark,
+                ids: Vec::new(),
+            })
+            .collect();
+        let tail = OutputTail {
+            consumer,
+            prefix: prefix.to_string(),
+            followed,
+            paused: false,
+        };
+        tail.assign()?;
+        Ok(tail)
+    }
+
+    fn assign(&self) -> Result<()> {
+        let mut assignment = TopicPartitionList::new();
+        for f in &self.followed {
+            assignment
+                .add_partition_offset(&f.topic, f.partition, Offset::Offset(f.next))
+                .context("building the tail assignment")?;
+        }
+        self.consumer
+            .assign(&assignment)
+            .context("assigning the output partitions to follow")
+    }
+
+    /// Move the marks (in the order given to [`open`](Self::open)) to a new
+    /// checkpoint's: ids below them are dropped. A mark below what was
+    /// already read (a checkpoint older than the last one) re-reads from it.
+    pub fn rebase(&mut self, marks: &[i64]) -> Result<()> {
+        let mut reread = false;
+        for (f, &mark) in self.followed.iter_mut().zip(marks) {
+            if mark < f.mark {
+                f.ids.clear();
+                f.next = mark;
+                reread = true;
+            } else {
+                f.ids.retain(|(offset, _)| *offset >= mark);
+                f.next = f.next.max(mark);
+            }
+            f.mark = mark;
+        }
+        if reread || self.paused {
+            self.consumer.unassign().context("unassigning the tail")?;
+            self.assign()?;
+            self.paused = false;
+        }
+        Ok(())
+    }
+
+    /// Stop fetching until the next [`rebase`](Self::rebase).
+    pub fn pause(&mut self) -> Result<()> {
+        let assignment = self
+            .consumer
+            .assignment()
+            .context("reading the tail assignment")?;
+        self.consumer
+            .pause(&assignment)
+            .context("pausing the tail")?;
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Take in what has arrived, waiting at most `wait` for the first record.
+    pub fn poll(&mut self, wait: Duration) -> Result<()> {
+        let mut wait = wait;
+        while let Some(message) = self.consumer.poll(wait) {
+            let message = message.context("following the output partitions")?;
+            wait = Duration::ZERO;
+            let Some(f) = self
+                .followed
+                .iter_mut()
+                .find(|f| f.partition == message.partition() && f.topic == message.topic())
+            else {
+                continue;
+            };
+            let offset = message.offset();
+            if offset < f.next {
+                // Left over from before a re-read; already seen or below the mark.
+                continue;
+            }
+            f.next = offset + 1;
+            if offset < f.mark {
+                continue;
+            }
+            let id = message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key == ID_HEADER)
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .filter(|id| id.starts_with(&self.prefix))
+                    .map(str::to_string)
+            });
+            if let Some(id) = id {
+                f.ids.push((offset, id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Read up to the current high watermarks and return the ids since the
+    /// marks.
+    pub fn catch_up(&mut self) -> Result<HashSet<String>> {
+        let highs = self.high_watermarks()?;
+        let deadline = Instant::now() + CATCH_UP_BOUND;
+        while self.followed.iter().zip(&highs).any(|(f, &h)| f.next < h) {
+            if Instant::now() > deadline {
+                let (f, high) = self
+                    .followed
+                    .iter()
+                    .zip(&highs)
+                    .find(|(f, &h)| f.next < h)
+                    .expect("one is behind");
+                return Err(anyhow!(
+                    "reading back {}/{} from {} to {high} took longer than {CATCH_UP_BOUND:?}",
+                    f.topic,
+                    f.partition,
+                    f.mark
+                ));
+            }
+            self.poll(CATCH_UP_POLL)?;
+        }
+        Ok(self
+            .followed
+            .iter()
+            .flat_map(|f| f.ids.iter().map(|(_, id)| id.clone()))
+            .collect())
+    }
+
+    /// The high watermarks of the followed partitions, asked of the broker
+    /// in one request (a ListOffsets for the latest offset of each).
+    fn high_watermarks(&self) -> Result<Vec<i64>> {
+        let mut latest = TopicPartitionList::new();
+        for f in &self.followed {
+            latest
+                .add_partition_offset(&f.topic, f.partition, Offset::End)
+                .context("building the watermark request")?;
+        }
+        let answered = self
+            .consumer
+            .offsets_for_times(latest, kafka::REQUEST_TIMEOUT)
+            .context("reading the high watermarks of the output partitions")?;
+        self.followed
+            .iter()
+            .map(|f| {
+                let element = answered
+                    .find_partition(&f.topic, f.partition)
+                    .ok_or_else(|| anyhow!("no watermark for {}/{}", f.topic, f.partition))?;
+                element.error().with_context(|| {
+                    format!("reading the watermark of {}/{}", f.topic, f.partition)
+                })?;
+                match element.offset() {
+                    Offset::Offset(high) => Ok(high),
+                    // No record yet.
+                    Offset::End | Offset::Beginning | Offset::Invalid => Ok(0),
+                    other => Err(anyhow!(
+                        "unexpected watermark {other:?} for {}/{}",
+                        f.topic,
+                        f.partition
+                    )),
+                }
+            })
+            .collect()
+    }
+
+    /// How many ids are held (for logs).
+    pub fn held(&self) -> usize {
+        self.followed.iter().map(|f| f.ids.len()).sum()
+    }
+}
