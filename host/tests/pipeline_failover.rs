@@ -37,6 +37,15 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// Liveness bound on the whole run (not a performance assertion).
 const RUN_BOUND: Duration = Duration::from_secs(300);
 
+/// The tests of this file run one at a time: each runs a broker, two hosts
+/// and a producer, and three such sets at once on a 2-core machine starved
+/// the broker into 30 s request timeouts.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 struct Hosts {
     store_path: std::path::PathBuf,
     brokers: String,
@@ -386,6 +395,7 @@ fn busiest_host(hosts: &Hosts, store: &SqliteStore) -> String {
 
 #[test]
 fn outputs_and_state_survive_kill_9_failovers_exactly_once() {
+    let _exclusive = exclusive();
     let records: u64 = env_or("PIPELINE_RECORDS", DEFAULT_RECORDS);
     let kills: usize = env_or("PIPELINE_KILLS", DEFAULT_KILLS);
     transparency_run(records, |hosts, store| {
@@ -406,6 +416,7 @@ fn outputs_and_state_survive_kill_9_failovers_exactly_once() {
 
 #[test]
 fn a_leader_paused_past_its_lease_is_fenced_and_nothing_is_duplicated() {
+    let _exclusive = exclusive();
     let records: u64 = env_or("PIPELINE_RECORDS", DEFAULT_RECORDS);
     let mut paused_host = String::new();
     let dir = transparency_run(records, |hosts, store| {
@@ -450,6 +461,7 @@ fn signal(pid: u32, signal: &str) {
 
 #[test]
 fn a_poison_record_goes_to_the_dead_letter_topic_and_the_partition_keeps_flowing() {
+    let _exclusive = exclusive();
     let deadline = Instant::now() + RUN_BOUND;
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();

@@ -18,7 +18,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header as KafkaHeader, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -36,10 +38,14 @@ pub const PRODUCER_QUEUE_RECORDS: u32 = 100_000;
 /// Pause before the next fetch after a failed one or a full prefetch queue,
 /// in milliseconds.
 const FETCH_BACKOFF_MS: u32 = 20;
+/// Most bytes per partition in one produce request (the broker's default
+/// largest record batch): a unit's outputs of one batch usually fit in one.
+const PRODUCE_BATCH_BYTES: u32 = 1024 * 1024;
+/// How long the producer holds records until [`OutputProducer::flush`]
+/// sends them (librdkafka's `linger.ms`; its upper bound is 900 s).
+pub const HOLD_UNTIL_FLUSH: Duration = Duration::from_secs(300);
 /// One step of waiting for delivery reports in [`OutputProducer::flush`].
 const FLUSH_POLL_STEP: Duration = Duration::from_millis(1);
-/// Pause while the producer queue is full.
-const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
 
 fn base_config(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -110,9 +116,35 @@ pub fn watermarks(brokers: &str, topic: &str, partition: i32) -> Result<(i64, i6
         .with_context(|| format!("reading the watermarks of {topic}/{partition}"))
 }
 
-/// A consumer for manually assigned partitions. `prefetch_kbytes` bounds
-/// what librdkafka fetches ahead (default 64 MiB).
-pub fn manual_consumer(brokers: &str, prefetch_kbytes: Option<u32>) -> Result<BaseConsumer> {
+/// How a consumer fetches: how much ahead of its caller (librdkafka's
+/// defaults, 100,000 records or 64 MiB, are far more than a unit needs) and
+/// how long the broker may hold a fetch that finds nothing new (each idle
+/// consumer costs the broker one fetch per wait).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchProfile {
+    /// librdkafka fetches while fewer records than this are queued.
+    pub records: u32,
+    /// ... and fewer KiB than this.
+    pub kbytes: u32,
+    /// The broker answers an empty fetch after at most this, in ms.
+    pub max_wait_ms: u32,
+}
+
+/// How consumers without a profile of their own fetch: librdkafka's
+/// prefetch bounds, a short wait (latency over broker load).
+pub const DEFAULT_FETCH: FetchProfile = FetchProfile {
+    records: 100_000,
+    kbytes: 64 * 1024,
+    max_wait_ms: 20,
+};
+
+/// Most bytes one fetch returns per partition: small fetches keep one
+/// consumer from holding a slow broker for long.
+const FETCH_PARTITION_BYTES: u32 = 256 * 1024;
+
+/// A consumer for manually assigned partitions, fetching as `prefetch`
+/// says ([`DEFAULT_FETCH`] when `None`).
+pub fn manual_consumer(brokers: &str, prefetch: Option<FetchProfile>) -> Result<BaseConsumer> {
     let mut config = base_config(brokers);
     // Required by librdkafka's assign, otherwise unused: offsets live in
     // our checkpoints and nothing is committed to the group.
@@ -121,16 +153,21 @@ pub fn manual_consumer(brokers: &str, prefetch_kbytes: Option<u32>) -> Result<Ba
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "20")
+        .set(
+            "max.partition.fetch.bytes",
+            FETCH_PARTITION_BYTES.to_string(),
+        )
         // After a failed fetch librdkafka waits this long (default 500 ms)
         // before the next; a takeover must not sit out such a pause.
         .set("fetch.error.backoff.ms", FETCH_BACKOFF_MS.to_string())
         // Likewise after the prefetch queue was full (default 1 s): a
         // passive's reader fills it, and is restarted at each checkpoint.
         .set("fetch.queue.backoff.ms", FETCH_BACKOFF_MS.to_string());
-    if let Some(kbytes) = prefetch_kbytes {
-        config.set("queued.max.messages.kbytes", kbytes.to_string());
-    }
+    let profile = prefetch.unwrap_or(DEFAULT_FETCH);
+    config
+        .set("queued.min.messages", profile.records.to_string())
+        .set("queued.max.messages.kbytes", profile.kbytes.to_string())
+        .set("fetch.wait.max.ms", profile.max_wait_ms.to_string());
     config.create().context("creating a Kafka consumer")
 }
 
@@ -147,17 +184,17 @@ impl PartitionReader {
         Self::open_with_prefetch(brokers, topic, partition, start, None)
     }
 
-    /// [`open`](Self::open), holding at most `prefetch_kbytes` of records
-    /// fetched ahead of the caller (librdkafka's default is 64 MiB).
+    /// [`open`](Self::open), fetching ahead of the caller only as much as
+    /// `prefetch` allows.
     pub fn open_with_prefetch(
         brokers: &str,
         topic: &str,
         partition: i32,
         start: Option<i64>,
-        prefetch_kbytes: Option<u32>,
+        prefetch: Option<FetchProfile>,
     ) -> Result<Self> {
         let reader = PartitionReader {
-            consumer: manual_consumer(brokers, prefetch_kbytes)?,
+            consumer: manual_consumer(brokers, prefetch)?,
             topic: topic.to_string(),
             partition,
         };
@@ -183,6 +220,27 @@ impl PartitionReader {
             .unassign()
             .with_context(|| format!("unassigning {}/{}", self.topic, self.partition))?;
         self.assign(start)
+    }
+
+    /// Stop fetching (what is fetched stays queued) until [`resume`](Self::resume).
+    pub fn pause(&self) -> Result<()> {
+        let assignment = self
+            .consumer
+            .assignment()
+            .context("reading the assignment")?;
+        self.consumer
+            .pause(&assignment)
+            .with_context(|| format!("pausing {}/{}", self.topic, self.partition))
+    }
+
+    pub fn resume(&self) -> Result<()> {
+        let assignment = self
+            .consumer
+            .assignment()
+            .context("reading the assignment")?;
+        self.consumer
+            .resume(&assignment)
+            .with_context(|| format!("resuming {}/{}", self.topic, self.partition))
     }
 
     /// Up to `max_records` records (and about `max_bytes` of payload): waits
@@ -283,10 +341,18 @@ impl OutputProducer {
             // One request in flight keeps each partition in send order even
             // across retries, without idempotence (which our broker lacks).
             .set("max.in.flight.requests.per.connection", "1")
-            .set("linger.ms", "2")
+            // Hold what is sent until `flush`: nothing leaves the process
+            // between a leader's last validity check and its flush, so a
+            // leader paused in between (a zombie) cannot get its outputs
+            // out when it resumes (see docs/pipeline.md, Limits).
+            .set("linger.ms", HOLD_UNTIL_FLUSH.as_millis().to_string())
+            .set("batch.size", PRODUCE_BATCH_BYTES.to_string())
+            .set("batch.num.messages", PRODUCER_QUEUE_RECORDS.to_string())
             .set(
                 "message.timeout.ms",
-                DELIVERY_TIMEOUT.as_millis().to_string(),
+                (HOLD_UNTIL_FLUSH + DELIVERY_TIMEOUT)
+                    .as_millis()
+                    .to_string(),
             )
             .set(
                 "queue.buffering.max.messages",
@@ -325,8 +391,11 @@ impl OutputProducer {
                 Err((error, returned))
                     if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) =>
                 {
+                    // Held records fill the queue: send them now (a batch
+                    // with this many outputs gives up the hold's guarantee
+                    // for the records before this one).
                     message = returned;
-                    self.producer.poll(QUEUE_FULL_PAUSE);
+                    self.flush()?;
                 }
                 Err((error, _)) => return Err(anyhow!("producing to {}: {error}", record.topic)),
             }
@@ -354,23 +423,7 @@ impl OutputProducer {
         topic_partitions(&metadata, topic)
     }
 
-    /// Wait until everything sent was acknowledged; an error if any record
-    /// was not delivered (the caller must not checkpoint past it).
-    pub fn flush(&self) -> Result<()> {
-        // Not `BaseProducer::flush`: it serves delivery reports in polls of
-        // a fixed 100 ms that run to their end, so every flush took at
-        // least 100 ms. Polling in short steps returns as soon as the last
-        // report arrives.
-        let deadline = Instant::now() + DELIVERY_TIMEOUT;
-        while self.producer.in_flight_count() > 0 {
-            if Instant::now() >= deadline {
-                return Err(anyhow!(
-                    "the broker did not acknowledge {} outputs within {DELIVERY_TIMEOUT:?}",
-                    self.producer.in_flight_count()
-                ));
-            }
-            self.producer.poll(FLUSH_POLL_STEP);
-        }
+    fn take_failure(&self) -> Result<()> {
         let tracker = self.producer.context();
         if tracker.failed.swap(0, Ordering::Relaxed) > 0 {
             let error = tracker
@@ -385,4 +438,63 @@ impl OutputProducer {
         }
         Ok(())
     }
+
+    /// Drop everything not yet sent or in flight: a leader that lost its
+    /// epoch must not keep producing. Their delivery reports (failures)
+    /// are discarded.
+    pub fn abandon(&self) {
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+        self.producer.poll(Duration::ZERO);
+        let tracker = self.producer.context();
+        tracker.failed.store(0, Ordering::Relaxed);
+        tracker
+            .first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// Wait until everything sent was acknowledged; an error if any record
+    /// was not delivered (the caller must not checkpoint past it).
+    pub fn flush(&self) -> Result<()> {
+        if self.producer.in_flight_count() == 0 {
+            return self.take_failure();
+        }
+        let deadline = Instant::now() + DELIVERY_TIMEOUT;
+        // librdkafka sends held records at once while an `rd_kafka_flush`
+        // call is in progress, and that call returns when every record's
+        // delivery report was served; so one thread sits in it while this
+        // one serves the reports. (rdkafka's own `flush` calls it with a
+        // zero timeout, which can end before the broker thread looks, and
+        // serves reports in 100 ms polls that run to their end.)
+        let client = NativeClient(self.producer.client().native_ptr());
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let client = client;
+                // SAFETY: the producer outlives this scope, and
+                // `rd_kafka_flush` may be called from any thread.
+                unsafe {
+                    rdkafka::bindings::rd_kafka_flush(client.0, DELIVERY_TIMEOUT.as_millis() as i32)
+                };
+            });
+            while self.producer.in_flight_count() > 0 {
+                if Instant::now() >= deadline {
+                    return Err(anyhow!(
+                        "the broker did not acknowledge {} outputs within {DELIVERY_TIMEOUT:?}",
+                        self.producer.in_flight_count()
+                    ));
+                }
+                self.producer.poll(FLUSH_POLL_STEP);
+            }
+            Ok(())
+        })?;
+        self.take_failure()
+    }
 }
+
+/// The librdkafka handle, to call `rd_kafka_flush` from a helper thread.
+struct NativeClient(*mut rdkafka::bindings::rd_kafka_t);
+// SAFETY: librdkafka handles are thread-safe; the pointer is only used
+// while its producer is borrowed.
+unsafe impl Send for NativeClient {}

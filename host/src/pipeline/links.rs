@@ -2,10 +2,11 @@
 //! not connect: the input reader, the output producer and the
 //! [`OutputTail`] of its output and dead-letter partitions.
 //!
-//! While passive, [`UnitLinks::rebase`] keeps them at the latest checkpoint:
-//! the reader assigned at the checkpointed offset (so the first batch after
-//! a takeover is already fetched), the tail following the outputs since the
-//! checkpoint's marks (so suppression only reads the last few records).
+//! While passive, [`UnitLinks::rebase`] keeps them at the latest checkpoint
+//! and [`UnitLinks::follow`] keeps them reading: the input reads ahead from
+//! the checkpointed offset (so the first batch after a takeover is already
+//! in memory), the tail follows the outputs since the checkpoint's marks (so
+//! suppression only reads the last few records).
 //! Connecting, fetching metadata and the first fetch otherwise cost about
 //! 250 ms per takeover on our broker.
 //!
@@ -18,14 +19,12 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::kafka::{OutputProducer, PartitionReader};
+use super::input::UnitInput;
+use super::kafka::OutputProducer;
 use super::tail::OutputTail;
 use crate::store::checkpoint::CheckpointMeta;
 use crate::store::registry::ProcessorSpec;
 
-/// What a passive reader may fetch ahead of a takeover, in KiB: the first
-/// batches after one, without holding the whole partition in memory.
-pub const STANDBY_PREFETCH_KBYTES: u32 = 4 * 1024;
 /// Mark (in checkpoints) of the output partition's high watermark.
 pub const OUTPUT_MARK: &str = "output_high_watermark";
 /// Mark of the dead-letter partition's high watermark.
@@ -67,7 +66,7 @@ impl Position {
 
 /// A unit's open connections.
 pub struct UnitLinks {
-    pub reader: PartitionReader,
+    pub input: UnitInput,
     pub producer: OutputProducer,
     pub outputs: OutputPartitions,
     tail: OutputTail,
@@ -91,13 +90,7 @@ impl UnitLinks {
         // Outputs of input partition N go to partition N modulo the count.
         let output_partition = partition % producer.partition_count(&output_topic)?.max(1);
         let dlq_partition = partition % producer.partition_count(&dlq_topic)?.max(1);
-        let reader = PartitionReader::open_with_prefetch(
-            brokers,
-            &spec.input_topic,
-            partition,
-            position.next_offset,
-            Some(STANDBY_PREFETCH_KBYTES),
-        )?;
+        let input = UnitInput::open(brokers, &spec.input_topic, partition, position.next_offset)?;
         let tail = OutputTail::open(
             brokers,
             &format!("{unit}/"),
@@ -107,7 +100,7 @@ impl UnitLinks {
             ],
         )?;
         Ok(UnitLinks {
-            reader,
+            input,
             producer,
             outputs: OutputPartitions {
                 output_topic,
@@ -125,8 +118,10 @@ impl UnitLinks {
         if self.position == Some(position) {
             return Ok(());
         }
-        if self.position.map(|p| p.next_offset) != Some(position.next_offset) {
-            self.reader.restart_at(position.next_offset)?;
+        match self.position {
+            // Just opened, or back from leading: the input is elsewhere.
+            None => self.input.restart_at(position.next_offset)?,
+            Some(_) => self.input.advance_to(position.next_offset),
         }
         self.tail
             .rebase(&[position.output_mark, position.dlq_mark])?;
@@ -134,9 +129,17 @@ impl UnitLinks {
         Ok(())
     }
 
-    /// Follow the output tail for up to `wait`.
+    /// Read the input ahead and follow the output tail (waiting up to
+    /// `wait` for the tail).
     pub fn follow(&mut self, wait: Duration) -> Result<()> {
+        self.input.read_ahead()?;
         self.tail.poll(wait)
+    }
+
+    /// Make the input start exactly at the position's offset (fetching
+    /// again only if the read-ahead window does not start there).
+    pub fn input_from(&mut self, position: Position) -> Result<()> {
+        self.input.restart_at(position.next_offset)
     }
 
     /// The ids of the unit's outputs and dead letters since the marks, up to
@@ -145,7 +148,7 @@ impl UnitLinks {
         self.tail.catch_up()
     }
 
-    /// Start leading from the last rebase: the reader moves on from its
+    /// Start leading from the last rebase: the input moves on from its
     /// position, and the tail stops fetching (the leader knows what it
     /// produces) until the next rebase.
     pub fn start_leading(&mut self) -> Result<()> {

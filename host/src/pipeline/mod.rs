@@ -7,6 +7,7 @@
 //!   hot standby, takeover with output suppression;
 //! - [`node`]: a host: membership, registry polling, one thread per unit.
 
+pub mod input;
 pub mod kafka;
 pub mod links;
 pub mod node;

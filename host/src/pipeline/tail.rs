@@ -19,12 +19,18 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::kafka::{self, ID_HEADER};
+use super::kafka::{self, FetchProfile, ID_HEADER};
 
 /// Bound on one catch-up (reading to the high watermarks).
 pub const CATCH_UP_BOUND: Duration = Duration::from_secs(30);
-/// What the tail consumer may fetch ahead of [`OutputTail::poll`], in KiB.
-pub const TAIL_PREFETCH_KBYTES: u32 = 4 * 1024;
+/// What the tail consumer may fetch ahead of [`OutputTail::poll`].
+pub const TAIL_PREFETCH: FetchProfile = FetchProfile {
+    records: 10_000,
+    kbytes: 4 * 1024,
+    // Only a takeover needs the tail current, and it reads to the high
+    // watermarks then; meanwhile fewer idle fetches spare the broker.
+    max_wait_ms: 100,
+};
 /// Longest single wait for more records while catching up.
 const CATCH_UP_POLL: Duration = Duration::from_millis(100);
 
@@ -45,6 +51,10 @@ struct Followed {
 /// ids that start with a unit's prefix.
 pub struct OutputTail {
     consumer: BaseConsumer,
+    /// Asks for the high watermarks. Not `consumer`: a broker answers a
+    /// connection's requests in order, so a ListOffsets would wait behind
+    /// the consumer's long-polling fetch.
+    watermarks: BaseConsumer,
     prefix: String,
     followed: Vec<Followed>,
     paused: bool,
@@ -53,7 +63,7 @@ pub struct OutputTail {
 impl OutputTail {
     /// Follow each `(topic, partition, mark)` from its mark.
     pub fn open(brokers: &str, prefix: &str, partitions: &[(&str, i32, i64)]) -> Result<Self> {
-        let consumer = kafka::manual_consumer(brokers, Some(TAIL_PREFETCH_KBYTES))?;
+        let consumer = kafka::manual_consumer(brokers, Some(TAIL_PREFETCH))?;
         let followed = partitions
             .iter()
             .map(|(topic, partition, mark)| Followed {
@@ -66,6 +76,7 @@ impl OutputTail {
             .collect();
         let tail = OutputTail {
             consumer,
+            watermarks: kafka::manual_consumer(brokers, None)?,
             prefix: prefix.to_string(),
             followed,
             paused: false,
@@ -200,7 +211,7 @@ impl OutputTail {
                 .context("building the watermark request")?;
         }
         let answered = self
-            .consumer
+            .watermarks
             .offsets_for_times(latest, kafka::REQUEST_TIMEOUT)
             .context("reading the high watermarks of the output partitions")?;
         self.followed

@@ -6,10 +6,10 @@
 //! While it leads, a unit: polls a batch from its partition (bounded by the
 //! spec's records, bytes and linger), runs it through the processor,
 //! produces the outputs (and dead letters) with deterministic ids, waits for
-//! the broker to acknowledge them, and checkpoints state + next offset +
-//! the output partitions' high watermarks, fenced by its epoch, every
-//! checkpoint interval or N records. A checkpoint is therefore never ahead
-//! of delivered outputs.
+//! the broker to acknowledge them, and every checkpoint interval or N
+//! records checkpoints state + next offset + the output partitions' high
+//! watermarks, fenced by its epoch. A checkpoint is therefore never ahead of
+//! delivered outputs.
 //!
 //! While it does not lead, it is a hot standby: the module stays compiled
 //! and an instance stays restored from the latest checkpoint, refreshed when
@@ -231,12 +231,19 @@ impl Unit {
         let batch_settings = self.spec.batch;
         let wait = self.settings.timing.heartbeat / 2;
         let active = self.active.as_mut().expect("just taken over");
+        // The first batch after a takeover takes what the standby's reader
+        // prefetched without lingering for more: it is on the failover path.
+        let linger = if active.first_output_logged {
+            Duration::from_millis(batch_settings.linger_ms)
+        } else {
+            Duration::ZERO
+        };
         let poll_started = Instant::now();
-        let mut records = active.links.reader.poll_batch(
+        let mut records = active.links.input.poll_batch(
             batch_settings.max_records as usize,
             batch_settings.max_bytes as usize,
             wait,
-            Duration::from_millis(batch_settings.linger_ms),
+            linger,
         )?;
         // A reader restarted at an offset delivers nothing before it; this
         // guards the exactly-once accounting should it ever do so.
@@ -251,9 +258,20 @@ impl Unit {
             let kept = records.clone();
             let polled_at = Instant::now();
             let result = active.processor.process_batch(records)?;
+            // Outputs leave the process only at the flush below (the
+            // producer holds them): check the epoch is still ours right
+            // before, so a leader paused past its lease (a zombie) drops
+            // its batch instead of producing it when it resumes.
+            if !self.still_acting(epoch) {
+                return Ok(());
+            }
             self.emit(&kept, &result)?;
+            if !self.still_acting(epoch) {
+                return Ok(());
+            }
             let emitted_at = Instant::now();
             let active = self.active.as_mut().expect("still active");
+            // Sends the held outputs and waits for the acknowledgements.
             active.links.producer.flush()?;
             active.next_offset = Some(next);
             active.records_since_checkpoint += count;
@@ -278,6 +296,20 @@ impl Unit {
             self.checkpoint()?;
         }
         Ok(())
+    }
+
+    /// Whether `epoch` is still the acting one; if not, go passive (the
+    /// producer's held records are dropped).
+    fn still_acting(&mut self, epoch: u64) -> bool {
+        if self.acting_epoch() == Some(epoch) {
+            return true;
+        }
+        tracing::warn!(
+            "unit {}: epoch {epoch} is no longer ours to act on; dropping the batch and going passive",
+            self.name
+        );
+        self.demote();
+        false
     }
 
     /// The partition of `topic` the outputs of this unit go to.
@@ -370,10 +402,13 @@ impl Unit {
             return Ok(());
         };
         let started = Instant::now();
+        // Everything produced so far must be acknowledged before the
+        // checkpoint records the input as done (each batch is, this keeps it
+        // true on every path); then these watermarks bound what the outputs
+        // since hold.
+        active.links.producer.flush()?;
         let state = active.processor.snapshot()?;
         let state_version = active.processor.state_version()?;
-        // Everything produced so far is acknowledged (flush after each
-        // batch), so these watermarks bound what the outputs since hold.
         let outputs = &active.links.outputs;
         let producer = &active.links.producer;
         let (_, output_high) =
@@ -441,6 +476,7 @@ impl Unit {
         let seek_started = Instant::now();
         let warm_links = self.links.is_some();
         let mut links = self.links_at(position)?;
+        links.input_from(position)?;
         let suppressed = links.produced_since_marks()?;
         links.start_leading()?;
         tracing::info!(
@@ -528,6 +564,8 @@ impl Unit {
         // standby is rebuilt from the store. The connections are kept and
         // put back at the checkpoint by the next standby refresh.
         if let Some(active) = self.active.take() {
+            // Whatever it has not sent yet is not its to send any more.
+            active.links.producer.abandon();
             self.links = Some(active.links);
         }
     }

@@ -1,0 +1,188 @@
+//! A unit's input: one partition read from an offset, for the leader and
+//! for the passive alike.
+//!
+//! While passive, the unit reads the partition as it grows
+//! ([`UnitInput::read_ahead`]) and keeps the records from the latest
+//! checkpoint's offset on in a bounded window, so a takeover finds its first
+//! batch in memory. As checkpoints land, [`UnitInput::advance_to`] drops
+//! what they cover; nothing is fetched twice. Only a takeover whose offset
+//! the window no longer reaches (the leader ran further past its checkpoint
+//! than the window holds) fetches again, from that offset
+//! ([`UnitInput::restart_at`]). So a passive reads each input record once,
+//! whatever the checkpoint rate — which matters on a broker whose fetches
+//! are slow.
+//!
+//! Guarantee: [`UnitInput::poll_batch`] returns the partition's records in
+//! offset order, starting at the offset of the last `open`/`restart_at`
+//! (`None`: the earliest), with none skipped or repeated.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::kafka::{FetchProfile, PartitionReader};
+use crate::record::LogRecord;
+
+/// What the consumer fetches ahead of the unit.
+pub const INPUT_PREFETCH: FetchProfile = FetchProfile {
+    records: 10_000,
+    kbytes: 8 * 1024,
+    // The leader's latency on a partition that was idle.
+    max_wait_ms: 20,
+};
+/// What a passive holds read ahead of the checkpoint, at most: the newest
+/// records and bytes from the checkpoint's offset on.
+pub const READ_AHEAD_RECORDS: usize = 10_000;
+pub const READ_AHEAD_BYTES: usize = 8 * 1024 * 1024;
+
+/// One input partition with a read-ahead window.
+pub struct UnitInput {
+    reader: PartitionReader,
+    /// Records read ahead, in offset order, none below `floor`.
+    buffered: VecDeque<LogRecord>,
+    buffered_bytes: usize,
+    /// The offset the next record read from the broker should have (when
+    /// known): one past the last one read.
+    next: Option<i64>,
+    /// Records below this are not wanted (the latest checkpoint's offset).
+    floor: Option<i64>,
+}
+
+impl UnitInput {
+    pub fn open(brokers: &str, topic: &str, partition: i32, start: Option<i64>) -> Result<Self> {
+        let reader = PartitionReader::open_with_prefetch(
+            brokers,
+            topic,
+            partition,
+            start,
+            Some(INPUT_PREFETCH),
+        )?;
+        Ok(UnitInput {
+            reader,
+            buffered: VecDeque::new(),
+            buffered_bytes: 0,
+            next: start,
+            floor: start,
+        })
+    }
+
+    /// Passive: records below `start` (a new checkpoint's offset) are no
+    /// longer wanted. Never fetches again: if the window does not reach
+    /// back to `start` any more, [`restart_at`](Self::restart_at) will.
+    pub fn advance_to(&mut self, start: Option<i64>) {
+        self.floor = start;
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        let Some(floor) = self.floor else { return };
+        while self.buffered.front().is_some_and(|r| r.offset < floor) {
+            let dropped = self.buffered.pop_front().expect("non-empty");
+            self.buffered_bytes -= dropped.payload_bytes();
+        }
+    }
+
+    /// Whether the next record [`poll_batch`](Self::poll_batch) returns is
+    /// the one at `start`, without fetching again.
+    fn covers(&self, start: Option<i64>) -> bool {
+        let Some(start) = start else {
+            // The earliest offset is unknown here.
+            return false;
+        };
+        match self.buffered.front() {
+            Some(first) => first.offset == start,
+            None => self.next == Some(start),
+        }
+    }
+
+    /// Read from `start` on (`None`: the earliest offset): from the window
+    /// when it starts there, else by fetching again from there.
+    pub fn restart_at(&mut self, start: Option<i64>) -> Result<()> {
+        self.advance_to(start);
+        if self.covers(start) {
+            return Ok(());
+        }
+        self.buffered.clear();
+        self.buffered_bytes = 0;
+        self.next = start;
+        self.reader.restart_at(start)
+    }
+
+    /// Passive: take in what has arrived. The window keeps the newest
+    /// [`READ_AHEAD_RECORDS`] / [`READ_AHEAD_BYTES`] at or above the floor.
+    pub fn read_ahead(&mut self) -> Result<()> {
+        loop {
+            let batch =
+                self.reader
+                    .poll_batch(1_000, READ_AHEAD_BYTES, Duration::ZERO, Duration::ZERO)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for record in batch {
+                if !self.accept(&record) || self.floor.is_some_and(|f| record.offset < f) {
+                    continue;
+                }
+                self.buffered_bytes += record.payload_bytes();
+                self.buffered.push_back(record);
+            }
+            while self.buffered.len() > READ_AHEAD_RECORDS || self.buffered_bytes > READ_AHEAD_BYTES
+            {
+                let dropped = self.buffered.pop_front().expect("over the bound");
+                self.buffered_bytes -= dropped.payload_bytes();
+            }
+        }
+    }
+
+    /// Whether a record read from the broker is the next one (not one
+    /// fetched before a restart), moving `next` past it.
+    fn accept(&mut self, record: &LogRecord) -> bool {
+        if self.next.is_some_and(|next| record.offset < next) {
+            return false;
+        }
+        self.next = Some(record.offset + 1);
+        true
+    }
+
+    /// Up to `max_records` records (and about `max_bytes`): what is
+    /// buffered first, then from the broker, waiting at most `wait` for the
+    /// first and `linger` for more.
+    pub fn poll_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+        wait: Duration,
+        linger: Duration,
+    ) -> Result<Vec<LogRecord>> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while batch.len() < max_records && bytes < max_bytes {
+            let Some(record) = self.buffered.pop_front() else {
+                break;
+            };
+            self.buffered_bytes -= record.payload_bytes();
+            bytes += record.payload_bytes();
+            batch.push(record);
+        }
+        if batch.len() < max_records && bytes < max_bytes {
+            // Buffered records count as the first: only linger for more.
+            let wait = if batch.is_empty() {
+                wait
+            } else {
+                Duration::ZERO
+            };
+            let more = self.reader.poll_batch(
+                max_records - batch.len(),
+                max_bytes - bytes,
+                wait,
+                linger,
+            )?;
+            for record in more {
+                if self.accept(&record) {
+                    batch.push(record);
+                }
+            }
+        }
+        Ok(batch)
+    }
+}
