@@ -50,6 +50,8 @@ fn spawn_host(id: &str, store: &str, brokers: &str, dir: &std::path::Path) -> Ch
             store,
         ])
         .args(["--checkpoint-interval-ms", "200"])
+        // Two hosts on one machine: each on a free admin port.
+        .args(["--admin-addr", "127.0.0.1:0"])
         .env("LOGSTREAM_LOG", "info")
         .env("LOGSTREAM_CACHE_DIR", dir.join("cache"))
         .stdout(Stdio::null())

@@ -112,6 +112,8 @@ fn main() {
             &store_url,
         ])
         .args(["--checkpoint-interval-ms", "1000"])
+        // Not the default port: a host may already run on this machine.
+        .args(["--admin-addr", "127.0.0.1:0"])
         .env("LOGSTREAM_LOG", "warn")
         .env("LOGSTREAM_CACHE_DIR", dir.path().join("cache"))
         .spawn()

@@ -10,8 +10,10 @@
 //! - [`store`]: the coordination store (transactional KV, election, checkpoints);
 //! - [`probe`]: the diagnostic election probe and its log checker;
 //! - [`sample_logs`]: deterministic realistic sample records;
+//! - [`admin`]: a host's Prometheus metrics and admin HTTP server;
 //! - [`cli`]: the `logstream` command line.
 
+pub mod admin;
 pub mod cli;
 pub mod jsonl;
 pub mod pipeline;

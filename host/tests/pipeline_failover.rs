@@ -15,8 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::broker::Broker;
+use common::verify::{self, OutputRow};
 use common::{logstream, plugin, run, stderr};
-use logstream_host::pipeline::kafka::{self, PartitionReader, ID_HEADER};
+use logstream_host::pipeline::kafka;
 use logstream_host::record::LogRecord;
 use logstream_host::store::checkpoint;
 use logstream_host::store::election::read_leader;
@@ -64,6 +65,8 @@ impl Hosts {
             .arg("--store")
             .arg(format!("sqlite:{}", self.store_path.display()))
             .args(["--checkpoint-interval-ms", "200"])
+            // Two hosts on one machine: each on a free admin port.
+            .args(["--admin-addr", "127.0.0.1:0"])
             .env("LOGSTREAM_LOG", "info")
             .env("LOGSTREAM_CACHE_DIR", self.dir.join("cache"))
             .stdout(Stdio::null())
@@ -130,98 +133,31 @@ fn wait_until(what: &str, deadline: Instant, mut condition: impl FnMut() -> bool
     }
 }
 
-/// Every record of a partition, up to its high watermark.
 fn read_partition(brokers: &str, topic: &str, partition: i32) -> Vec<LogRecord> {
-    let (_, high) = kafka::watermarks(brokers, topic, partition).unwrap();
-    let reader = PartitionReader::open(brokers, topic, partition, Some(0)).unwrap();
-    let mut records = Vec::new();
-    let deadline = Instant::now() + RUN_BOUND;
-    while records.last().map_or(0, |r: &LogRecord| r.offset + 1) < high {
-        assert!(
-            Instant::now() < deadline,
-            "reading {topic}/{partition} timed out"
-        );
-        records.extend(
-            reader
-                .poll_batch(
-                    10_000,
-                    64 << 20,
-                    Duration::from_secs(1),
-                    Duration::from_millis(10),
-                )
-                .unwrap(),
-        );
-    }
-    records
+    verify::read_partition(brokers, topic, partition, RUN_BOUND)
 }
 
-/// run-local over one partition's records: (offset, index, value) per output, and the final state.
+/// run-local over one partition's records: the outputs and the final state.
 fn expected(
     dir: &Path,
     processor: &str,
     config: &str,
     records: &[LogRecord],
     partition: i32,
-) -> (Vec<(i64, u64, String)>, Vec<u8>) {
-    let input = dir.join(format!("{processor}-{partition}.jsonl"));
-    let lines: Vec<String> = records
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "partition": r.partition, "offset": r.offset, "timestamp_ms": r.timestamp_ms,
-                "value": String::from_utf8(r.value.clone()).unwrap(),
-            })
-            .to_string()
-        })
-        .collect();
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let state = dir.join(format!("{processor}-{partition}.state"));
-    let output = run(logstream()
-        .arg("run-local")
-        .arg(plugin(processor))
-        .arg("--input")
-        .arg(&input)
-        .args(["--config", config, "--state-out"])
-        .arg(&state));
-    assert!(output.status.success(), "{}", stderr(&output));
-    let outputs = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("index").is_some())
-        .map(|v| {
-            (
-                v["offset"].as_i64().unwrap(),
-                v["index"].as_u64().unwrap(),
-                v["value"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    (outputs, std::fs::read(state).unwrap())
+) -> (Vec<OutputRow>, Vec<u8>) {
+    verify::run_local(
+        Path::new(env!("CARGO_BIN_EXE_logstream")),
+        &plugin(processor),
+        config,
+        records,
+        dir,
+        &format!("{processor}-{partition}"),
+    )
 }
 
-/// Output partition contents as (source offset, index, value), in topic order.
-fn actual(brokers: &str, topic: &str, unit: &str, partition: i32) -> Vec<(i64, u64, String)> {
-    read_partition(brokers, topic, partition)
-        .into_iter()
-        .map(|r| {
-            let id = r
-                .headers
-                .iter()
-                .find(|h| h.key == ID_HEADER)
-                .expect("every output has an id");
-            let id = String::from_utf8(id.value.clone()).unwrap();
-            let rest = id
-                .strip_prefix(&format!("{unit}/"))
-                .unwrap_or_else(|| panic!("foreign id {id}"));
-            let (offset, index) = rest.split_once('/').unwrap();
-            (
-                offset.parse().unwrap(),
-                index.parse().unwrap(),
-                String::from_utf8(r.value).unwrap(),
-            )
-        })
-        .collect()
+/// Output partition contents as rows, in topic order.
+fn actual(brokers: &str, topic: &str, unit: &str, partition: i32) -> Vec<OutputRow> {
+    verify::output_rows(read_partition(brokers, topic, partition), unit)
 }
 
 /// The transparency scenario: two hosts, passthrough and level-counter on

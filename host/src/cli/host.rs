@@ -1,11 +1,12 @@
 //! `logstream host`: run a host node until SIGTERM/SIGINT, then hand over.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
-use clap::Args;
+use anyhow::{Context, Result};
+use clap::{ArgMatches, Args};
 
 use super::{GlobalArgs, LimitArgs};
 use crate::pipeline::node::{self, HostConfig};
@@ -17,6 +18,11 @@ pub const DEFAULT_CHECKPOINT_EVERY_RECORDS: u64 = 100_000;
 
 #[derive(Debug, Args)]
 pub struct HostArgs {
+    /// Read settings from this TOML file (docs/configuration.md). Command-line
+    /// options and `LOGSTREAM_…` variables override it.
+    #[arg(long, env = "LOGSTREAM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Coordination store URL: `sqlite:PATH` or `fdb:[CLUSTER_FILE]`.
     #[arg(
         long,
@@ -46,9 +52,42 @@ pub struct HostArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    /// Serve the admin HTTP endpoints (/metrics, /healthz, /readyz,
+    /// /status) on this address; `off` to not serve them. Port 0 picks a
+    /// free port (the log says which).
+    #[arg(
+        long,
+        env = "LOGSTREAM_ADMIN_ADDR",
+        value_name = "ADDR",
+        default_value = crate::admin::DEFAULT_ADMIN_ADDR,
+        value_parser = parse_admin_addr,
+    )]
+    pub admin_addr: AdminAddr,
 }
 
-pub fn run(global: &GlobalArgs, args: HostArgs) -> Result<ExitCode> {
+/// `--admin-addr`: an address, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminAddr(pub Option<SocketAddr>);
+
+pub(super) fn parse_admin_addr(text: &str) -> Result<AdminAddr, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(AdminAddr(None));
+    }
+    text.parse()
+        .map(|address| AdminAddr(Some(address)))
+        .map_err(|_| format!("{text:?} is neither IP:PORT nor `off`"))
+}
+
+/// Run a host; `matches` (the `host` subcommand's) tells which options the
+/// command line or the environment set, which a `--config` file may not
+/// override.
+pub fn run(global: &GlobalArgs, mut args: HostArgs, matches: &ArgMatches) -> Result<ExitCode> {
+    if let Some(path) = args.config.clone() {
+        let file = super::host_config::load(&path)?;
+        super::host_config::apply(file, &mut args, matches)
+            .with_context(|| format!("the config file {} is invalid", path.display()))?;
+    }
     let timing = args.election.timing()?;
     let shutdown = super::shutdown_on_signals()?;
     let cache_dir: Option<PathBuf> = if global.no_cache {
@@ -70,6 +109,7 @@ pub fn run(global: &GlobalArgs, args: HostArgs) -> Result<ExitCode> {
         checkpoint_every_records: args.checkpoint_every_records.max(1),
         limits: args.limits.instance_limits(),
         cache_dir,
+        admin_addr: args.admin_addr.0,
     };
     node::run(config, shutdown)?;
     Ok(ExitCode::SUCCESS)

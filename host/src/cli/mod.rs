@@ -6,8 +6,14 @@ mod check;
 mod deploy;
 mod gen_logs;
 mod host;
+mod host_config;
 mod probe_election;
+mod processors;
 mod run_local;
+mod state;
+mod status;
+mod step_down;
+mod undeploy;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -15,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, Parser, Subcommand};
 
 use crate::wasm::{CompileCache, InstanceLimits, ModuleLoader, WasmEngine};
 
@@ -58,6 +64,17 @@ pub enum Command {
     Deploy(deploy::DeployArgs),
     /// Write realistic sample log records as JSON lines (run-local input format).
     GenLogs(gen_logs::GenLogsArgs),
+    /// List the deployed processors: version, module, topics, config.
+    Processors(processors::ProcessorsArgs),
+    /// Remove a processor's spec; hosts stop its units (checkpoints stay).
+    Undeploy(undeploy::UndeployArgs),
+    /// Show each processor's units (leader, epoch, checkpoint, lag) and the hosts.
+    Status(status::StatusArgs),
+    /// Ask the active host of units to hand over to a passive one.
+    StepDown(step_down::StepDownArgs),
+    /// Read processor state out of the store.
+    #[command(subcommand)]
+    State(state::StateCommand),
     /// Diagnostic: contend for a processor's leadership and append fenced
     /// writes while leading (or --check the log they left).
     ProbeElection(probe_election::ProbeElectionArgs),
@@ -120,6 +137,32 @@ impl ElectionArgs {
     }
 }
 
+/// The coordination store option of the operator commands.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Coordination store URL: `sqlite:PATH` or `fdb:[CLUSTER_FILE]`.
+    #[arg(
+        long,
+        env = "LOGSTREAM_STORE",
+        default_value = "sqlite:logstream-data/store.db"
+    )]
+    pub store: String,
+}
+
+impl StoreArgs {
+    /// Open an existing store: an operator command must not create an
+    /// empty SQLite file where a path was mistyped.
+    pub fn open(&self) -> Result<std::sync::Arc<dyn crate::store::KvStore>> {
+        if let Some(path) = self.store.strip_prefix("sqlite:") {
+            if !path.is_empty() && !std::path::Path::new(path).exists() {
+                anyhow::bail!("there is no store at {path} (nothing was ever deployed there)");
+            }
+        }
+        crate::store::open(&self.store)
+            .map_err(|e| anyhow::anyhow!("cannot open the store {}: {e}", self.store))
+    }
+}
+
 /// A flag set by SIGTERM or SIGINT.
 fn shutdown_on_signals() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -148,14 +191,26 @@ pub fn one_line(error: &anyhow::Error) -> String {
 }
 
 /// Run one command.
-pub fn run(cli: Cli) -> Result<ExitCode> {
+/// `matches` are the parsed command line `cli` came from: `host` needs them
+/// to tell options given from defaults (its `--config` file fills in only
+/// the latter); without them every option counts as given.
+pub fn run(cli: Cli, matches: Option<&ArgMatches>) -> Result<ExitCode> {
     match cli.command {
         Command::Check(args) => check::run(&cli.global, args),
         Command::RunLocal(args) => run_local::run(&cli.global, args),
         Command::GenLogs(args) => gen_logs::run(args),
-        Command::Host(args) => host::run(&cli.global, args),
+        Command::Host(args) => {
+            let empty = ArgMatches::default();
+            let host_matches = matches.and_then(|m| m.subcommand_matches("host"));
+            host::run(&cli.global, args, host_matches.unwrap_or(&empty))
+        }
         Command::Deploy(args) => deploy::run(&cli.global, args),
         Command::ProbeElection(args) => probe_election::run(args),
+        Command::Processors(args) => processors::run(args),
+        Command::Undeploy(args) => undeploy::run(args),
+        Command::Status(args) => status::run(args),
+        Command::StepDown(args) => step_down::run(args),
+        Command::State(command) => state::run(command),
     }
 }
 

@@ -144,6 +144,12 @@ impl UnitInput {
         true
     }
 
+    /// The partition's high watermark as the consumer last saw it (no
+    /// broker round trip).
+    pub fn cached_high_watermark(&self) -> Option<i64> {
+        self.reader.cached_high_watermark()
+    }
+
     /// Up to `max_records` records (and about `max_bytes`): what is
     /// buffered first, then from the broker, waiting at most `wait` for the
     /// first and `linger` for more.

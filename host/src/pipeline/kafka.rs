@@ -243,6 +243,28 @@ impl PartitionReader {
             .with_context(|| format!("resuming {}/{}", self.topic, self.partition))
     }
 
+    /// The partition's high watermark as of the consumer's last fetch
+    /// response (librdkafka's cached value: no request to the broker);
+    /// `None` before the first fetch answered.
+    pub fn cached_high_watermark(&self) -> Option<i64> {
+        let topic = std::ffi::CString::new(self.topic.as_str()).ok()?;
+        let (mut low, mut high) = (-1_i64, -1_i64);
+        // SAFETY: the consumer (and so its handle) is alive for the call,
+        // `topic` is a NUL-terminated string that outlives it, and
+        // librdkafka only writes the two out-parameters.
+        let error = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                self.partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then_some(high)
+    }
+
     /// Up to `max_records` records (and about `max_bytes` of payload): waits
     /// at most `wait` for the first, then at most `linger` for more.
     pub fn poll_batch(

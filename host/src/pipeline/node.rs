@@ -2,6 +2,9 @@
 //! the registry, and runs one [`Unit`] thread per (deployed processor, input
 //! partition). On shutdown every unit hands over (final checkpoint, step
 //! down) and the host deregisters.
+//!
+//! With an admin address, the host also serves its metrics and status over
+//! HTTP ([`crate::admin`]) from startup until it has handed over.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +16,7 @@ use anyhow::{Context, Result};
 
 use super::kafka;
 use super::unit::{dlq_topic, Unit, UnitSettings};
+use crate::admin::{Admin, AdminServer};
 use crate::store::election::ElectionTiming;
 use crate::store::registry::{self, ProcessorSpec};
 use crate::store::{membership, KvStore, RetryPolicy};
@@ -32,10 +36,13 @@ pub struct HostConfig {
     pub checkpoint_every_records: u64,
     pub limits: InstanceLimits,
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Where to serve the admin HTTP endpoints (`None`: not served).
+    pub admin_addr: Option<std::net::SocketAddr>,
 }
 
 struct RunningUnit {
     version: u64,
+    partitions: i32,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -48,6 +55,12 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
     let engine = WasmEngine::new(config.limits.clone())?;
     let loader = ModuleLoader::new(engine, config.cache_dir.clone().map(CompileCache::new))?;
     let incarnation = crate::probe::incarnation_of(&config.host_id);
+    let admin = Admin::new(&config.host_id, &incarnation);
+    // Bound first: a busy admin port fails the start before any election.
+    let _admin_server = config
+        .admin_addr
+        .map(|address| AdminServer::start(address, admin.clone()))
+        .transpose()?;
     let started_at = crate::probe::unix_micros() / 1000;
     let policy = RetryPolicy {
         max_elapsed: config.timing.heartbeat,
@@ -69,18 +82,23 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
     let mut running: BTreeMap<String, RunningUnit> = BTreeMap::new();
     let mut seen_version = None;
     while !shutdown.load(Ordering::Relaxed) {
-        if let Err(error) = membership::heartbeat(
+        match membership::heartbeat(
             store.as_ref(),
             &policy,
             &config.host_id,
             &incarnation,
             started_at,
         ) {
-            tracing::warn!("membership heartbeat failed: {error}");
+            Ok(_) => admin.status().heartbeat_succeeded(),
+            Err(error) => tracing::warn!("membership heartbeat failed: {error}"),
         }
-        match registry::registry_version(store.as_ref()) {
+        let version = registry::registry_version(store.as_ref());
+        if version.is_ok() {
+            admin.status().registry_read();
+        }
+        match version {
             Ok(version) if Some(version) != seen_version => {
-                match reconcile(&store, &loader, &settings, &mut running) {
+                match reconcile(&store, &loader, &settings, &admin, &mut running) {
                     Ok(()) => seen_version = Some(version),
                     Err(error) => tracing::error!("applying deployments failed: {error:#}"),
                 }
@@ -94,6 +112,7 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
     for (_, unit) in std::mem::take(&mut running) {
         stop_unit(unit);
     }
+    // The admin server stops when `_admin_server` drops, after deregistering.
     membership::deregister(store.as_ref(), &policy, &config.host_id, &incarnation)?;
     Ok(())
 }
@@ -110,6 +129,7 @@ fn reconcile(
     store: &Arc<dyn KvStore>,
     loader: &ModuleLoader,
     settings: &UnitSettings,
+    admin: &Admin,
     running: &mut BTreeMap<String, RunningUnit>,
 ) -> Result<()> {
     let specs: BTreeMap<String, ProcessorSpec> = registry::list_specs(store.as_ref())?
@@ -123,7 +143,12 @@ fn reconcile(
         .collect();
     for name in gone {
         tracing::info!("processor {name}: stopping its units (undeployed or redeployed)");
-        stop_unit(running.remove(&name).expect("listed"));
+        let unit = running.remove(&name).expect("listed");
+        let partitions = unit.partitions;
+        stop_unit(unit);
+        for partition in 0..partitions {
+            admin.forget_unit(&name, partition);
+        }
     }
     for (name, spec) in specs {
         if running.contains_key(&name) {
@@ -150,6 +175,7 @@ fn reconcile(
                 module.clone(),
                 store.clone(),
                 settings.clone(),
+                admin.unit(&name, partition),
             );
             let stop = stop.clone();
             threads.push(
@@ -167,6 +193,7 @@ fn reconcile(
             name,
             RunningUnit {
                 version: spec.version,
+                partitions,
                 stop,
                 threads,
             },

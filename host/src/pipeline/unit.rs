@@ -26,7 +26,7 @@
 //! header.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ use anyhow::{Context, Result};
 
 use super::kafka::Outgoing;
 use super::links::{Position, UnitLinks, DLQ_MARK, OUTPUT_MARK};
+use crate::admin::{BatchFigures, UnitAdmin};
 use crate::record::LogRecord;
 use crate::store::checkpoint::{self, CheckpointError, Fence};
 use crate::store::clock::{Clock, SystemClock};
@@ -110,6 +111,8 @@ pub struct Unit {
     /// Connections kept open while passive.
     links: Option<UnitLinks>,
     active: Option<Active>,
+    /// Metrics and `/status` entry of the unit.
+    admin: UnitAdmin,
 }
 
 impl Unit {
@@ -119,6 +122,7 @@ impl Unit {
         module: ProcessorModule,
         store: Arc<dyn KvStore>,
         settings: UnitSettings,
+        admin: UnitAdmin,
     ) -> Self {
         let name = unit_name(&spec.name, partition);
         let election = Arc::new(Mutex::new(Election::new(
@@ -144,6 +148,7 @@ impl Unit {
             standby: None,
             links: None,
             active: None,
+            admin,
         }
     }
 
@@ -152,7 +157,12 @@ impl Unit {
         let span = tracing::info_span!("unit", unit = %self.name);
         let _entered = span.enter();
         let elector_stop = Arc::new(AtomicBool::new(false));
+        // The epoch an operator asked to hand over (`logstream step-down`),
+        // seen by the elector in the leader record it reads every round
+        // anyway; 0 when none (epochs start at 1).
+        let step_down_asked = Arc::new(AtomicU64::new(0));
         let elector = {
+            let asked = step_down_asked.clone();
             let (store, policy, election, name, clock, stop) = (
                 self.store.clone(),
                 self.policy.clone(),
@@ -167,7 +177,11 @@ impl Unit {
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         let started = clock.now();
-                        election_round(store.as_ref(), &policy, &election, &name, started);
+                        if let Some(epoch) =
+                            election_round(store.as_ref(), &policy, &election, &name, started)
+                        {
+                            asked.store(epoch, Ordering::Relaxed);
+                        }
                         std::thread::sleep(heartbeat.saturating_sub(clock.now() - started));
                     }
                 })
@@ -176,6 +190,10 @@ impl Unit {
         let mut next_standby_refresh = Duration::ZERO;
         while !stop.load(Ordering::Relaxed) {
             match self.acting_epoch() {
+                Some(epoch) if step_down_asked.load(Ordering::Relaxed) == epoch => {
+                    self.step_down(epoch);
+                    step_down_asked.store(0, Ordering::Relaxed);
+                }
                 Some(epoch) => {
                     if let Err(error) = self.lead(epoch) {
                         tracing::error!(
@@ -265,7 +283,7 @@ impl Unit {
             if !self.still_acting(epoch) {
                 return Ok(());
             }
-            self.emit(&kept, &result)?;
+            let (records_out, dead_letters) = self.emit(&kept, &result)?;
             if !self.still_acting(epoch) {
                 return Ok(());
             }
@@ -275,6 +293,15 @@ impl Unit {
             active.links.producer.flush()?;
             active.next_offset = Some(next);
             active.records_since_checkpoint += count;
+            self.admin.batch_done(BatchFigures {
+                records_in: count,
+                records_out,
+                dead_letters,
+                guest_failures: result.failures.len() as u64,
+                elapsed: polled_at.elapsed(),
+                next_offset: next,
+                input_high_watermark: active.links.input.cached_high_watermark(),
+            });
             if !active.first_output_logged {
                 active.first_output_logged = true;
                 tracing::info!(
@@ -330,8 +357,9 @@ impl Unit {
         Ok(self.partition % count)
     }
 
-    /// Produce a batch's outputs and dead letters, skipping suppressed ids.
-    fn emit(&mut self, sources: &[LogRecord], result: &ProcessedBatch) -> Result<()> {
+    /// Produce a batch's outputs and dead letters, skipping suppressed ids;
+    /// how many of each were sent.
+    fn emit(&mut self, sources: &[LogRecord], result: &ProcessedBatch) -> Result<(u64, u64)> {
         let output_topic = self.spec.output_topic.clone();
         let dlq = dlq_topic(&self.spec.name);
         let dlq_partition = self.output_partition(&dlq)?;
@@ -343,6 +371,7 @@ impl Unit {
             targets.push((topic, partition));
         }
         let active = self.active.as_mut().expect("active");
+        let (mut outputs_sent, mut dead_letters_sent) = (0, 0);
         for (output, (topic, partition)) in result.outputs.iter().zip(&targets) {
             let source = &sources[output.input_index as usize];
             let index = index_of.entry(output.input_index).or_insert(0);
@@ -359,6 +388,7 @@ impl Unit {
                 headers: &output.headers,
                 id: Some(&id),
             })?;
+            outputs_sent += 1;
         }
         // Dead letters in input order, whichever way each record failed.
         let mut refusals: Vec<(u32, String)> = result
@@ -392,8 +422,9 @@ impl Unit {
                 headers: &headers,
                 id: Some(&id),
             })?;
+            dead_letters_sent += 1;
         }
-        Ok(())
+        Ok((outputs_sent, dead_letters_sent))
     }
 
     fn checkpoint(&mut self) -> Result<()> {
@@ -438,6 +469,7 @@ impl Unit {
                 );
                 active.records_since_checkpoint = 0;
                 active.last_checkpoint = Instant::now();
+                self.admin.checkpointed(&meta, started.elapsed());
                 Ok(())
             }
             Err(CheckpointError::Fenced { .. }) => {
@@ -499,6 +531,7 @@ impl Unit {
             took_over_at: started,
             first_output_logged: false,
         });
+        self.admin.took_over(epoch, position.next_offset);
         Ok(())
     }
 
@@ -553,6 +586,9 @@ impl Unit {
             });
             meta
         };
+        if let Some(meta) = &meta {
+            self.admin.standby_at(meta);
+        }
         // A no-op when the connections are already at this checkpoint.
         let links = self.links_at(Position::of(meta.as_ref(), self.partition))?;
         self.links = Some(links);
@@ -567,7 +603,45 @@ impl Unit {
             // Whatever it has not sent yet is not its to send any more.
             active.links.producer.abandon();
             self.links = Some(active.links);
+            self.admin.went_passive();
         }
+    }
+
+    /// An operator's step-down of `epoch`: what [`Unit::hand_over`] does
+    /// without stopping. Final checkpoint, release the leadership (the other
+    /// hosts claim a released record at once), go passive. The election
+    /// does not claim back its own released record before a lease has
+    /// passed, which leaves the claim to another host if one is there.
+    fn step_down(&mut self, epoch: u64) {
+        tracing::info!(
+            "unit {}: stepping down from epoch {epoch} on request",
+            self.name
+        );
+        if self.active.as_ref().is_some_and(|a| a.epoch == epoch) {
+            if let Err(error) = self.checkpoint() {
+                tracing::warn!("unit {}: final checkpoint failed: {error:#}", self.name);
+            }
+        }
+        let held = {
+            let mut election = self.election.lock().unwrap_or_else(|p| p.into_inner());
+            let held = election.held_epoch() == Some(epoch);
+            if held {
+                election.request_step_down();
+            }
+            held
+        };
+        if held {
+            // Should this round fail, the elector's next one releases (the
+            // request stays set in the election until a release commits).
+            election_round(
+                self.store.as_ref(),
+                &self.policy,
+                &self.election,
+                &self.name,
+                self.clock.now(),
+            );
+        }
+        self.demote();
     }
 
     /// Graceful stop: final checkpoint, then release leadership at once.
@@ -596,36 +670,50 @@ impl Unit {
     }
 }
 
-/// One election round for `unit`, logging role changes.
+/// One election round for `unit`, logging role changes. Returns the epoch
+/// an operator asked to step down from when it is the one this contender
+/// holds.
 fn election_round(
     store: &dyn KvStore,
     policy: &RetryPolicy,
     election: &Mutex<Election>,
     unit: &str,
     now: Duration,
-) {
+) -> Option<u64> {
     let mut election = election.lock().unwrap_or_else(|p| p.into_inner());
     match election::step(store, policy, &mut election, unit, now, false) {
-        Ok(outcome) => match outcome.event {
-            Some(ElectionEvent::BecameLeader { epoch }) => {
-                // The wall-clock field lets benchmarks on one machine time
-                // the takeover from the claim.
-                tracing::info!(
-                    epoch,
-                    claimed_at_unix_ms = crate::probe::unix_micros() / 1000,
-                    "unit {unit}: became leader at epoch {epoch}"
-                )
-            }
-            Some(ElectionEvent::Fenced { epoch, by_epoch }) => {
-                tracing::warn!(
-                    "unit {unit}: fenced at epoch {epoch} by epoch {by_epoch}; now passive"
-                )
-            }
-            Some(ElectionEvent::SteppedDown { epoch }) => {
-                tracing::info!("unit {unit}: stepped down from epoch {epoch}")
-            }
-            None => {}
-        },
-        Err(error) => tracing::warn!("unit {unit}: election round failed: {error}"),
+        Ok(outcome) => {
+            log_event(unit, outcome.event);
+            outcome
+                .record
+                .filter(|r| r.step_down_requested() && r.holder == election.incarnation())
+                .map(|r| r.epoch)
+                .filter(|epoch| election.held_epoch() == Some(*epoch))
+        }
+        Err(error) => {
+            tracing::warn!("unit {unit}: election round failed: {error}");
+            None
+        }
+    }
+}
+
+fn log_event(unit: &str, event: Option<ElectionEvent>) {
+    match event {
+        Some(ElectionEvent::BecameLeader { epoch }) => {
+            // The wall-clock field lets benchmarks on one machine time
+            // the takeover from the claim.
+            tracing::info!(
+                epoch,
+                claimed_at_unix_ms = crate::probe::unix_micros() / 1000,
+                "unit {unit}: became leader at epoch {epoch}"
+            )
+        }
+        Some(ElectionEvent::Fenced { epoch, by_epoch }) => {
+            tracing::warn!("unit {unit}: fenced at epoch {epoch} by epoch {by_epoch}; now passive")
+        }
+        Some(ElectionEvent::SteppedDown { epoch }) => {
+            tracing::info!("unit {unit}: stepped down from epoch {epoch}")
+        }
+        None => {}
     }
 }

@@ -673,6 +673,28 @@ pub fn read_current_meta(
     })
 }
 
+/// The metadata of the kept generations, newest (current) first, in one
+/// snapshot and without their chunks: for status (e.g. a rate between the
+/// two newest). Generations whose metadata is missing or malformed are
+/// left out (reading the state falls back past them the same way).
+pub fn read_kept_meta(
+    store: &dyn KvStore,
+    name: &str,
+) -> Result<Vec<CheckpointMeta>, CheckpointError> {
+    run(store, &RetryPolicy::default(), |txn| {
+        let Some(pointer) = read_pointer(txn, name)? else {
+            return Ok(Vec::new());
+        };
+        let mut kept = Vec::new();
+        for gen in pointer.kept() {
+            if let Some(value) = txn.get(&meta_key(name, gen))? {
+                kept.extend(parse_meta(&value, gen).ok());
+            }
+        }
+        Ok(kept)
+    })
+}
+
 /// Read the current checkpoint, verified; if it is corrupt, the newest
 /// intact kept generation (see [`Checkpoint::corrupt_generations`]).
 /// `None` when the processor has no checkpoint.

@@ -108,6 +108,18 @@ pub struct LeaderRecord {
     /// A host id (not incarnation) that should lead when alive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preferred_host: Option<String>,
+    /// Set by `logstream step-down` to the epoch it asks to hand over: the
+    /// holder of that epoch checkpoints and releases. Renewals carry it, a
+    /// claim (a new epoch) drops it, so a stale request never applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_down_requested_epoch: Option<u64>,
+}
+
+impl LeaderRecord {
+    /// Whether a step-down of this record's current epoch was requested.
+    pub fn step_down_requested(&self) -> bool {
+        !self.released && self.step_down_requested_epoch == Some(self.epoch)
+    }
 }
 
 /// What a round of the election wants written.
@@ -290,6 +302,7 @@ impl Election {
             renewal: 0,
             released: false,
             preferred_host,
+            step_down_requested_epoch: None,
         }
     }
 
@@ -336,6 +349,10 @@ impl Election {
                 match previous {
                     Role::Leader { epoch, .. } => {
                         self.role = Role::Follower;
+                        // Fenced: there is nothing left to step down from,
+                        // and a pending request must not stop us claiming
+                        // again later.
+                        self.step_down_requested = false;
                         let by_epoch = current.map_or(epoch, |c| c.epoch);
                         Some(ElectionEvent::Fenced { epoch, by_epoch })
                     }
@@ -426,6 +443,7 @@ pub fn set_preferred_host(
             renewal: 0,
             released: true,
             preferred_host: None,
+            step_down_requested_epoch: None,
         });
         let record = LeaderRecord {
             preferred_host: host_id.map(str::to_string),
@@ -435,6 +453,39 @@ pub fn set_preferred_host(
         Ok(())
     })?;
     Ok(())
+}
+
+/// Ask the leader of `unit` to hand over (`logstream step-down`): mark its
+/// current epoch in the leader record, in one transaction with the read, so
+/// the request names exactly the epoch that was leading. Only when the
+/// record has a live (unreleased) leader and, if `only_holder` is given,
+/// that incarnation holds it. Returns the record as read when a request was
+/// made (or was already pending), `None` otherwise. Idempotent: re-marking
+/// the same epoch writes the same record.
+pub fn request_step_down(
+    store: &dyn KvStore,
+    policy: &RetryPolicy,
+    unit: &str,
+    only_holder: Option<&str>,
+) -> Result<Option<LeaderRecord>, ElectionError> {
+    let key = keys::leader(unit);
+    let result = transact(store, policy, |txn| {
+        let Some(record) = read_leader(txn, unit)? else {
+            return Ok(None);
+        };
+        if record.released || only_holder.is_some_and(|h| h != record.holder) {
+            return Ok(None);
+        }
+        if !record.step_down_requested() {
+            let marked = LeaderRecord {
+                step_down_requested_epoch: Some(record.epoch),
+                ..record.clone()
+            };
+            txn.set(&key, &serde_json::to_vec(&marked).expect("serialises"))?;
+        }
+        Ok(Some(record))
+    });
+    result.map_err(|error| error.into_typed(ElectionError::Store))
 }
 
 /// Why a fenced write was refused.
@@ -660,6 +711,74 @@ mod tests {
     }
 
     #[test]
+    fn a_step_down_request_names_the_epoch_renewals_keep_it_and_a_claim_drops_it() {
+        let world = World::new();
+        let (mut a, mut b) = (contender("a"), contender("b"));
+        assert_eq!(
+            request_step_down(&world.store, &world.policy, P, None).unwrap(),
+            None
+        );
+        world.round(&mut a);
+        world.round(&mut b);
+        // Only the named holder's units are asked.
+        assert_eq!(
+            request_step_down(&world.store, &world.policy, P, Some("b#1")).unwrap(),
+            None
+        );
+        let asked = request_step_down(&world.store, &world.policy, P, Some("a#1"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(asked.epoch, 1);
+        world.tick();
+        let renewed = world.round(&mut a).record.unwrap();
+        assert!(renewed.step_down_requested(), "{renewed:?}");
+        // The holder releases (the unit does after its final checkpoint)...
+        a.request_step_down();
+        world.tick();
+        let released = world.round(&mut a).record.unwrap();
+        assert!(released.released && !released.step_down_requested());
+        // ...the other claims at once, with a clean record.
+        let claimed = world.round(&mut b).record.unwrap();
+        assert_eq!(
+            (claimed.epoch, claimed.step_down_requested_epoch),
+            (2, None)
+        );
+        // A released or absent leader is not asked.
+        b.request_step_down();
+        world.round(&mut b);
+        assert_eq!(
+            request_step_down(&world.store, &world.policy, P, None).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_fenced_leader_forgets_a_pending_step_down() {
+        let mut a = contender("a");
+        let t0 = Duration::from_secs(1);
+        let claim = a.decide(t0, None, false);
+        a.apply(t0, None, &claim, true);
+        a.request_step_down();
+        let other = LeaderRecord {
+            epoch: 2,
+            holder: "b#1".into(),
+            renewal: 0,
+            released: false,
+            preferred_host: None,
+            step_down_requested_epoch: None,
+        };
+        let later = t0 + DEFAULT_HEARTBEAT;
+        let observe = a.decide(later, Some(&other), false);
+        assert_eq!(observe, Decision::Observe);
+        a.apply(later, Some(&other), &observe, true);
+        // Free to claim once b's lease runs out.
+        let much_later = later + DEFAULT_LEASE;
+        assert!(
+            matches!(a.decide(much_later, Some(&other), false), Decision::Claim(r) if r.epoch == 3)
+        );
+    }
+
+    #[test]
     fn a_resumed_zombie_is_fenced_and_its_writes_refused() {
         let world = World::new();
         let (mut a, mut b) = (contender("a"), contender("b"));
@@ -747,6 +866,7 @@ mod tests {
             renewal: 7,
             released: false,
             preferred_host: Some("b".into()),
+            step_down_requested_epoch: None,
         };
         let t0 = Duration::from_secs(1);
         assert_eq!(c.decide(t0, Some(&record), false), Decision::Observe);

@@ -34,7 +34,9 @@ use sha2::{Digest, Sha256};
 
 use super::checkpoint::{CHUNK_BYTES, MAX_CHUNKS_PER_TXN};
 use super::keys;
-use super::kv::{transact, KvStore, KvTxn, RetryPolicy, TransactError, TxnAbort, TxnResult};
+use super::kv::{
+    prefix_end, transact, KvStore, KvTxn, RetryPolicy, TransactError, TxnAbort, TxnResult,
+};
 use crate::wasm::{ModuleError, ModuleLoader, ProcessorModule};
 
 /// Largest module accepted: 64 MiB (our components are hundreds of kB).
@@ -56,6 +58,9 @@ pub const DEFAULT_BATCH_LINGER_MS: u64 = 5;
 pub const MAX_BATCH_LINGER_MS: u64 = 10_000;
 /// Processors examined per transaction when listing specs.
 const LIST_PROCESSORS_PER_TXN: usize = 100;
+/// Most units [`unit_partitions`] lists for one processor (partitions of
+/// one input topic; Kafka's practical limit is far below).
+pub const MAX_UNITS_LISTED: usize = 10_000;
 
 /// How records are grouped into batches, one component call per batch.
 /// A batch is cut at whichever comes first.
@@ -547,6 +552,55 @@ pub fn list_specs(store: &dyn KvStore) -> Result<Vec<ProcessorSpec>, RegistryErr
     Ok(specs)
 }
 
+/// The input partitions of `processor` that have units with stored keys
+/// (a leader record or checkpoints), ascending. Units are named
+/// `PROCESSOR/PARTITION` (see `pipeline::unit`), and a processor name never
+/// contains `/`, so they are the keys under `("proc", "PROCESSOR/…")`.
+/// Skips from unit to unit (one key-value read each, never chunks), at most
+/// [`MAX_UNITS_LISTED`] of them.
+pub fn unit_partitions(store: &dyn KvStore, processor: &str) -> Result<Vec<i32>, RegistryError> {
+    let all = keys::processors();
+    let prefix = format!("{processor}/");
+    // A tuple-encoded string is 0x02, its UTF-8 bytes, then 0x00: every
+    // unit key of the processor starts with 0x02 followed by `prefix`.
+    let mut begin = all.bytes().to_vec();
+    begin.push(0x02);
+    begin.extend_from_slice(prefix.as_bytes());
+    let end = prefix_end(&begin);
+    run(store, |txn| {
+        let mut from = begin.clone();
+        let mut partitions = Vec::new();
+        while partitions.len() < MAX_UNITS_LISTED {
+            let Some((key, _)) = txn.get_range(&from, &end, 1)?.into_iter().next() else {
+                break;
+            };
+            let unit = all
+                .unpack::<Vec<Element>>(&key)
+                .ok()
+                .and_then(|t| match t.first() {
+                    Some(Element::String(name)) => Some(name.to_string()),
+                    _ => None,
+                });
+            match unit {
+                Some(unit) => {
+                    from = keys::processor(&unit).range().1;
+                    partitions.extend(
+                        unit.strip_prefix(&prefix)
+                            .and_then(|p| p.parse::<i32>().ok()),
+                    );
+                }
+                None => {
+                    from = key;
+                    from.push(0);
+                }
+            }
+        }
+        partitions.sort_unstable();
+        partitions.dedup();
+        Ok(partitions)
+    })
+}
+
 /// Remove the spec of `name` and bump the change counter. Returns whether
 /// there was one (a malformed one is removed too). The module bytes and the
 /// processor's checkpoints stay.
@@ -915,6 +969,27 @@ mod tests {
         for name in ["a", "p-1.x_y", &"z".repeat(64)] {
             validate_processor_name(name).unwrap();
         }
+    }
+
+    #[test]
+    fn unit_partitions_are_the_units_with_keys_of_that_processor_only() {
+        let store = TestStore::new();
+        assert_eq!(unit_partitions(&store, "pt").unwrap(), Vec::<i32>::new());
+        for unit in ["pt/2", "pt/0", "pt/10", "pt2/1", "p/3", "pt"] {
+            set_leader(&store, unit, 1);
+        }
+        // Checkpoint chunks of a unit are stepped over, not listed.
+        write_checkpoint(
+            &store,
+            &Fence::new("pt/0", 1),
+            &vec![7; CHUNK_BYTES * 2],
+            1,
+            Default::default(),
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(unit_partitions(&store, "pt").unwrap(), vec![0, 2, 10]);
+        assert_eq!(unit_partitions(&store, "p").unwrap(), vec![3]);
     }
 
     #[test]

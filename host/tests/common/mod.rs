@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod probes;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

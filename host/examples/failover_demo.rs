@@ -1,0 +1,446 @@
+//! The failover demo behind `scripts/demo.sh`: a real Kafka-compatible
+//! broker (tansu, `sqlite://` storage), two `logstream host` processes on
+//! the embedded SQLite store, and `level-counter` deployed over a 3-partition
+//! topic. A stream of realistic log lines is produced at a steady rate with
+//! a progress bar; part-way through, the active host is killed with kill -9
+//! (and restarted as the passive). At the end it prints a report: records in
+//! and out, the failover time of each unit, and the check that every output
+//! partition and final state equal an uninterrupted run (`run-local`):
+//! nothing lost, nothing duplicated.
+//!
+//! Run: `scripts/demo.sh` (it builds and installs what this needs), or
+//! `cargo run --release -p logstream-host --example failover_demo` after
+//! `scripts/build-plugins.sh` and `cargo build --release -p logstream-host`.
+//! Env: `RECORDS` (default 200,000), `RATE` (records/s, default 20,000),
+//! `KILL_AT` (percent of the stream, default 40), `LOGSTREAM_BIN`, `TANSU`.
+
+#[path = "../tests/common/broker.rs"]
+mod broker;
+#[path = "../tests/common/verify.rs"]
+mod verify;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use logstream_host::pipeline::kafka::{self, Outgoing, OutputProducer, PartitionReader};
+use logstream_host::probe::{pid_of, unix_micros};
+use logstream_host::sample_logs::SampleLogs;
+use logstream_host::store::checkpoint;
+use logstream_host::store::election::read_leader;
+use logstream_host::store::{transact, RetryPolicy, SqliteStore};
+
+const PARTITIONS: i32 = 3;
+const PROCESSOR: &str = "levels";
+const INPUT_TOPIC: &str = "logs";
+/// level-counter emits a summary every this many records of a partition.
+const CONFIG: &str = "every=100";
+/// Bound on each wait of the demo (hosts leading, checkpoints catching up).
+const WAIT_BOUND: Duration = Duration::from_secs(300);
+/// Records produced between flushes (and rate checks).
+const PRODUCE_CHUNK: u64 = 500;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `target/release/logstream`, next to this example's directory.
+fn logstream_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("LOGSTREAM_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the demo knows its path");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("logstream"))
+        .expect("the demo runs from target/<profile>/examples")
+}
+
+fn component() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin/level_counter.wasm")
+}
+
+fn units() -> Vec<String> {
+    (0..PARTITIONS)
+        .map(|p| format!("{PROCESSOR}/{p}"))
+        .collect()
+}
+
+struct Hosts {
+    binary: PathBuf,
+    store_url: String,
+    brokers: String,
+    dir: PathBuf,
+    children: BTreeMap<String, Child>,
+    starts: usize,
+}
+
+impl Hosts {
+    fn start(&mut self, id: &str) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.join(format!("host-{id}-{}.log", self.starts)))
+            .expect("creating a host log");
+        let child = Command::new(&self.binary)
+            .args(["host", "--host-id", id, "--brokers", &self.brokers])
+            .args(["--store", &self.store_url])
+            // Two hosts on one machine: each on a free admin port.
+            .args(["--admin-addr", "127.0.0.1:0"])
+            .env("LOGSTREAM_LOG", "info")
+            .env("LOGSTREAM_CACHE_DIR", self.dir.join("cache"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("starting logstream host");
+        self.children.insert(id.to_string(), child);
+    }
+
+    fn id_of_pid(&self, pid: u32) -> Option<String> {
+        self.children
+            .iter()
+            .find(|(_, c)| c.id() == pid)
+            .map(|(id, _)| id.clone())
+    }
+
+    fn kill9(&mut self, id: &str) {
+        if let Some(mut child) = self.children.remove(id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM: each host hands over and deregisters.
+    fn stop_all(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.children) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// (epoch, pid) of each unit's leader.
+fn leaders(store: &SqliteStore) -> Vec<Option<(u64, u32)>> {
+    units()
+        .iter()
+        .map(|unit| {
+            transact(store, &RetryPolicy::default(), |txn| read_leader(txn, unit))
+                .ok()
+                .flatten()
+                .filter(|r| !r.released)
+                .and_then(|r| Some((r.epoch, pid_of(&r.holder)?)))
+        })
+        .collect()
+}
+
+/// Who was killed, when (Unix ms), and who led each unit just before.
+type Kill = (String, i64, Vec<Option<(u64, u32)>>);
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + WAIT_BOUND;
+    while !condition() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {WAIT_BOUND:?} waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The hosts' takeover log lines after the first claims (epoch > 1).
+fn takeover_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut after_first_claim = false;
+        for line in text.lines() {
+            if line.contains("taking over at epoch") {
+                after_first_claim = !line.ends_with("epoch 1");
+            }
+            if after_first_claim
+                && (line.contains("takeover phase") || line.contains("taking over at epoch"))
+            {
+                // Drop the timestamp, level and target prefix.
+                let message = line.split_once(": unit ").map_or(line, |(_, m)| m);
+                lines.push(format!("unit {message}"));
+            }
+        }
+    }
+    lines
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("demo failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<bool, String> {
+    let records: u64 = env_or("RECORDS", 200_000);
+    let rate: u64 = env_or("RATE", 20_000).max(1);
+    let kill_at: u64 = env_or("KILL_AT", 40).min(95);
+    let binary = logstream_binary();
+    if !binary.exists() || !component().exists() {
+        return Err(format!(
+            "{} or {} is missing: run scripts/demo.sh, which builds them",
+            binary.display(),
+            component().display()
+        ));
+    }
+
+    let broker = broker::Broker::start();
+    println!("broker: tansu on {} (sqlite storage)", broker.address);
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let store_path = dir.path().join("store.db");
+    let store_url = format!("sqlite:{}", store_path.display());
+    kafka::ensure_topics(
+        &broker.address,
+        &[(INPUT_TOPIC, PARTITIONS), (PROCESSOR, PARTITIONS)],
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    let deployed = Command::new(&binary)
+        .arg("deploy")
+        .arg(component())
+        .args([
+            "--name",
+            PROCESSOR,
+            "--input",
+            INPUT_TOPIC,
+            "--output",
+            PROCESSOR,
+        ])
+        .args(["--config", CONFIG, "--store", &store_url])
+        .env("LOGSTREAM_CACHE_DIR", dir.path().join("cache"))
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !deployed.success() {
+        return Err("deploying level-counter failed".into());
+    }
+    let store = SqliteStore::open(&store_path).map_err(|e| e.to_string())?;
+    let mut hosts = Hosts {
+        binary: binary.clone(),
+        store_url: store_url.clone(),
+        brokers: broker.address.clone(),
+        dir: dir.path().to_path_buf(),
+        children: BTreeMap::new(),
+        starts: 0,
+    };
+    hosts.start("a");
+    let a = hosts.children["a"].id();
+    wait_until("host a to lead every unit", || {
+        leaders(&store)
+            .iter()
+            .all(|l| l.is_some_and(|(_, pid)| pid == a))
+    })?;
+    hosts.start("b");
+    println!("hosts: a (active for {PARTITIONS} units) and b (passive), store {store_url}");
+
+    // Produce at a steady rate on a thread; the main thread kills the
+    // active part-way through.
+    let produced = Arc::new(AtomicU64::new(0));
+    let producer = {
+        let (brokers, produced) = (broker.address.clone(), produced.clone());
+        std::thread::spawn(move || -> Result<(), String> {
+            let producer = OutputProducer::open(&brokers).map_err(|e| format!("{e:#}"))?;
+            let started = Instant::now();
+            for (n, record) in SampleLogs::new(7, PARTITIONS)
+                .take(records as usize)
+                .enumerate()
+            {
+                producer
+                    .send(&Outgoing {
+                        topic: INPUT_TOPIC,
+                        partition: record.partition,
+                        key: None,
+                        value: &record.value,
+                        headers: &[],
+                        id: None,
+                    })
+                    .map_err(|e| format!("{e:#}"))?;
+                let sent = n as u64 + 1;
+                if sent.is_multiple_of(PRODUCE_CHUNK) || sent == records {
+                    producer.flush().map_err(|e| format!("{e:#}"))?;
+                    produced.store(sent, Ordering::Relaxed);
+                    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                    std::thread::sleep(due.saturating_sub(started.elapsed()));
+                }
+            }
+            Ok(())
+        })
+    };
+    let bar = ProgressBar::new(records);
+    bar.set_style(
+        ProgressStyle::with_template("producing {bar:40} {pos}/{len} log lines ({per_sec}) {msg}")
+            .expect("a valid template"),
+    );
+    let kill_point = records * kill_at / 100;
+    let mut killed: Option<Kill> = None;
+    while !producer.is_finished() {
+        let done = produced.load(Ordering::Relaxed);
+        bar.set_position(done);
+        if killed.is_none() && done >= kill_point {
+            let before = leaders(&store);
+            let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+            for (_, pid) in before.iter().flatten() {
+                *counts.entry(*pid).or_default() += 1;
+            }
+            let busiest = counts.iter().max_by_key(|(_, n)| **n).map(|(pid, _)| *pid);
+            if let Some(id) = busiest.and_then(|pid| hosts.id_of_pid(pid)) {
+                let at_ms = (unix_micros() / 1000) as i64;
+                hosts.kill9(&id);
+                bar.set_message(format!("(killed host {id} with kill -9)"));
+                killed = Some((id, at_ms, before));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    producer
+        .join()
+        .map_err(|_| "the producer panicked".to_string())??;
+    bar.set_position(records);
+    bar.finish();
+    let (victim, killed_at_ms, before) = killed.ok_or("the stream ended before the kill point")?;
+    // The killed host comes back, as the passive.
+    hosts.start(&victim);
+
+    let highs: Vec<i64> = (0..PARTITIONS)
+        .map(|p| kafka::watermarks(&broker.address, INPUT_TOPIC, p).map(|w| w.1))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{e:#}"))?;
+    println!("waiting for the active to checkpoint the whole stream...");
+    wait_until("every unit to checkpoint the whole input", || {
+        units()
+            .iter()
+            .zip(&highs)
+            .enumerate()
+            .all(|(p, (unit, high))| {
+                checkpoint::read_current_meta(&store, unit)
+                    .ok()
+                    .flatten()
+                    .and_then(|m| m.offsets.get(&(p as i32)).copied())
+                    == Some(*high)
+            })
+    })?;
+    let after = leaders(&store);
+
+    // Failover time per unit the victim led: from the kill to the first
+    // output the new active produced (its CreateTime, same machine clock).
+    let mut failovers = Vec::new();
+    for (p, unit) in units().iter().enumerate() {
+        let Some((epoch_before, _)) = before[p] else {
+            continue;
+        };
+        let new_epoch = after[p].map_or(epoch_before, |(e, _)| e);
+        if new_epoch == epoch_before {
+            continue;
+        }
+        let reader = PartitionReader::open(&broker.address, PROCESSOR, p as i32, Some(0))
+            .map_err(|e| format!("{e:#}"))?;
+        let mut first_ms = None;
+        let deadline = Instant::now() + WAIT_BOUND;
+        while first_ms.is_none() && Instant::now() < deadline {
+            let batch = reader
+                .poll_batch(10_000, 64 << 20, Duration::from_millis(200), Duration::ZERO)
+                .map_err(|e| format!("{e:#}"))?;
+            if batch.is_empty() {
+                break;
+            }
+            first_ms = batch
+                .iter()
+                .find(|r| r.timestamp_ms > killed_at_ms)
+                .map(|r| r.timestamp_ms - killed_at_ms);
+        }
+        failovers.push((unit.clone(), epoch_before, new_epoch, first_ms));
+    }
+
+    // The check: every output partition and final state equal run-local's
+    // uninterrupted run over the same input partition.
+    println!("checking against an uninterrupted run (logstream run-local)...");
+    let mut ok = true;
+    let (mut total_in, mut total_out, mut lost, mut duplicated) = (0usize, 0usize, 0usize, 0usize);
+    let mut states_equal = true;
+    for (p, unit) in units().iter().enumerate() {
+        let input = verify::read_partition(&broker.address, INPUT_TOPIC, p as i32, WAIT_BOUND);
+        let (want, want_state) = verify::run_local(
+            &binary,
+            &component(),
+            CONFIG,
+            &input,
+            dir.path(),
+            &format!("levels-{p}"),
+        );
+        let got = verify::output_rows(
+            verify::read_partition(&broker.address, PROCESSOR, p as i32, WAIT_BOUND),
+            unit,
+        );
+        total_in += input.len();
+        total_out += got.len();
+        let got_set: HashSet<_> = got.iter().collect();
+        lost += want.iter().filter(|row| !got_set.contains(row)).count();
+        duplicated += got.len() - got_set.len();
+        if got != want {
+            ok = false;
+        }
+        let state = checkpoint::read_current(&store, unit)
+            .map_err(|e| e.to_string())?
+            .map(|c| c.state);
+        if state.as_deref() != Some(&want_state[..]) {
+            states_equal = false;
+            ok = false;
+        }
+    }
+    hosts.stop_all();
+
+    println!();
+    println!("LogStream failover demo");
+    println!("  records in:   {total_in} log lines over {PARTITIONS} partitions, ~{rate}/s");
+    println!("  records out:  {total_out} level-counter summaries ({CONFIG})");
+    println!("  failover:     host {victim} killed with kill -9 at {kill_at} % of the stream");
+    for (unit, from, to, first_ms) in &failovers {
+        match first_ms {
+            Some(ms) => println!(
+                "                {unit}: epoch {from} -> {to}, first output of the new active {ms} ms after the kill"
+            ),
+            None => println!("                {unit}: epoch {from} -> {to}"),
+        }
+    }
+    println!(
+        "  check:        outputs identical to an uninterrupted run: {} ({lost} lost, {duplicated} duplicated); final states identical: {}",
+        if ok { "yes" } else { "NO" },
+        if states_equal { "yes" } else { "NO" },
+    );
+    println!("  takeover, from the new active's log:");
+    for line in takeover_lines(dir.path()) {
+        println!("    {line}");
+    }
+    Ok(ok)
+}

@@ -1,0 +1,140 @@
+//! The per-host admin surface: Prometheus metrics and a read-only HTTP
+//! server (`logstream host --admin-addr`, default `127.0.0.1:9464`).
+//! Endpoints and metrics are documented in `docs/admin.md`.
+//!
+//! - [`metrics`]: the metric families and a unit's series;
+//! - [`status`]: readiness and the per-unit status of `/status`;
+//! - [`server`]: the HTTP server on its own thread.
+//!
+//! The host owns one [`Admin`] (whether or not it serves HTTP: recording is
+//! a few atomic updates) and hands each unit a [`UnitAdmin`]; both are
+//! cheap to clone. Recording never fails and never blocks on the server.
+
+pub mod metrics;
+pub mod server;
+pub mod status;
+
+use std::time::Duration;
+
+pub use metrics::{Metrics, UnitMetrics};
+pub use server::{AdminServer, StartError};
+pub use status::{HostStatus, StatusReport, UnitStatus};
+
+use crate::store::checkpoint::CheckpointMeta;
+
+/// The default admin address: loopback only, the port commonly used by
+/// Prometheus exporters of this kind.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
+
+/// A host's metrics and status.
+#[derive(Clone)]
+pub struct Admin {
+    metrics: Metrics,
+    status: HostStatus,
+}
+
+impl Admin {
+    pub fn new(host_id: &str, incarnation: &str) -> Self {
+        Admin {
+            metrics: Metrics::new(),
+            status: HostStatus::new(host_id, incarnation),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn status(&self) -> &HostStatus {
+        &self.status
+    }
+
+    /// The handle of unit `processor`/`partition` (its series and status
+    /// entry exist from now on).
+    pub fn unit(&self, processor: &str, partition: i32) -> UnitAdmin {
+        UnitAdmin {
+            metrics: self.metrics.unit(processor, partition),
+            status: self.status.unit(processor, partition),
+        }
+    }
+
+    /// Drop a stopped unit's series and status entry.
+    pub fn forget_unit(&self, processor: &str, partition: i32) {
+        self.metrics.forget_unit(processor, partition);
+        self.status.forget_unit(processor, partition);
+    }
+}
+
+/// What one unit records.
+#[derive(Clone)]
+pub struct UnitAdmin {
+    metrics: UnitMetrics,
+    status: UnitStatus,
+}
+
+/// One batch as the leader saw it, for [`UnitAdmin::batch_done`].
+#[derive(Debug, Clone, Copy)]
+pub struct BatchFigures {
+    pub records_in: u64,
+    /// Outputs produced (not counting those suppressed on replay).
+    pub records_out: u64,
+    pub dead_letters: u64,
+    /// Records the processor failed on (`ProcessedBatch::failures`).
+    pub guest_failures: u64,
+    /// From the batch being polled to its outputs acknowledged.
+    pub elapsed: Duration,
+    pub next_offset: i64,
+    /// The input partition's high watermark as the consumer last saw it.
+    pub input_high_watermark: Option<i64>,
+}
+
+impl UnitAdmin {
+    /// Took over at `epoch`, to go on from `next_offset`.
+    pub fn took_over(&self, epoch: u64, next_offset: Option<i64>) {
+        self.metrics.takeovers.inc();
+        self.metrics
+            .epoch
+            .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+        self.metrics.role.set(1);
+        self.status.leading(epoch, next_offset);
+    }
+
+    /// Went passive (demoted, fenced, or stepped back after an error).
+    pub fn went_passive(&self) {
+        self.metrics.role.set(0);
+        self.status.passive();
+    }
+
+    pub fn batch_done(&self, batch: BatchFigures) {
+        self.metrics.records_in.inc_by(batch.records_in);
+        self.metrics.records_out.inc_by(batch.records_out);
+        self.metrics.dead_letters.inc_by(batch.dead_letters);
+        self.metrics.guest_failures.inc_by(batch.guest_failures);
+        self.metrics
+            .batch_seconds
+            .observe(batch.elapsed.as_secs_f64());
+        if let Some(high) = batch.input_high_watermark {
+            self.metrics
+                .input_lag
+                .set(high.saturating_sub(batch.next_offset).max(0));
+        }
+        self.status
+            .progressed(batch.next_offset, batch.input_high_watermark);
+    }
+
+    /// Wrote checkpoint `meta` in `elapsed`.
+    pub fn checkpointed(&self, meta: &CheckpointMeta, elapsed: Duration) {
+        self.metrics
+            .checkpoint_seconds
+            .observe(elapsed.as_secs_f64());
+        self.metrics
+            .checkpoint_bytes
+            .set(i64::try_from(meta.size_bytes).unwrap_or(i64::MAX));
+        self.status.checkpoint(meta);
+    }
+
+    /// A passive saw (and restored its standby from) checkpoint `meta`.
+    pub fn standby_at(&self, meta: &CheckpointMeta) {
+        self.status.checkpoint(meta);
+    }
+}

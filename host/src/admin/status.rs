@@ -1,0 +1,246 @@
+//! What a host reports about itself on `/readyz` and `/status`: whether its
+//! store heartbeat succeeded recently and the registry was read, and per
+//! unit its role, epoch, next offset and last checkpoint.
+//!
+//! The host loop and the unit threads write it ([`HostStatus`] and
+//! [`UnitStatus`] handles, each behind its own mutex so units never wait on
+//! each other); the HTTP server only reads a copy ([`HostStatus::report`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::store::checkpoint::CheckpointMeta;
+
+/// A host is ready while its last successful store heartbeat is at most
+/// this old. The host loop heartbeats every 250 ms or so; applying a
+/// deployment (compiling a module, connecting its units) can hold the loop
+/// for seconds, which must not flap readiness.
+pub const READY_HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// The shared status of one host (cheap to clone).
+#[derive(Clone)]
+pub struct HostStatus {
+    host_id: String,
+    incarnation: String,
+    inner: Arc<Mutex<HostInner>>,
+}
+
+#[derive(Default)]
+struct HostInner {
+    last_heartbeat_ok: Option<Instant>,
+    registry_read: bool,
+    units: BTreeMap<String, UnitStatus>,
+}
+
+/// The shared status of one unit (cheap to clone).
+#[derive(Clone)]
+pub struct UnitStatus {
+    processor: String,
+    partition: i32,
+    inner: Arc<Mutex<UnitInner>>,
+}
+
+#[derive(Default, Clone)]
+struct UnitInner {
+    leading: bool,
+    epoch: Option<u64>,
+    next_offset: Option<i64>,
+    input_high_watermark: Option<i64>,
+    checkpoint: Option<CheckpointMeta>,
+}
+
+/// `/status` as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub host_id: String,
+    pub incarnation: String,
+    pub ready: bool,
+    pub units: Vec<UnitReport>,
+}
+
+/// One unit in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitReport {
+    /// `PROCESSOR/PARTITION`.
+    pub name: String,
+    pub processor: String,
+    pub partition: i32,
+    /// `leader` or `passive`.
+    pub role: &'static str,
+    /// The epoch it leads at, or last led at on this host.
+    pub epoch: Option<u64>,
+    /// Next input offset: the leader's, or the latest checkpoint's for a
+    /// passive.
+    pub next_offset: Option<i64>,
+    /// The input partition's high watermark as last seen by the leader.
+    pub input_high_watermark: Option<i64>,
+    /// The latest checkpoint written (leader) or seen (passive).
+    pub last_checkpoint: Option<CheckpointReport>,
+}
+
+/// A checkpoint in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointReport {
+    pub generation: u64,
+    pub size_bytes: u64,
+    /// Since its writer's wall clock stamped it (another host's clock for a
+    /// checkpoint a passive saw).
+    pub age_seconds: f64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Status is plain data: a panicked writer leaves it usable.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl HostStatus {
+    pub fn new(host_id: &str, incarnation: &str) -> Self {
+        HostStatus {
+            host_id: host_id.to_string(),
+            incarnation: incarnation.to_string(),
+            inner: Arc::default(),
+        }
+    }
+
+    pub fn heartbeat_succeeded(&self) {
+        lock(&self.inner).last_heartbeat_ok = Some(Instant::now());
+    }
+
+    pub fn registry_read(&self) {
+        lock(&self.inner).registry_read = true;
+    }
+
+    /// `Ok` when ready, else why not (one line).
+    pub fn readiness(&self) -> Result<(), String> {
+        let inner = lock(&self.inner);
+        match inner.last_heartbeat_ok {
+            None => return Err("no store heartbeat has succeeded yet".to_string()),
+            Some(at) if at.elapsed() > READY_HEARTBEAT_MAX_AGE => {
+                return Err(format!(
+                    "the last successful store heartbeat was {:.1} s ago (more than {} s)",
+                    at.elapsed().as_secs_f64(),
+                    READY_HEARTBEAT_MAX_AGE.as_secs()
+                ))
+            }
+            Some(_) => {}
+        }
+        if !inner.registry_read {
+            return Err("the deployment registry has not been read yet".to_string());
+        }
+        Ok(())
+    }
+
+    /// The status entry of a unit, created passive.
+    pub fn unit(&self, processor: &str, partition: i32) -> UnitStatus {
+        let unit = UnitStatus {
+            processor: processor.to_string(),
+            partition,
+            inner: Arc::default(),
+        };
+        let name = crate::pipeline::unit::unit_name(processor, partition);
+        lock(&self.inner).units.insert(name, unit.clone());
+        unit
+    }
+
+    pub fn forget_unit(&self, processor: &str, partition: i32) {
+        let name = crate::pipeline::unit::unit_name(processor, partition);
+        lock(&self.inner).units.remove(&name);
+    }
+
+    /// A snapshot of everything, for `/status`.
+    pub fn report(&self) -> StatusReport {
+        let ready = self.readiness().is_ok();
+        let units: Vec<UnitStatus> = lock(&self.inner).units.values().cloned().collect();
+        let now_ms = crate::probe::unix_micros() / 1000;
+        StatusReport {
+            host_id: self.host_id.clone(),
+            incarnation: self.incarnation.clone(),
+            ready,
+            units: units
+                .iter()
+                .map(|unit| {
+                    let state = lock(&unit.inner).clone();
+                    UnitReport {
+                        name: crate::pipeline::unit::unit_name(&unit.processor, unit.partition),
+                        processor: unit.processor.clone(),
+                        partition: unit.partition,
+                        role: if state.leading { "leader" } else { "passive" },
+                        epoch: state.epoch,
+                        next_offset: state.next_offset,
+                        input_high_watermark: state.input_high_watermark,
+                        last_checkpoint: state.checkpoint.map(|meta| CheckpointReport {
+                            generation: meta.generation,
+                            size_bytes: meta.size_bytes,
+                            age_seconds: now_ms.saturating_sub(meta.created_at_unix_ms) as f64
+                                / 1000.0,
+                        }),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+impl UnitStatus {
+    pub fn leading(&self, epoch: u64, next_offset: Option<i64>) {
+        let mut inner = lock(&self.inner);
+        inner.leading = true;
+        inner.epoch = Some(epoch);
+        inner.next_offset = next_offset;
+    }
+
+    pub fn passive(&self) {
+        lock(&self.inner).leading = false;
+    }
+
+    pub fn progressed(&self, next_offset: i64, input_high_watermark: Option<i64>) {
+        let mut inner = lock(&self.inner);
+        inner.next_offset = Some(next_offset);
+        if input_high_watermark.is_some() {
+            inner.input_high_watermark = input_high_watermark;
+        }
+    }
+
+    /// A checkpoint written (leader) or restored from (passive).
+    pub fn checkpoint(&self, meta: &CheckpointMeta) {
+        let mut inner = lock(&self.inner);
+        inner.checkpoint = Some(meta.clone());
+        if !inner.leading {
+            inner.next_offset = meta.offsets.get(&self.partition).copied();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_after_a_heartbeat_and_a_registry_read() {
+        let status = HostStatus::new("h", "h:1:2");
+        assert!(status.readiness().unwrap_err().contains("heartbeat"));
+        status.heartbeat_succeeded();
+        assert!(status.readiness().unwrap_err().contains("registry"));
+        status.registry_read();
+        assert_eq!(status.readiness(), Ok(()));
+    }
+
+    #[test]
+    fn report_lists_units_with_their_role() {
+        let status = HostStatus::new("h", "h:1:2");
+        let unit = status.unit("pt", 0);
+        unit.leading(3, Some(10));
+        unit.progressed(12, Some(20));
+        let report = status.report();
+        assert_eq!(report.units.len(), 1);
+        assert_eq!(report.units[0].name, "pt/0");
+        assert_eq!(report.units[0].role, "leader");
+        assert_eq!(report.units[0].epoch, Some(3));
+        assert_eq!(report.units[0].next_offset, Some(12));
+        status.forget_unit("pt", 0);
+        assert!(status.report().units.is_empty());
+    }
+}
