@@ -13,7 +13,12 @@
 //! refresh and takeover carries that much state.
 //!
 //! Run: `scripts/build-plugins.sh && cargo bench -p logstream-host --bench pipeline_failover`
-//! Env: `TRIALS` (default 20), `STATE_BYTES` (default: none, passthrough).
+//! With `STOP=term` the leading host gets SIGTERM instead (graceful
+//! handover: final checkpoint, release) and the figure is from the signal
+//! to the passive's first output.
+//!
+//! Env: `TRIALS` (default 20), `STATE_BYTES` (default: none, passthrough),
+//! `STOP` (`kill`, default, or `term`).
 
 #[path = "../tests/common/broker.rs"]
 mod broker;
@@ -77,7 +82,7 @@ fn unique_value(n: u64) -> Vec<u8> {
 
 /// `count` unique records into `in`, so dedup's window starts full.
 fn prefill_unique(brokers: &str, count: u64) {
-    let producer = OutputProducer::open(brokers).unwrap();
+    let producer = OutputProducer::open_streaming(brokers).unwrap();
     for n in 0..count {
         let value = unique_value(n);
         producer
@@ -143,6 +148,11 @@ fn main() {
     let state_bytes: Option<u64> = std::env::var("STATE_BYTES")
         .ok()
         .map(|v| v.parse().expect("STATE_BYTES is a byte count"));
+    let graceful = match std::env::var("STOP").as_deref() {
+        Ok("term") => true,
+        Ok("kill") | Err(_) => false,
+        Ok(other) => panic!("STOP is `kill` or `term`, not {other:?}"),
+    };
     let mut prefill = 0;
     let (plugin, config) = match state_bytes {
         None => ("passthrough", String::new()),
@@ -181,7 +191,7 @@ fn main() {
     let feeder = {
         let (stop, brokers) = (stop.clone(), broker.address.clone());
         std::thread::spawn(move || {
-            let producer = OutputProducer::open(&brokers).unwrap();
+            let producer = OutputProducer::open_streaming(&brokers).unwrap();
             let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 // Unique, so dedup emits each one.
@@ -244,7 +254,15 @@ fn main() {
             .position(|(_, child)| child.id() == pid)
             .expect("the leader is one of ours");
         let (id, mut child) = hosts.remove(index);
-        child.kill().unwrap();
+        if graceful {
+            let sent = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(sent.success());
+        } else {
+            child.kill().unwrap();
+        }
         child.wait().unwrap();
         hosts.push((id, spawn_host(id, &store_url, &broker.address, dir.path())));
         let first_output_ms = loop {
@@ -298,10 +316,11 @@ fn main() {
         Some(bytes) => format!("dedup with ~{bytes} bytes of state"),
     };
     println!(
-        "pipeline failover, {state}, kill -9 of the leading host, {trials} trials, lease 500 ms, heartbeat 100 ms, margin 100 ms, checkpoint every 200 ms, ~1,000 records/s:"
+        "pipeline failover, {state}, {} of the leading host, {trials} trials, lease 500 ms, heartbeat 100 ms, margin 100 ms, checkpoint every 200 ms, ~1,000 records/s:",
+        if graceful { "SIGTERM" } else { "kill -9" }
     );
     println!(
-        "  kill -> first output of the new leader: p50 {:.0} ms, p99 {:.0} ms, min {:.0} ms, max {:.0} ms",
+        "  signal -> first output of the new leader: p50 {:.0} ms, p99 {:.0} ms, min {:.0} ms, max {:.0} ms",
         pct(&failovers_ms, 0.5),
         pct(&failovers_ms, 0.99),
         failovers_ms[0],

@@ -19,7 +19,7 @@ use logstream_host::store::{checkpoint, SqliteStore};
 const RUN_BOUND: Duration = Duration::from_secs(600);
 
 fn fill(brokers: &str, topic: &str, records: u64) {
-    let producer = OutputProducer::open(brokers).unwrap();
+    let producer = OutputProducer::open_streaming(brokers).unwrap();
     let value = [b'x'; 180];
     for i in 0..records {
         let record = Outgoing {

@@ -16,16 +16,19 @@
 
 #[path = "../tests/common/broker.rs"]
 mod broker;
+#[path = "../tests/common/hosts.rs"]
+mod hosts;
 #[path = "../tests/common/verify.rs"]
 mod verify;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hosts::Hosts;
 use indicatif::{ProgressBar, ProgressStyle};
 use logstream_host::pipeline::kafka::{self, Outgoing, OutputProducer, PartitionReader};
 use logstream_host::probe::{pid_of, unix_micros};
@@ -71,68 +74,6 @@ fn units() -> Vec<String> {
     (0..PARTITIONS)
         .map(|p| format!("{PROCESSOR}/{p}"))
         .collect()
-}
-
-struct Hosts {
-    binary: PathBuf,
-    store_url: String,
-    brokers: String,
-    dir: PathBuf,
-    children: BTreeMap<String, Child>,
-    starts: usize,
-}
-
-impl Hosts {
-    fn start(&mut self, id: &str) {
-        self.starts += 1;
-        let log = std::fs::File::create(self.dir.join(format!("host-{id}-{}.log", self.starts)))
-            .expect("creating a host log");
-        let child = Command::new(&self.binary)
-            .args(["host", "--host-id", id, "--brokers", &self.brokers])
-            .args(["--store", &self.store_url])
-            // Two hosts on one machine: each on a free admin port.
-            .args(["--admin-addr", "127.0.0.1:0"])
-            .env("LOGSTREAM_LOG", "info")
-            .env("LOGSTREAM_CACHE_DIR", self.dir.join("cache"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("starting logstream host");
-        self.children.insert(id.to_string(), child);
-    }
-
-    fn id_of_pid(&self, pid: u32) -> Option<String> {
-        self.children
-            .iter()
-            .find(|(_, c)| c.id() == pid)
-            .map(|(id, _)| id.clone())
-    }
-
-    fn kill9(&mut self, id: &str) {
-        if let Some(mut child) = self.children.remove(id) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM: each host hands over and deregisters.
-    fn stop_all(&mut self) {
-        for (_, mut child) in std::mem::take(&mut self.children) {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for child in self.children.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// (epoch, pid) of each unit's leader.
@@ -246,16 +187,14 @@ fn run() -> Result<bool, String> {
         return Err("deploying level-counter failed".into());
     }
     let store = SqliteStore::open(&store_path).map_err(|e| e.to_string())?;
-    let mut hosts = Hosts {
-        binary: binary.clone(),
-        store_url: store_url.clone(),
-        brokers: broker.address.clone(),
-        dir: dir.path().to_path_buf(),
-        children: BTreeMap::new(),
-        starts: 0,
-    };
+    let mut hosts = Hosts::new(
+        binary.clone(),
+        store_url.clone(),
+        broker.address.clone(),
+        dir.path().to_path_buf(),
+    );
     hosts.start("a");
-    let a = hosts.children["a"].id();
+    let a = hosts.pid_of("a");
     wait_until("host a to lead every unit", || {
         leaders(&store)
             .iter()
@@ -270,7 +209,8 @@ fn run() -> Result<bool, String> {
     let producer = {
         let (brokers, produced) = (broker.address.clone(), produced.clone());
         std::thread::spawn(move || -> Result<(), String> {
-            let producer = OutputProducer::open(&brokers).map_err(|e| format!("{e:#}"))?;
+            let producer =
+                OutputProducer::open_streaming(&brokers).map_err(|e| format!("{e:#}"))?;
             let started = Instant::now();
             for (n, record) in SampleLogs::new(7, PARTITIONS)
                 .take(records as usize)

@@ -283,3 +283,20 @@ fn a_busy_admin_address_stops_the_host_with_one_line() {
         "{text}"
     );
 }
+
+#[test]
+fn a_host_whose_broker_does_not_answer_stops_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = format!("sqlite:{}", dir.path().join("store.db").display());
+    let log = dir.path().join("host.log");
+    // Nothing listens on port 1.
+    let mut host = spawn_host(&store_url, "127.0.0.1:1", "off", &log);
+    let status = wait_exit(&mut host, START_BOUND);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "the host ran: {text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: the Kafka brokers 127.0.0.1:1 did not answer within"),
+        "{text}"
+    );
+}

@@ -263,6 +263,22 @@ fn step_down_hands_pt0_to_the_other_host_and_status_shows_it() {
     // Nothing more flows, so the generation exported is the one listed.
     assert_eq!(ckpt["size_bytes"].as_u64(), Some(size), "{with_lag:#}");
 
+    // A redeploy is checked against the current state: the same module
+    // restores it; a module that cannot is refused and nothing changes.
+    deploy_passthrough(&store);
+    let before = json_of(&logstream_on(&store, &["processors", "--json"]));
+    let out = run(logstream()
+        .arg("deploy")
+        .arg(plugin("level_counter"))
+        .args([
+            "--name", "pt", "--input", "logs", "--output", "pt-out", "--store", &store,
+        ]));
+    assert_refused(&out, "refuses the state of pt/0");
+    assert_eq!(
+        json_of(&logstream_on(&store, &["processors", "--json"])),
+        before
+    );
+
     hosts
         .children
         .push(start_host(dir.path(), &store, &broker.address, "b"));

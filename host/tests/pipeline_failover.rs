@@ -9,12 +9,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::broker::Broker;
+use common::hosts::Hosts;
 use common::verify::{self, OutputRow};
 use common::{logstream, plugin, run, stderr};
 use logstream_host::pipeline::kafka;
@@ -47,62 +47,16 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-struct Hosts {
-    store_path: std::path::PathBuf,
-    brokers: String,
-    dir: std::path::PathBuf,
-    children: BTreeMap<String, Child>,
-    starts: usize,
-}
-
-impl Hosts {
-    fn start(&mut self, id: &str) {
-        self.starts += 1;
-        let log =
-            std::fs::File::create(self.dir.join(format!("host-{id}-{}.log", self.starts))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_logstream"))
-            .args(["host", "--host-id", id, "--brokers", &self.brokers])
-            .arg("--store")
-            .arg(format!("sqlite:{}", self.store_path.display()))
-            .args(["--checkpoint-interval-ms", "200"])
-            // Two hosts on one machine: each on a free admin port.
-            .args(["--admin-addr", "127.0.0.1:0"])
-            .env("LOGSTREAM_LOG", "info")
-            .env("LOGSTREAM_CACHE_DIR", self.dir.join("cache"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.children.insert(id.to_string(), child);
-    }
-
-    fn pid_of(&self, id: &str) -> u32 {
-        self.children[id].id()
-    }
-
-    fn kill9(&mut self, id: &str) {
-        let mut child = self.children.remove(id).unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    fn stop_all(&mut self) {
-        for (_, mut child) in std::mem::take(&mut self.children) {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for child in self.children.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// Hosts of the real binary, checkpointing every 200 ms.
+fn test_hosts(store_path: &Path, brokers: &str, dir: &Path) -> Hosts {
+    let mut hosts = Hosts::new(
+        PathBuf::from(env!("CARGO_BIN_EXE_logstream")),
+        format!("sqlite:{}", store_path.display()),
+        brokers.to_string(),
+        dir.to_path_buf(),
+    );
+    hosts.extra_args = vec!["--checkpoint-interval-ms".into(), "200".into()];
+    hosts
 }
 
 fn units() -> Vec<String> {
@@ -192,13 +146,7 @@ fn transparency_run(
         ]));
         assert!(out.status.success(), "deploy {name}: {}", stderr(&out));
     }
-    let mut hosts = Hosts {
-        store_path: store_path.clone(),
-        brokers: broker.address.clone(),
-        dir: dir.path().to_path_buf(),
-        children: BTreeMap::new(),
-        starts: 0,
-    };
+    let mut hosts = test_hosts(&store_path, &broker.address, dir.path());
     let store = SqliteStore::open(&store_path).unwrap();
     hosts.start("a");
     let a = hosts.pid_of("a");
@@ -408,17 +356,11 @@ fn a_poison_record_goes_to_the_dead_letter_topic_and_the_partition_keeps_flowing
         "--name", "mb", "--input", "mb-in", "--output", "mb-out", "--store", &store_url,
     ]));
     assert!(out.status.success(), "deploy: {}", stderr(&out));
-    let mut hosts = Hosts {
-        store_path: store_path.clone(),
-        brokers: broker.address.clone(),
-        dir: dir.path().to_path_buf(),
-        children: BTreeMap::new(),
-        starts: 0,
-    };
+    let mut hosts = test_hosts(&store_path, &broker.address, dir.path());
     hosts.start("a");
 
     let values = ["a", "trap", "open-file /etc/hostname", "b"];
-    let producer = kafka::OutputProducer::open(&broker.address).unwrap();
+    let producer = kafka::OutputProducer::open_streaming(&broker.address).unwrap();
     for value in values {
         producer
             .send(&kafka::Outgoing {

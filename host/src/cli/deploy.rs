@@ -1,6 +1,10 @@
 //! `logstream deploy FILE.wasm --name NAME --input TOPIC --output TOPIC`:
 //! validate a processor module, store it and its spec in the registry.
 //! Hosts notice the new version through the registry's change counter.
+//!
+//! Redeploying under an existing name first checks that the new module
+//! restores the current checkpoint of every unit of the processor; if one
+//! refuses, nothing is stored and the running version keeps running.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +75,16 @@ pub fn run(global: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
             ..BatchSettings::default()
         },
     };
+    if registry::get_spec(store.as_ref(), &spec.name)?.is_some() {
+        let module = loader
+            .load(&bytes)
+            .map_err(|e| anyhow::anyhow!("{} was not deployed: {e}", args.file.display()))?;
+        let checked = check_restores(store.as_ref(), module, &spec.name, &spec.config)
+            .map_err(|e| anyhow::anyhow!("{} was not deployed: {e:#}", args.file.display()))?;
+        if checked > 0 {
+            eprintln!("the new module restores the current state of all {checked} units");
+        }
+    }
     let outcome = registry::deploy(store.as_ref(), &loader, &bytes, spec)
         .map_err(|e| anyhow::anyhow!("{} was not deployed: {e}", args.file.display()))?;
     if args.json {
@@ -85,4 +99,40 @@ pub fn run(global: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Restore each unit's current checkpoint of `processor` into a fresh
+/// instance of `module` (configured with `config`); the number of units
+/// checked, or which one refused and why.
+fn check_restores(
+    store: &dyn crate::store::KvStore,
+    module: crate::wasm::ProcessorModule,
+    processor: &str,
+    config: &str,
+) -> Result<usize> {
+    let mut checked = 0;
+    for partition in registry::unit_partitions(store, processor)? {
+        let unit = crate::pipeline::unit::unit_name(processor, partition);
+        let Some(current) = crate::store::checkpoint::read_current(store, &unit)
+            .with_context(|| format!("reading the checkpoint of {unit}"))?
+        else {
+            continue;
+        };
+        crate::wasm::SupervisedProcessor::start_from(
+            &unit,
+            module.clone(),
+            config,
+            crate::wasm::RecoveryPolicy::default(),
+            Some(current.state),
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the new module refuses the state of {unit} (checkpoint generation {}, state version {}): {e}; the deployed version keeps running",
+                current.meta.generation,
+                current.meta.state_version
+            )
+        })?;
+        checked += 1;
+    }
+    Ok(checked)
 }

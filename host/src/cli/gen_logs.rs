@@ -69,7 +69,7 @@ const PROGRESS_EVERY_RECORDS: u64 = 50_000;
 fn produce(args: &GenLogsArgs, topic: &str, brokers: &str) -> Result<ExitCode> {
     use crate::pipeline::kafka::{ensure_topics, Outgoing, OutputProducer};
     ensure_topics(brokers, &[(topic, args.partitions)])?;
-    let producer = OutputProducer::open(brokers)?;
+    let producer = OutputProducer::open_streaming(brokers)?;
     let mut produced = 0u64;
     for record in SampleLogs::new(args.seed, args.partitions).take(args.count as usize) {
         producer.send(&Outgoing {

@@ -38,9 +38,15 @@ pub const PRODUCER_QUEUE_RECORDS: u32 = 100_000;
 /// Pause before the next fetch after a failed one or a full prefetch queue,
 /// in milliseconds.
 const FETCH_BACKOFF_MS: u32 = 20;
-/// Most bytes per partition in one produce request (the broker's default
-/// largest record batch): a unit's outputs of one batch usually fit in one.
-const PRODUCE_BATCH_BYTES: u32 = 1024 * 1024;
+/// Most bytes per partition in one produce request of a holding producer
+/// (the broker's default largest record batch): a unit's outputs of one
+/// batch usually fit in one.
+const HELD_BATCH_BYTES: u32 = 1024 * 1024;
+/// Most bytes per partition in one request of a streaming producer: small
+/// enough that a slow broker answers each well within its timeout.
+const STREAMING_BATCH_BYTES: u32 = 256 * 1024;
+/// How long a streaming producer waits to fill a request, in ms.
+const STREAMING_LINGER_MS: u32 = 5;
 /// How long the producer holds records until [`OutputProducer::flush`]
 /// sends them (librdkafka's `linger.ms`; its upper bound is 900 s).
 pub const HOLD_UNTIL_FLUSH: Duration = Duration::from_secs(300);
@@ -59,6 +65,20 @@ fn base_config(brokers: &str) -> ClientConfig {
         .set("client.id", "logstream")
         .set("socket.timeout.ms", "10000");
     config
+}
+
+/// Check that the brokers answer a metadata request within
+/// [`REQUEST_TIMEOUT`]; the error is one sentence naming them.
+pub fn check_reachable(brokers: &str) -> Result<()> {
+    let consumer: BaseConsumer = base_config(brokers)
+        .create()
+        .context("creating a Kafka client")?;
+    consumer
+        .fetch_metadata(None, REQUEST_TIMEOUT)
+        .map(|_| ())
+        .map_err(|e| {
+            anyhow!("the Kafka brokers {brokers} did not answer within {REQUEST_TIMEOUT:?} ({e})")
+        })
 }
 
 /// Partitions of `topic`.
@@ -357,25 +377,48 @@ pub struct OutputProducer {
 }
 
 impl OutputProducer {
+    /// A producer that holds what is sent until [`flush`](Self::flush): for
+    /// a unit's outputs, which must not leave the process between the
+    /// leader's last epoch check and its flush (a leader paused in between,
+    /// a zombie, cannot get them out when it resumes; see
+    /// docs/pipeline.md, Limits).
     pub fn open(brokers: &str) -> Result<Self> {
-        let producer = base_config(brokers)
+        Self::create(
+            base_config(brokers)
+                .set("linger.ms", HOLD_UNTIL_FLUSH.as_millis().to_string())
+                .set("batch.size", HELD_BATCH_BYTES.to_string())
+                .set("batch.num.messages", PRODUCER_QUEUE_RECORDS.to_string())
+                .set(
+                    "message.timeout.ms",
+                    (HOLD_UNTIL_FLUSH + DELIVERY_TIMEOUT)
+                        .as_millis()
+                        .to_string(),
+                ),
+        )
+    }
+
+    /// A producer that sends continuously in bounded requests: for bulk
+    /// input (`gen-logs`, test feeders), where a flush of tens of thousands
+    /// of held records would make requests a slow broker answers after its
+    /// request timeout.
+    pub fn open_streaming(brokers: &str) -> Result<Self> {
+        Self::create(
+            base_config(brokers)
+                .set("linger.ms", STREAMING_LINGER_MS.to_string())
+                .set("batch.size", STREAMING_BATCH_BYTES.to_string())
+                .set(
+                    "message.timeout.ms",
+                    DELIVERY_TIMEOUT.as_millis().to_string(),
+                ),
+        )
+    }
+
+    fn create(config: &mut ClientConfig) -> Result<Self> {
+        let producer = config
             .set("acks", "all")
             // One request in flight keeps each partition in send order even
             // across retries, without idempotence (which our broker lacks).
             .set("max.in.flight.requests.per.connection", "1")
-            // Hold what is sent until `flush`: nothing leaves the process
-            // between a leader's last validity check and its flush, so a
-            // leader paused in between (a zombie) cannot get its outputs
-            // out when it resumes (see docs/pipeline.md, Limits).
-            .set("linger.ms", HOLD_UNTIL_FLUSH.as_millis().to_string())
-            .set("batch.size", PRODUCE_BATCH_BYTES.to_string())
-            .set("batch.num.messages", PRODUCER_QUEUE_RECORDS.to_string())
-            .set(
-                "message.timeout.ms",
-                (HOLD_UNTIL_FLUSH + DELIVERY_TIMEOUT)
-                    .as_millis()
-                    .to_string(),
-            )
             .set(
                 "queue.buffering.max.messages",
                 PRODUCER_QUEUE_RECORDS.to_string(),

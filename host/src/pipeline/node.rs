@@ -61,6 +61,9 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
         .admin_addr
         .map(|address| AdminServer::start(address, admin.clone()))
         .transpose()?;
+    // A host without its broker can do nothing: say so at start rather
+    // than log failures forever.
+    kafka::check_reachable(&config.brokers)?;
     let started_at = crate::probe::unix_micros() / 1000;
     let policy = RetryPolicy {
         max_elapsed: config.timing.heartbeat,

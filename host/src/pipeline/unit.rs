@@ -46,6 +46,11 @@ use crate::wasm::{ProcessedBatch, ProcessorModule, RecoveryPolicy, SupervisedPro
 
 /// Header of a dead letter carrying the reason.
 pub const ERROR_HEADER: &str = "logstream-error";
+/// How many times per heartbeat a passive unit reads the leader record:
+/// the delay between a graceful release and the claim is at most
+/// heartbeat / this. (Expiry is judged on elapsed time, not on the number
+/// of observations, so this does not shorten the lease.)
+const PASSIVE_OBSERVATIONS_PER_HEARTBEAT: u32 = 4;
 /// How often a passive unit checks whether it became the leader (it follows
 /// the output tail meanwhile).
 const STANDBY_POLL: Duration = Duration::from_millis(5);
@@ -182,7 +187,20 @@ impl Unit {
                         {
                             asked.store(epoch, Ordering::Relaxed);
                         }
-                        std::thread::sleep(heartbeat.saturating_sub(clock.now() - started));
+                        // A leader renews once per heartbeat; a passive
+                        // looks more often, so a released lease (graceful
+                        // handover) is claimed within a fraction of one.
+                        let leading = election
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .held_epoch()
+                            .is_some();
+                        let period = if leading {
+                            heartbeat
+                        } else {
+                            heartbeat / PASSIVE_OBSERVATIONS_PER_HEARTBEAT
+                        };
+                        std::thread::sleep(period.saturating_sub(clock.now() - started));
                     }
                 })
                 .expect("starting an elector thread")
@@ -622,17 +640,26 @@ impl Unit {
                 tracing::warn!("unit {}: final checkpoint failed: {error:#}", self.name);
             }
         }
+        // Should this round fail, the elector's next one releases (the
+        // request stays set in the election until a release commits).
+        self.release(Some(epoch));
+        self.demote();
+    }
+
+    /// Release the held epoch (`only`: if it is that one) in one election
+    /// round now.
+    fn release(&mut self, only: Option<u64>) {
         let held = {
             let mut election = self.election.lock().unwrap_or_else(|p| p.into_inner());
-            let held = election.held_epoch() == Some(epoch);
+            let held = election
+                .held_epoch()
+                .is_some_and(|h| only.is_none_or(|o| o == h));
             if held {
                 election.request_step_down();
             }
             held
         };
         if held {
-            // Should this round fail, the elector's next one releases (the
-            // request stays set in the election until a release commits).
             election_round(
                 self.store.as_ref(),
                 &self.policy,
@@ -641,7 +668,6 @@ impl Unit {
                 self.clock.now(),
             );
         }
-        self.demote();
     }
 
     /// Graceful stop: final checkpoint, then release leadership at once.
@@ -653,20 +679,7 @@ impl Unit {
         }
         elector_stop.store(true, Ordering::Relaxed);
         let _ = elector.join();
-        let held = {
-            let mut election = self.election.lock().unwrap_or_else(|p| p.into_inner());
-            election.request_step_down();
-            election.held_epoch().is_some()
-        };
-        if held {
-            election_round(
-                self.store.as_ref(),
-                &self.policy,
-                &self.election,
-                &self.name,
-                self.clock.now(),
-            );
-        }
+        self.release(None);
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod hosts;
 pub mod probes;
 pub mod verify;
 
