@@ -22,6 +22,8 @@ use crate::store::registry::{self, ProcessorSpec};
 use crate::store::{membership, KvStore, RetryPolicy};
 use crate::wasm::{CompileCache, InstanceLimits, ModuleLoader, WasmEngine};
 
+/// How often the main loop looks at the shutdown flag while it waits.
+const SHUTDOWN_CHECK: Duration = Duration::from_millis(5);
 /// How often the registry's change counter is polled.
 pub const REGISTRY_POLL: Duration = Duration::from_millis(250);
 
@@ -109,15 +111,33 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
             Ok(_) => {}
             Err(error) => tracing::warn!("reading the registry failed: {error}"),
         }
-        std::thread::sleep(REGISTRY_POLL.min(config.timing.heartbeat));
+        sleep_unless(&shutdown, REGISTRY_POLL.min(config.timing.heartbeat));
     }
     tracing::info!("host {incarnation} shutting down: handing over");
-    for (_, unit) in std::mem::take(&mut running) {
+    // All units hand over at once: the passives' takeovers overlap.
+    let stopping: Vec<RunningUnit> = std::mem::take(&mut running).into_values().collect();
+    for unit in &stopping {
+        unit.stop.store(true, Ordering::Relaxed);
+    }
+    for unit in stopping {
         stop_unit(unit);
     }
     // The admin server stops when `_admin_server` drops, after deregistering.
     membership::deregister(store.as_ref(), &policy, &config.host_id, &incarnation)?;
     Ok(())
+}
+
+/// Sleep `period`, returning early once `flag` is set: a SIGTERM starts
+/// the handover within [`SHUTDOWN_CHECK`], not a whole poll later.
+fn sleep_unless(flag: &AtomicBool, period: Duration) {
+    let deadline = std::time::Instant::now() + period;
+    while !flag.load(Ordering::Relaxed) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(SHUTDOWN_CHECK));
+    }
 }
 
 fn stop_unit(unit: RunningUnit) {

@@ -200,7 +200,8 @@ impl Unit {
                         } else {
                             heartbeat / PASSIVE_OBSERVATIONS_PER_HEARTBEAT
                         };
-                        std::thread::sleep(period.saturating_sub(clock.now() - started));
+                        // Parked, so a handover wakes it at once (`unpark`).
+                        std::thread::park_timeout(period.saturating_sub(clock.now() - started));
                     }
                 })
                 .expect("starting an elector thread")
@@ -678,6 +679,7 @@ impl Unit {
             }
         }
         elector_stop.store(true, Ordering::Relaxed);
+        elector.thread().unpark();
         let _ = elector.join();
         self.release(None);
     }
