@@ -6,10 +6,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::broker::Broker;
+use common::hosts::Hosts;
 use common::{logstream, plugin, run, stderr, stdout};
 use logstream_host::pipeline::kafka;
 use logstream_host::store::{registry, SqliteStore};
@@ -136,49 +137,29 @@ fn processors_status_undeploy_and_export_on_a_store_without_hosts() {
     );
 }
 
-struct Hosts {
-    children: Vec<Child>,
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn start_host(dir: &Path, store: &str, brokers: &str, id: &str) -> Child {
-    let log = std::fs::File::create(dir.join(format!("host-{id}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_logstream"))
-        .args([
-            "host",
-            "--host-id",
-            id,
-            "--brokers",
-            brokers,
-            "--store",
-            store,
-        ])
-        .args(["--checkpoint-interval-ms", "200"])
-        // A long lease: a host that stepped down does not claim its own
-        // release back for a lease, which leaves the other host ample time.
-        .args([
-            "--lease-ms",
-            "3000",
-            "--heartbeat-ms",
-            "100",
-            "--margin-ms",
-            "200",
-        ])
-        .env("LOGSTREAM_LOG", "info")
-        .env("LOGSTREAM_ADMIN_ADDR", "127.0.0.1:0")
-        .env("LOGSTREAM_CACHE_DIR", dir.join("cache"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap()
+/// Two hosts of the real binary with a long lease: a host that stepped down
+/// does not claim its own release back for a lease, which leaves the other
+/// host ample time.
+fn test_hosts(dir: &Path, store: &str, brokers: &str) -> Hosts {
+    let mut hosts = Hosts::new(
+        PathBuf::from(env!("CARGO_BIN_EXE_logstream")),
+        store.to_string(),
+        brokers.to_string(),
+        dir.to_path_buf(),
+    );
+    hosts.extra_args = [
+        "--checkpoint-interval-ms",
+        "200",
+        "--lease-ms",
+        "3000",
+        "--heartbeat-ms",
+        "100",
+        "--margin-ms",
+        "200",
+    ]
+    .map(String::from)
+    .to_vec();
+    hosts
 }
 
 /// Poll `status --json` until `condition` holds; returns that status.
@@ -223,12 +204,8 @@ fn step_down_hands_pt0_to_the_other_host_and_status_shows_it() {
         .args(["--topic", "logs", "--brokers", &broker.address]));
     assert!(out.status.success(), "gen-logs: {}", stderr(&out));
 
-    let mut hosts = Hosts {
-        children: Vec::new(),
-    };
-    hosts
-        .children
-        .push(start_host(dir.path(), &store, &broker.address, "a"));
+    let mut hosts = test_hosts(dir.path(), &store, &broker.address);
+    hosts.start("a");
     let status = status_until(
         &store,
         "host a to lead pt/0 and checkpoint the input",
@@ -279,9 +256,7 @@ fn step_down_hands_pt0_to_the_other_host_and_status_shows_it() {
         before
     );
 
-    hosts
-        .children
-        .push(start_host(dir.path(), &store, &broker.address, "b"));
+    hosts.start("b");
     status_until(&store, "host b to register", |s| {
         s["hosts"]
             .as_array()
@@ -344,7 +319,7 @@ fn step_down_hands_pt0_to_the_other_host_and_status_shows_it() {
     assert_eq!(unit_pt0(&status)["checkpoint"]["next_offset"], 200);
     drop(hosts);
     // It went the graceful way (final checkpoint, release), not a lease expiry.
-    let log_a = std::fs::read_to_string(dir.path().join("host-a.log")).unwrap();
+    let log_a = std::fs::read_to_string(dir.path().join("host-a-1.log")).unwrap();
     assert!(
         log_a.contains("stepping down from epoch") && log_a.contains("on request"),
         "host a's log:\n{log_a}"
