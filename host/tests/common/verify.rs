@@ -56,6 +56,19 @@ pub fn run_local(
     dir: &Path,
     name: &str,
 ) -> (Vec<OutputRow>, Vec<u8>) {
+    run_local_from(logstream, component, config, None, records, dir, name)
+}
+
+/// [`run_local`] starting from a state file (`--state-in`) when given.
+pub fn run_local_from(
+    logstream: &Path,
+    component: &Path,
+    config: &str,
+    state_in: Option<&Path>,
+    records: &[LogRecord],
+    dir: &Path,
+    name: &str,
+) -> (Vec<OutputRow>, Vec<u8>) {
     let input = dir.join(format!("{name}.jsonl"));
     let lines: Vec<String> = records
         .iter()
@@ -69,7 +82,8 @@ pub fn run_local(
         .collect();
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let state = dir.join(format!("{name}.state"));
-    let output = Command::new(logstream)
+    let mut command = Command::new(logstream);
+    command
         .env("LOGSTREAM_LOG", "warn")
         .env("LOGSTREAM_CACHE_DIR", dir.join("cache"))
         .arg("run-local")
@@ -77,9 +91,11 @@ pub fn run_local(
         .arg("--input")
         .arg(&input)
         .args(["--config", config, "--state-out"])
-        .arg(&state)
-        .output()
-        .expect("the logstream binary starts");
+        .arg(&state);
+    if let Some(state_in) = state_in {
+        command.arg("--state-in").arg(state_in);
+    }
+    let output = command.output().expect("the logstream binary starts");
     assert!(
         output.status.success(),
         "run-local failed: {}",
