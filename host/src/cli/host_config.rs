@@ -192,6 +192,45 @@ max_output_mib = 16
         assert!(message.contains("invalid type"), "{message}");
     }
 
+    /// `logstream host ARGS` parsed, with the host's matches.
+    fn parsed(args: &[&str]) -> (HostArgs, clap::ArgMatches) {
+        use clap::{CommandFactory, FromArgMatches};
+        let argv = ["logstream", "host"].iter().chain(args);
+        let matches = super::super::Cli::command().get_matches_from(argv);
+        let cli = super::super::Cli::from_arg_matches(&matches).unwrap();
+        let super::super::Command::Host(host) = cli.command else {
+            panic!("not the host command")
+        };
+        (host, matches.subcommand_matches("host").unwrap().clone())
+    }
+
+    #[test]
+    fn the_file_fills_in_only_what_the_command_line_left_at_its_default() {
+        let (mut args, matches) = parsed(&["--brokers", "from-cli:9092", "--margin-ms", "150"]);
+        let file = parse(
+            "brokers = \"from-file:9092\"\nstore = \"sqlite:from-file.db\"\n[election]\nlease_ms = 900\nmargin_ms = 300\n",
+        )
+        .unwrap();
+        apply(file, &mut args, &matches).unwrap();
+        assert_eq!(args.brokers, "from-cli:9092");
+        assert_eq!(args.store, "sqlite:from-file.db");
+        assert_eq!(args.election.lease_ms, 900);
+        assert_eq!(args.election.margin_ms, 150);
+        // Untouched by both: the built-in default.
+        assert_eq!(
+            args.checkpoint_interval_ms,
+            super::super::host::DEFAULT_CHECKPOINT_INTERVAL_MS
+        );
+    }
+
+    #[test]
+    fn a_bad_admin_address_in_the_file_is_named() {
+        let (mut args, matches) = parsed(&[]);
+        let file = parse("admin_addr = \"everywhere\"\n").unwrap();
+        let message = format!("{:#}", apply(file, &mut args, &matches).unwrap_err());
+        assert!(message.starts_with("admin_addr: "), "{message}");
+    }
+
     #[test]
     fn an_empty_file_sets_nothing() {
         let file = parse("").unwrap();
