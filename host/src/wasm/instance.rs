@@ -154,10 +154,13 @@ impl ProcessorInstance {
         // guest's: refuse it without entering (or killing) the instance.
         let batch = pack_batch(records)
             .map_err(|e| GuestError::Returned(ProcessorError::Failed(e.to_string())))?;
-        self.call(batch_result_bytes, |b, s| {
+        let result = self.call(batch_result_bytes, |b, s| {
             b.logstream_processor_processor()
                 .call_process_batch(s, &batch)
-        })
+        })?;
+        check_input_indices(&result, records.len())
+            .map_err(|e| GuestError::Returned(ProcessorError::Failed(e)))?;
+        Ok(result)
     }
 
     pub fn snapshot(&mut self) -> Result<Vec<u8>, GuestError> {
@@ -172,6 +175,25 @@ impl ProcessorInstance {
             |b, s| b.logstream_processor_processor().call_restore(s, state),
         )
     }
+}
+
+/// Every output and rejection must name a record of the batch: the host
+/// derives ids and dead letters from that index, so a garbage one is the
+/// guest's failure, not a panic of the host.
+fn check_input_indices(result: &BatchResult, records: usize) -> Result<(), String> {
+    let indices = result
+        .outputs
+        .iter()
+        .map(|o| o.input_index)
+        .chain(result.rejections.iter().map(|r| r.input_index));
+    for index in indices {
+        if index as usize >= records {
+            return Err(format!(
+                "the processor returned a result for record {index} of a {records}-record batch"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn batch_result_bytes(result: &BatchResult) -> usize {
@@ -209,4 +231,52 @@ fn classify_trap(
         Some(said) => format!("{what} ({})", said.replace('\n', " ")),
         None => what,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wasm::bindings::{OutputRecord, Rejection};
+
+    fn output(input_index: u32) -> OutputRecord {
+        OutputRecord {
+            input_index,
+            topic: None,
+            key: None,
+            value: b"v".to_vec(),
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn results_for_records_of_the_batch_pass() {
+        let result = BatchResult {
+            outputs: vec![output(0), output(2)],
+            rejections: vec![Rejection {
+                input_index: 1,
+                reason: "no".into(),
+            }],
+        };
+        assert_eq!(check_input_indices(&result, 3), Ok(()));
+    }
+
+    #[test]
+    fn an_index_past_the_batch_is_the_guests_failure() {
+        let result = BatchResult {
+            outputs: vec![output(0), output(3)],
+            rejections: Vec::new(),
+        };
+        assert_eq!(
+            check_input_indices(&result, 3),
+            Err("the processor returned a result for record 3 of a 3-record batch".into())
+        );
+        let rejected = BatchResult {
+            outputs: Vec::new(),
+            rejections: vec![Rejection {
+                input_index: u32::MAX,
+                reason: "no".into(),
+            }],
+        };
+        assert!(check_input_indices(&rejected, 3).is_err());
+    }
 }

@@ -164,7 +164,10 @@ pub fn for_each_record<E>(
 ) -> Result<Result<(), E>, String> {
     let bytes = |span: Span| -> Result<&[u8], String> {
         let start = span.offset as usize;
-        data.get(start..start + span.len as usize).ok_or_else(|| {
+        // Checked: on wasm32 `usize` is 32 bits and a hostile span could
+        // wrap around.
+        let end = start.checked_add(span.len as usize);
+        end.and_then(|end| data.get(start..end)).ok_or_else(|| {
             format!(
                 "span {}+{} is outside the {}-byte batch",
                 span.offset,
@@ -187,8 +190,9 @@ pub fn for_each_record<E>(
     let mut views = Vec::with_capacity(records.len());
     for meta in records {
         let first = meta.first_header as usize;
-        let headers = header_refs
-            .get(first..first + meta.header_count as usize)
+        let headers = first
+            .checked_add(meta.header_count as usize)
+            .and_then(|end| header_refs.get(first..end))
             .ok_or_else(|| {
                 format!(
                     "record at offset {} has headers outside the batch",
@@ -278,5 +282,98 @@ mod tests {
         });
         assert!(result.unwrap_err().contains("outside"));
         assert_eq!(calls, 0);
+    }
+
+    /// The decoder against hostile batches (issue 6's decoder fuzzing, as a
+    /// property; `PROPTEST_CASES` scales it): arbitrary bytes, spans and
+    /// header ranges never panic, and a batch is either refused before any
+    /// record is visited or every visited record's bytes are the batch's.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn span() -> impl Strategy<Value = Span> {
+            // Mostly near the data, sometimes anywhere (wrap-around).
+            prop_oneof![
+                (0u32..80, 0u32..80).prop_map(|(offset, len)| Span { offset, len }),
+                (any::<u32>(), any::<u32>()).prop_map(|(offset, len)| Span { offset, len }),
+            ]
+        }
+
+        fn record_meta() -> impl Strategy<Value = RecordMeta> {
+            (
+                any::<i64>(),
+                proptest::option::of(span()),
+                span(),
+                prop_oneof![0u32..8, any::<u32>()],
+                prop_oneof![0u32..8, any::<u32>()],
+            )
+                .prop_map(|(offset, key, value, first_header, header_count)| {
+                    RecordMeta {
+                        partition: 0,
+                        offset,
+                        timestamp_ms: 0,
+                        key,
+                        value,
+                        first_header,
+                        header_count,
+                    }
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn hostile_batches_never_panic(
+                data in proptest::collection::vec(any::<u8>(), 0..64),
+                records in proptest::collection::vec(record_meta(), 0..8),
+                headers in proptest::collection::vec(
+                    (span(), span()).prop_map(|(key, value)| HeaderMeta { key, value }),
+                    0..8,
+                ),
+            ) {
+                let mut visited = 0;
+                let outcome = for_each_record(&data, &records, &headers, |_, record| {
+                    visited += 1;
+                    let inside = |bytes: &[u8]| {
+                        let range = data.as_ptr_range();
+                        bytes.is_empty()
+                            || (range.start <= bytes.as_ptr()
+                                && bytes.as_ptr_range().end <= range.end)
+                    };
+                    prop_assert!(inside(record.value));
+                    prop_assert!(record.key.is_none_or(inside));
+                    Ok(())
+                });
+                match outcome {
+                    Err(_) => prop_assert_eq!(visited, 0),
+                    Ok(result) => {
+                        result?;
+                        prop_assert_eq!(visited, records.len());
+                    }
+                }
+            }
+
+            #[test]
+            fn encoded_batches_decode_to_their_records(
+                values in proptest::collection::vec(
+                    proptest::collection::vec(any::<u8>(), 0..32), 0..16),
+            ) {
+                let records: Vec<OwnedRecord> = values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| OwnedRecord::with_value(i as i64, v.clone()))
+                    .collect();
+                let batch = Batch::encode(&records);
+                let mut seen = Vec::new();
+                batch
+                    .for_each_record(|_, r| {
+                        seen.push(r.value.to_vec());
+                        Ok::<(), ()>(())
+                    })
+                    .unwrap()
+                    .unwrap();
+                prop_assert_eq!(seen, values);
+            }
+        }
     }
 }
