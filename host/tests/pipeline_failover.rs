@@ -114,16 +114,79 @@ fn actual(brokers: &str, topic: &str, unit: &str, partition: i32) -> Vec<OutputR
     verify::output_rows(read_partition(brokers, topic, partition), unit)
 }
 
+/// What a scenario can disrupt.
+struct Faults<'a> {
+    hosts: &'a mut Hosts,
+    store: &'a SqliteStore,
+    store_path: &'a Path,
+    broker: &'a mut Broker,
+}
+
+/// What a scenario injected, for the reliability table.
+struct Injected {
+    what: String,
+    times: usize,
+    /// Whether every unit must have changed leader by the end.
+    fails_over: bool,
+}
+
+/// Outputs lost or duplicated over a scenario, against run-local.
+#[derive(Default)]
+struct Tally {
+    expected: usize,
+    lost: usize,
+    duplicated: usize,
+    unexpected: usize,
+    states_differ: usize,
+}
+
+impl Tally {
+    fn add(&mut self, want: &[OutputRow], got: &[OutputRow]) {
+        let distinct: std::collections::HashSet<&OutputRow> = got.iter().collect();
+        let wanted: std::collections::HashSet<&OutputRow> = want.iter().collect();
+        self.expected += want.len();
+        self.lost += want.iter().filter(|row| !distinct.contains(row)).count();
+        self.duplicated += got.len() - distinct.len();
+        self.unexpected += distinct.iter().filter(|row| !wanted.contains(*row)).count();
+    }
+
+    /// One row of docs/reliability.md, written before the test asserts so
+    /// a failing scenario is reported too (scripts/reliability-table.sh
+    /// assembles the rows).
+    fn write(&self, scenario: &str, injected: &Injected) {
+        let rows = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability");
+        std::fs::create_dir_all(&rows).unwrap();
+        let clean = self.lost == 0
+            && self.duplicated == 0
+            && self.unexpected == 0
+            && self.states_differ == 0;
+        let outcome = if clean {
+            "outputs and final states identical to an uninterrupted run".to_string()
+        } else {
+            format!(
+                "DIFFERS: {} unexpected outputs, {} final states differ",
+                self.unexpected, self.states_differ
+            )
+        };
+        let row = format!(
+            "| {scenario} | {} | {} | {outcome} | {} of {} | {} |\n",
+            injected.what, injected.times, self.lost, self.expected, self.duplicated
+        );
+        std::fs::write(rows.join(format!("{scenario}.row")), row).unwrap();
+    }
+}
+
 /// The transparency scenario: two hosts, passthrough and level-counter on
 /// three partitions, `records` produced while `disrupt` does its worst to the
 /// hosts; then every output partition and final state must equal an
 /// uninterrupted run. Returns the test directory (host logs) for more checks.
 fn transparency_run(
+    scenario: &str,
     records: u64,
-    disrupt: impl FnOnce(&mut Hosts, &SqliteStore),
+    disrupt: impl FnOnce(&mut Faults<'_>) -> Injected,
 ) -> tempfile::TempDir {
     let deadline = Instant::now() + RUN_BOUND;
-    let broker = Broker::start();
+    let mut broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let store_path = dir.path().join("store.db");
     kafka::ensure_topics(
@@ -177,7 +240,12 @@ fn transparency_run(
         })
     };
 
-    disrupt(&mut hosts, &store);
+    let injected = disrupt(&mut Faults {
+        hosts: &mut hosts,
+        store: &store,
+        store_path: &store_path,
+        broker: &mut broker,
+    });
     producer.join().unwrap();
 
     // Wait until every unit has checkpointed past the end of its partition.
@@ -196,7 +264,7 @@ fn transparency_run(
     hosts.stop_all();
 
     // Every unit really failed over (its epoch moved past the first leader's).
-    for unit in units() {
+    for unit in units().into_iter().filter(|_| injected.fails_over) {
         let record = transact(&store, &RetryPolicy::default(), |txn| {
             read_leader(txn, &unit)
         })
@@ -226,6 +294,10 @@ fn transparency_run(
         .sum();
     eprintln!("outputs suppressed on takeovers: {suppressed}");
 
+    // Compare everything first, so the reliability row covers every unit
+    // even when one differs; then assert.
+    let mut tally = Tally::default();
+    let mut compared = Vec::new();
     for partition in 0..PARTITIONS {
         let input = read_partition(&broker.address, "logs", partition);
         assert_eq!(input.len() as i64, highs[partition as usize]);
@@ -236,26 +308,32 @@ fn transparency_run(
             let unit = format!("{processor}/{partition}");
             let (want, want_state) = expected(dir.path(), file, config, &input, partition);
             let got = actual(&broker.address, topic, &unit, partition);
-            assert_eq!(
-                got.len(),
-                want.len(),
-                "{unit}: {} outputs, expected {}",
-                got.len(),
-                want.len()
-            );
-            assert!(
-                got == want,
-                "{unit}: outputs differ from an uninterrupted run"
-            );
+            tally.add(&want, &got);
             let state = checkpoint::read_current(&store, &unit)
                 .unwrap()
                 .unwrap()
                 .state;
-            assert!(
-                state == want_state,
-                "{unit}: final state differs from an uninterrupted run"
-            );
+            tally.states_differ += usize::from(state != want_state);
+            compared.push((unit, want, got, want_state, state));
         }
+    }
+    tally.write(scenario, &injected);
+    for (unit, want, got, want_state, state) in compared {
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{unit}: {} outputs, expected {}",
+            got.len(),
+            want.len()
+        );
+        assert!(
+            got == want,
+            "{unit}: outputs differ from an uninterrupted run"
+        );
+        assert!(
+            state == want_state,
+            "{unit}: final state differs from an uninterrupted run"
+        );
     }
     drop(hosts);
     dir
@@ -282,7 +360,7 @@ fn outputs_and_state_survive_kill_9_failovers_exactly_once() {
     let _exclusive = exclusive();
     let records: u64 = env_or("PIPELINE_RECORDS", DEFAULT_RECORDS);
     let kills: usize = env_or("PIPELINE_KILLS", DEFAULT_KILLS);
-    transparency_run(records, |hosts, store| {
+    transparency_run("kill -9 of the active in a loop", records, |faults| {
         // Kill at varied points: a fixed-seed jitter of 300-1100 ms between kills.
         let mut jitter = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..kills {
@@ -291,9 +369,14 @@ fn outputs_and_state_survive_kill_9_failovers_exactly_once() {
             jitter ^= jitter << 17;
             std::thread::sleep(Duration::from_millis(300 + jitter % 800));
             // Kill whichever host leads the most units; restart it as the passive.
-            let victim = busiest_host(hosts, store);
-            hosts.kill9(&victim);
-            hosts.start(&victim);
+            let victim = busiest_host(faults.hosts, faults.store);
+            faults.hosts.kill9(&victim);
+            faults.hosts.start(&victim);
+        }
+        Injected {
+            what: format!("kill -9 of the host leading most units, restarted as the passive; {records} records"),
+            times: kills,
+            fails_over: true,
         }
     });
 }
@@ -303,7 +386,8 @@ fn a_leader_paused_past_its_lease_is_fenced_and_nothing_is_duplicated() {
     let _exclusive = exclusive();
     let records: u64 = env_or("PIPELINE_RECORDS", DEFAULT_RECORDS);
     let mut paused_host = String::new();
-    let dir = transparency_run(records, |hosts, store| {
+    let dir = transparency_run("SIGSTOP of the active past its lease", records, |faults| {
+        let (hosts, store) = (&mut *faults.hosts, faults.store);
         std::thread::sleep(Duration::from_millis(500));
         let zombie = busiest_host(hosts, store);
         let zombie_pid = hosts.pid_of(&zombie);
@@ -319,6 +403,11 @@ fn a_leader_paused_past_its_lease_is_fenced_and_nothing_is_duplicated() {
         );
         signal(zombie_pid, "-CONT");
         paused_host = zombie;
+        Injected {
+            what: format!("SIGSTOP of the host leading most units until the other leads every unit, then SIGCONT; {records} records"),
+            times: 1,
+            fails_over: true,
+        }
     });
     let logs: String = std::fs::read_dir(dir.path())
         .unwrap()
@@ -423,4 +512,97 @@ fn a_poison_record_goes_to_the_dead_letter_topic_and_the_partition_keeps_flowing
         .collect();
     // The trap's effects were discarded; the rejected record was counted.
     assert_eq!(outputs, ["n=1:a", "n=3:b"]);
+}
+
+/// Records of the reliability scenarios below (`RELIABILITY_RECORDS`).
+const DEFAULT_RELIABILITY_RECORDS: u64 = 60_000;
+
+#[test]
+fn both_hosts_killed_then_restarted_resume_from_the_last_checkpoint() {
+    let _exclusive = exclusive();
+    let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);
+    transparency_run("both hosts killed, then restarted", records, |faults| {
+        std::thread::sleep(Duration::from_millis(800));
+        faults.hosts.kill9("a");
+        faults.hosts.kill9("b");
+        std::thread::sleep(Duration::from_millis(300));
+        faults.hosts.start("a");
+        faults.hosts.start("b");
+        Injected {
+            what: format!(
+                "kill -9 of both hosts mid-stream, both restarted 300 ms later; {records} records"
+            ),
+            times: 1,
+            fails_over: true,
+        }
+    });
+}
+
+/// Hold the SQLite store's write lock for `held`, as another process
+/// would: every renewal, claim and checkpoint waits or fails meanwhile.
+fn lock_store(store_path: &Path, held: Duration) {
+    let connection = rusqlite::Connection::open(store_path).unwrap();
+    connection.busy_timeout(Duration::from_secs(10)).unwrap();
+    connection.execute_batch("BEGIN IMMEDIATE").unwrap();
+    std::thread::sleep(held);
+    connection.execute_batch("ROLLBACK").unwrap();
+}
+
+#[test]
+fn the_store_unavailable_shorter_than_the_lease_loses_nothing() {
+    let _exclusive = exclusive();
+    let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);
+    transparency_run(
+        "store unavailable, shorter than the lease",
+        records,
+        |faults| {
+            std::thread::sleep(Duration::from_millis(800));
+            for _ in 0..3 {
+                lock_store(faults.store_path, Duration::from_millis(200));
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Injected {
+            what: format!("the SQLite store's write lock held by another process for 200 ms (lease 500 ms), 3 times; {records} records"),
+            times: 3,
+            fails_over: false,
+        }
+        },
+    );
+}
+
+#[test]
+fn the_store_unavailable_longer_than_the_lease_quiets_the_leader_and_recovers() {
+    let _exclusive = exclusive();
+    let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);
+    transparency_run(
+        "store unavailable, longer than the lease",
+        records,
+        |faults| {
+            std::thread::sleep(Duration::from_millis(800));
+            for _ in 0..2 {
+                lock_store(faults.store_path, Duration::from_millis(2_000));
+                std::thread::sleep(Duration::from_millis(1_000));
+            }
+            Injected {
+            what: format!("the SQLite store's write lock held by another process for 2 s (4 leases), twice; {records} records"),
+            times: 2,
+            fails_over: true,
+        }
+        },
+    );
+}
+
+#[test]
+fn a_broker_restart_mid_stream_pauses_and_resumes_the_pipeline() {
+    let _exclusive = exclusive();
+    let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);
+    transparency_run("broker restart mid-stream", records, |faults| {
+        std::thread::sleep(Duration::from_millis(800));
+        faults.broker.restart();
+        Injected {
+            what: format!("tansu killed (SIGKILL) and restarted on the same port and sqlite storage; {records} records"),
+            times: 1,
+            fails_over: false,
+        }
+    });
 }

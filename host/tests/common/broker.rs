@@ -35,25 +35,30 @@ impl Broker {
             .unwrap()
             .port();
         let address = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{address}");
-        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
-        // tansu resolves the sqlite path relative to its working directory.
-        let child = Command::new(tansu_binary())
-            .current_dir(dir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}; install it: cargo install tansu --version 0.6.0 --locked --features dynostore,libsql", tansu_binary().display()));
+        let child = spawn_tansu(dir.path(), &address);
         let broker = Broker {
             address,
             child,
             _dir: dir,
         };
+        broker.wait_until_up();
+        add_header_index(&broker._dir.path().join("tansu.db"));
+        broker
+    }
+
+    /// Kill the broker (SIGKILL) and start it again on the same address
+    /// and storage, waiting until it answers.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_tansu(self._dir.path(), &self.address);
+        self.wait_until_up();
+    }
+
+    fn wait_until_up(&self) {
         let deadline = Instant::now() + STARTUP_BOUND;
         while logstream_host::pipeline::kafka::ensure_topics(
-            &broker.address,
+            &self.address,
             &[("logstream-probe", 1)],
         )
         .is_err()
@@ -64,9 +69,36 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        add_header_index(&broker._dir.path().join("tansu.db"));
-        broker
     }
+}
+
+fn spawn_tansu(dir: &std::path::Path, address: &str) -> Child {
+    let url = format!("tcp://{address}");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("tansu.log"))
+        .unwrap();
+    // tansu resolves the sqlite path relative to its working directory.
+    Command::new(tansu_binary())
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start tansu ({}): {e}; install it with scripts/install-tansu.sh",
+                tansu_binary().display()
+            )
+        })
 }
 
 /// tansu 0.6.0's sqlite schema has no index on `header (topition,
