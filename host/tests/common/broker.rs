@@ -48,6 +48,8 @@ impl Broker {
 
     /// Kill the broker (SIGKILL) and start it again on the same address
     /// and storage, waiting until it answers.
+    // The benches and the demo include this file too and do not restart.
+    #[allow(dead_code)]
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
