@@ -80,21 +80,25 @@ fn unique_value(n: u64) -> Vec<u8> {
     value
 }
 
+/// One record into partition 0 of `in`.
+fn send_input(producer: &OutputProducer, value: &[u8]) {
+    producer
+        .send(&Outgoing {
+            topic: "in",
+            partition: 0,
+            key: None,
+            value,
+            headers: &[],
+            id: None,
+        })
+        .unwrap();
+}
+
 /// `count` unique records into `in`, so dedup's window starts full.
 fn prefill_unique(brokers: &str, count: u64) {
     let producer = OutputProducer::open_streaming(brokers).unwrap();
     for n in 0..count {
-        let value = unique_value(n);
-        producer
-            .send(&Outgoing {
-                topic: "in",
-                partition: 0,
-                key: None,
-                value: &value,
-                headers: &[],
-                id: None,
-            })
-            .unwrap();
+        send_input(&producer, &unique_value(n));
     }
     producer.flush().unwrap();
     eprintln!("prefilled {count} unique records");
@@ -195,16 +199,7 @@ fn main() {
             let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 // Unique, so dedup emits each one.
-                let value = unique_value(u64::MAX - sent);
-                let record = Outgoing {
-                    topic: "in",
-                    partition: 0,
-                    key: None,
-                    value: &value,
-                    headers: &[],
-                    id: None,
-                };
-                producer.send(&record).unwrap();
+                send_input(&producer, &unique_value(u64::MAX - sent));
                 sent += 1;
                 if sent.is_multiple_of(10) {
                     producer.flush().unwrap();
