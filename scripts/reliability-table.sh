@@ -11,7 +11,9 @@ rows=target/tmp/reliability
 rm -rf "$rows"
 scripts/build-plugins.sh >/dev/null
 status=0
-cargo test -p logstream-host --test pipeline_failover -- --test-threads=1 || status=$?
+# --include-ignored: scenarios quarantined from CI (known intermittent
+# failures) still belong in the table.
+cargo test -p logstream-host --test pipeline_failover -- --include-ignored --test-threads=1 || status=$?
 
 {
     echo "# Reliability: fault-injection results"
@@ -24,7 +26,9 @@ cargo test -p logstream-host --test pipeline_failover -- --test-threads=1 || sta
     echo "input, then compares every output partition (by the outputs' ids) and every"
     echo "final state with \`logstream run-local\` over the same input partition."
     echo
-    echo "Run $(date -u +%Y-%m-%d) on $(nproc) vCPUs; test exit status $status."
+    echo "Run $(date -u +%Y-%m-%d) on $(nproc) vCPUs, PIPELINE_KILLS=${PIPELINE_KILLS:-5};"
+    echo "test exit status $status. A row whose outcome is not \"identical\" is a"
+    echo "bug the suite found; its test is quarantined from CI (\`#[ignore]\`) until fixed."
     echo
     echo "| scenario | injected | times | outcome | outputs lost | outputs duplicated |"
     echo "|---|---|---:|---|---:|---:|"
