@@ -242,27 +242,6 @@ impl PartitionReader {
         self.assign(start)
     }
 
-    /// Stop fetching (what is fetched stays queued) until [`resume`](Self::resume).
-    pub fn pause(&self) -> Result<()> {
-        let assignment = self
-            .consumer
-            .assignment()
-            .context("reading the assignment")?;
-        self.consumer
-            .pause(&assignment)
-            .with_context(|| format!("pausing {}/{}", self.topic, self.partition))
-    }
-
-    pub fn resume(&self) -> Result<()> {
-        let assignment = self
-            .consumer
-            .assignment()
-            .context("reading the assignment")?;
-        self.consumer
-            .resume(&assignment)
-            .with_context(|| format!("resuming {}/{}", self.topic, self.partition))
-    }
-
     /// The partition's high watermark as of the consumer's last fetch
     /// response (librdkafka's cached value: no request to the broker);
     /// `None` before the first fetch answered.

@@ -236,9 +236,4 @@ impl OutputTail {
             })
             .collect()
     }
-
-    /// How many ids are held (for logs).
-    pub fn held(&self) -> usize {
-        self.followed.iter().map(|f| f.ids.len()).sum()
-    }
 }
