@@ -11,9 +11,14 @@ rows=target/tmp/reliability
 rm -rf "$rows"
 scripts/build-plugins.sh >/dev/null
 status=0
+# The suites whose scenarios write rows (host/tests/common/reliability.rs).
+suites=(pipeline_failover hostile_input checkpoint_faults)
 # --include-ignored: scenarios quarantined from CI (known intermittent
 # failures) still belong in the table.
-cargo test -p logstream-host --test pipeline_failover -- --include-ignored --test-threads=1 || status=$?
+for suite in "${suites[@]}"; do
+    [[ -f host/tests/$suite.rs ]] || continue
+    cargo test -p logstream-host --test "$suite" -- --include-ignored --test-threads=1 || status=$?
+done
 
 {
     echo "# Reliability: fault-injection results"

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::broker::Broker;
 use common::hosts::Hosts;
+use common::reliability::Row;
 use common::verify::{self, OutputRow};
 use common::{logstream, plugin, run, stderr};
 use logstream_host::pipeline::kafka;
@@ -154,8 +155,6 @@ impl Tally {
     /// a failing scenario is reported too (scripts/reliability-table.sh
     /// assembles the rows).
     fn write(&self, scenario: &str, injected: &Injected) {
-        let rows = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability");
-        std::fs::create_dir_all(&rows).unwrap();
         let clean = self.lost == 0
             && self.duplicated == 0
             && self.unexpected == 0
@@ -168,11 +167,16 @@ impl Tally {
                 self.unexpected, self.states_differ
             )
         };
-        let row = format!(
-            "| {scenario} | {} | {} | {outcome} | {} of {} | {} |\n",
-            injected.what, injected.times, self.lost, self.expected, self.duplicated
-        );
-        std::fs::write(rows.join(format!("{scenario}.row")), row).unwrap();
+        Row {
+            scenario,
+            injected: &injected.what,
+            times: injected.times,
+            outcome: &outcome,
+            lost: self.lost,
+            out_of: self.expected,
+            duplicated: self.duplicated,
+        }
+        .write();
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod hosts;
 pub mod probes;
+pub mod reliability;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
