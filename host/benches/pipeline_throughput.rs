@@ -42,7 +42,7 @@ fn fill(brokers: &str, topic: &str, records: u64) {
 /// delivery confirmed per batch, as the host does.
 fn plain_loop(brokers: &str, records: u64) -> f64 {
     let reader = PartitionReader::open(brokers, "in", 0, Some(0)).unwrap();
-    let producer = OutputProducer::open(brokers).unwrap();
+    let producer = OutputProducer::open_streaming(brokers).unwrap();
     let started = Instant::now();
     let mut copied = 0u64;
     while copied < records {

@@ -386,7 +386,6 @@ fn outputs_and_state_survive_kill_9_failovers_exactly_once() {
 }
 
 #[test]
-#[ignore = "intermittent: 9 duplicated outputs (one zombie batch) in 2 of ~7 runs (2026-11-26); quarantined from CI until the zombie window is closed, run by scripts/reliability-table.sh"]
 fn a_leader_paused_past_its_lease_is_fenced_and_nothing_is_duplicated() {
     let _exclusive = exclusive();
     let records: u64 = env_or("PIPELINE_RECORDS", DEFAULT_RECORDS);
@@ -426,6 +425,13 @@ fn a_leader_paused_past_its_lease_is_fenced_and_nothing_is_duplicated() {
     assert!(
         logs.contains("fenced at epoch") || logs.contains("no longer) the acting leader"),
         "the resumed host did not report losing its leadership"
+    );
+    // Whether the zombie had a batch in flight when it was paused is up to
+    // timing; when it had, the broker refused it (the successor fenced its
+    // producer epoch) and the outputs above show no duplicate.
+    eprintln!(
+        "zombie batches refused by the broker: {}",
+        logs.matches("the broker refused our outputs").count()
     );
 }
 

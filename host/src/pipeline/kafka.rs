@@ -18,9 +18,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header as KafkaHeader, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{
-    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
-};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -38,18 +36,11 @@ pub const PRODUCER_QUEUE_RECORDS: u32 = 100_000;
 /// Pause before the next fetch after a failed one or a full prefetch queue,
 /// in milliseconds.
 const FETCH_BACKOFF_MS: u32 = 20;
-/// Most bytes per partition in one produce request of a holding producer
-/// (the broker's default largest record batch): a unit's outputs of one
-/// batch usually fit in one.
-const HELD_BATCH_BYTES: u32 = 1024 * 1024;
 /// Most bytes per partition in one request of a streaming producer: small
 /// enough that a slow broker answers each well within its timeout.
 const STREAMING_BATCH_BYTES: u32 = 256 * 1024;
 /// How long a streaming producer waits to fill a request, in ms.
 const STREAMING_LINGER_MS: u32 = 5;
-/// How long the producer holds records until [`OutputProducer::flush`]
-/// sends them (librdkafka's `linger.ms`; its upper bound is 900 s).
-pub const HOLD_UNTIL_FLUSH: Duration = Duration::from_secs(300);
 /// One step of waiting for delivery reports in [`OutputProducer::flush`].
 const FLUSH_POLL_STEP: Duration = Duration::from_millis(1);
 
@@ -350,32 +341,14 @@ pub struct Outgoing<'a> {
     pub id: Option<&'a str>,
 }
 
-/// Produces records in order and confirms their delivery.
+/// Produces records in order and confirms their delivery: for bulk input
+/// (`gen-logs`, the demo's and tests' feeders). A unit's outputs go through
+/// the [`FencedProducer`](super::fenced::FencedProducer) instead.
 pub struct OutputProducer {
     producer: BaseProducer<DeliveryTracker>,
 }
 
 impl OutputProducer {
-    /// A producer that holds what is sent until [`flush`](Self::flush): for
-    /// a unit's outputs, which must not leave the process between the
-    /// leader's last epoch check and its flush (a leader paused in between,
-    /// a zombie, cannot get them out when it resumes; see
-    /// docs/pipeline.md, Limits).
-    pub fn open(brokers: &str) -> Result<Self> {
-        Self::create(
-            base_config(brokers)
-                .set("linger.ms", HOLD_UNTIL_FLUSH.as_millis().to_string())
-                .set("batch.size", HELD_BATCH_BYTES.to_string())
-                .set("batch.num.messages", PRODUCER_QUEUE_RECORDS.to_string())
-                .set(
-                    "message.timeout.ms",
-                    (HOLD_UNTIL_FLUSH + DELIVERY_TIMEOUT)
-                        .as_millis()
-                        .to_string(),
-                ),
-        )
-    }
-
     /// A producer that sends continuously in bounded requests: for bulk
     /// input (`gen-logs`, test feeders), where a flush of tens of thousands
     /// of held records would make requests a slow broker answers after its
@@ -435,9 +408,8 @@ impl OutputProducer {
                 Err((error, returned))
                     if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) =>
                 {
-                    // Held records fill the queue: send them now (a batch
-                    // with this many outputs gives up the hold's guarantee
-                    // for the records before this one).
+                    // The local queue is full: wait until what it holds
+                    // is delivered.
                     message = returned;
                     self.flush()?;
                 }
@@ -481,22 +453,6 @@ impl OutputProducer {
             ));
         }
         Ok(())
-    }
-
-    /// Drop everything not yet sent or in flight: a leader that lost its
-    /// epoch must not keep producing. Their delivery reports (failures)
-    /// are discarded.
-    pub fn abandon(&self) {
-        self.producer
-            .purge(PurgeConfig::default().queue().inflight());
-        self.producer.poll(Duration::ZERO);
-        let tracker = self.producer.context();
-        tracker.failed.store(0, Ordering::Relaxed);
-        tracker
-            .first_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
     }
 
     /// Wait until everything sent was acknowledged; an error if any record

@@ -1,6 +1,6 @@
 //! A unit's Kafka connections, kept open across roles so a takeover does
-//! not connect: the input reader, the output producer and the
-//! [`OutputTail`] of its output and dead-letter partitions.
+//! not connect: the input reader, the [`FencedProducer`] of its outputs and
+//! the [`OutputTail`] of its output and dead-letter partitions.
 //!
 //! While passive, [`UnitLinks::rebase`] keeps them at the latest checkpoint
 //! and [`UnitLinks::follow`] keeps them reading: the input reads ahead from
@@ -17,10 +17,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
+use super::fenced::FencedProducer;
 use super::input::UnitInput;
-use super::kafka::OutputProducer;
 use super::tail::OutputTail;
 use crate::store::checkpoint::CheckpointMeta;
 use crate::store::registry::ProcessorSpec;
@@ -64,10 +64,16 @@ impl Position {
     }
 }
 
+/// The Kafka transactional id a unit produces as: each takeover fences the
+/// previous leader's producer through it (see [`FencedProducer`]).
+pub fn transactional_id(unit: &str) -> String {
+    format!("logstream/{unit}")
+}
+
 /// A unit's open connections.
 pub struct UnitLinks {
     pub input: UnitInput,
-    pub producer: OutputProducer,
+    pub producer: FencedProducer,
     pub outputs: OutputPartitions,
     tail: OutputTail,
     /// Where `reader` and `tail` were last put (`None`: moved on since, by
@@ -84,7 +90,7 @@ impl UnitLinks {
         partition: i32,
         position: Position,
     ) -> Result<Self> {
-        let producer = OutputProducer::open(brokers)?;
+        let mut producer = FencedProducer::open(brokers, &transactional_id(unit))?;
         let output_topic = spec.output_topic.clone();
         let dlq_topic = super::unit::dlq_topic(&spec.name);
         // Outputs of input partition N go to partition N modulo the count.
@@ -142,9 +148,14 @@ impl UnitLinks {
         self.input.restart_at(position.next_offset)
     }
 
-    /// The ids of the unit's outputs and dead letters since the marks, up to
-    /// the current high watermarks.
-    pub fn produced_since_marks(&mut self) -> Result<HashSet<String>> {
+    /// Fence the previous leader's producer, then read the ids of the
+    /// unit's outputs and dead letters since the marks, up to the current
+    /// high watermarks. The order matters: once the fence is in, nothing of
+    /// an earlier epoch can be appended, so the read-back sees all of it.
+    pub fn fence_and_read_back(&mut self) -> Result<HashSet<String>> {
+        self.producer
+            .fence()
+            .context("fencing the previous leader's producer")?;
         self.tail.catch_up()
     }
 

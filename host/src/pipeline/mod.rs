@@ -3,13 +3,19 @@
 //!
 //! - [`kafka`]: rdkafka clients (manual assignment, confirmed delivery,
 //!   reading back output ids, topic creation);
+//! - [`fenced`]: the unit's output producer, fenced at the broker by the
+//!   unit's epoch ([`wire`]: the protocol connection it speaks over,
+//!   [`record_batch`]: the batches it sends);
 //! - [`unit`]: one processor on one input partition: lead, checkpoint,
 //!   hot standby, takeover with output suppression;
 //! - [`node`]: a host: membership, registry polling, one thread per unit.
 
+pub mod fenced;
 pub mod input;
 pub mod kafka;
 pub mod links;
 pub mod node;
+pub mod record_batch;
 pub mod tail;
 pub mod unit;
+pub mod wire;

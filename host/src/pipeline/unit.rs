@@ -16,10 +16,11 @@
 //! a new one lands.
 //!
 //! On takeover it restores the last checkpoint (only if the standby does not
-//! already hold it), reads back the ids the output partitions received since
-//! the checkpoint's marks, seeks the input to the checkpointed offset, and
-//! replays, suppressing outputs that already reached the topic (guarantee 2
-//! without Kafka transactions).
+//! already hold it), fences the previous leader's producer at the broker
+//! (see [`super::fenced`]), reads back the ids the output partitions
+//! received since the checkpoint's marks, seeks the input to the
+//! checkpointed offset, and replays, suppressing outputs that already
+//! reached the topic (guarantee 2 without Kafka transactions).
 //!
 //! Output ids: `PROCESSOR/PARTITION/OFFSET/INDEX` for outputs and
 //! `PROCESSOR/PARTITION/OFFSET/dlq` for dead letters, in the `logstream-id`
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::fenced::ProduceError;
 use super::kafka::Outgoing;
 use super::links::{Position, UnitLinks, DLQ_MARK, OUTPUT_MARK};
 use crate::admin::{BatchFigures, UnitAdmin};
@@ -295,21 +297,19 @@ impl Unit {
             let kept = records.clone();
             let polled_at = Instant::now();
             let result = active.processor.process_batch(records)?;
-            // Outputs leave the process only at the flush below (the
-            // producer holds them): check the epoch is still ours right
-            // before, so a leader paused past its lease (a zombie) drops
-            // its batch instead of producing it when it resumes.
+            // A leader that knows it lost the lease drops the batch here.
+            // (One paused past its lease after this check is refused by the
+            // broker: the successor fenced its producer epoch.)
             if !self.still_acting(epoch) {
                 return Ok(());
             }
             let (records_out, dead_letters) = self.emit(&kept, &result)?;
-            if !self.still_acting(epoch) {
+            let emitted_at = Instant::now();
+            // Sends the held outputs and waits for the acknowledgements.
+            if !self.flushed()? {
                 return Ok(());
             }
-            let emitted_at = Instant::now();
             let active = self.active.as_mut().expect("still active");
-            // Sends the held outputs and waits for the acknowledgements.
-            active.links.producer.flush()?;
             active.next_offset = Some(next);
             active.records_since_checkpoint += count;
             self.admin.batch_done(BatchFigures {
@@ -344,6 +344,24 @@ impl Unit {
         Ok(())
     }
 
+    /// Send the held outputs and wait for the broker; `false` (and passive)
+    /// if the broker refused them because a newer leader fenced this one.
+    fn flushed(&mut self) -> Result<bool> {
+        let active = self.active.as_mut().expect("active");
+        match active.links.producer.flush() {
+            Ok(()) => Ok(true),
+            Err(ProduceError::Fenced { epoch, .. }) => {
+                tracing::warn!(
+                    "unit {}: the broker refused our outputs (producer epoch {epoch} fenced by a newer leader); dropping the batch and going passive",
+                    self.name
+                );
+                self.demote();
+                Ok(false)
+            }
+            Err(ProduceError::Other(error)) => Err(error.context("producing outputs")),
+        }
+    }
+
     /// Whether `epoch` is still the acting one; if not, go passive (the
     /// producer's held records are dropped).
     fn still_acting(&mut self, epoch: u64) -> bool {
@@ -360,7 +378,7 @@ impl Unit {
 
     /// The partition of `topic` the outputs of this unit go to.
     fn output_partition(&mut self, topic: &str) -> Result<i32> {
-        let active = self.active.as_ref().expect("active");
+        let active = self.active.as_mut().expect("active");
         let outputs = &active.links.outputs;
         if topic == outputs.output_topic {
             return Ok(outputs.output_partition);
@@ -456,11 +474,14 @@ impl Unit {
         // checkpoint records the input as done (each batch is, this keeps it
         // true on every path); then these watermarks bound what the outputs
         // since hold.
-        active.links.producer.flush()?;
+        if !self.flushed()? {
+            return Ok(());
+        }
+        let active = self.active.as_mut().expect("active");
         let state = active.processor.snapshot()?;
         let state_version = active.processor.state_version()?;
-        let outputs = &active.links.outputs;
-        let producer = &active.links.producer;
+        let outputs = active.links.outputs.clone();
+        let producer = &mut active.links.producer;
         let (_, output_high) =
             producer.watermarks(&outputs.output_topic, outputs.output_partition)?;
         let (_, dlq_high) = producer.watermarks(&outputs.dlq_topic, outputs.dlq_partition)?;
@@ -528,7 +549,7 @@ impl Unit {
         let warm_links = self.links.is_some();
         let mut links = self.links_at(position)?;
         links.input_from(position)?;
-        let suppressed = links.produced_since_marks()?;
+        let suppressed = links.fence_and_read_back()?;
         links.start_leading()?;
         tracing::info!(
             "unit {}: takeover phases: restore {:?} (generation {generation:?}), read-back and seek {:?} ({} outputs to suppress, connections {}), next offset {:?}",
@@ -618,7 +639,7 @@ impl Unit {
         // The active instance's state is ahead of the last checkpoint; the
         // standby is rebuilt from the store. The connections are kept and
         // put back at the checkpoint by the next standby refresh.
-        if let Some(active) = self.active.take() {
+        if let Some(mut active) = self.active.take() {
             // Whatever it has not sent yet is not its to send any more.
             active.links.producer.abandon();
             self.links = Some(active.links);

@@ -1,0 +1,600 @@
+//! The unit's output producer, fenced at the broker by the unit's epoch.
+//!
+//! Without fencing at the broker, a leader paused past its lease (a
+//! "zombie") could still get a produce request appended after its
+//! successor read back the output tail: the request may already sit in the
+//! broker's queue, or leave the zombie's socket the moment it resumes. The
+//! successor would then produce the same outputs again.
+//!
+//! So every unit produces as one Kafka *transactional id*
+//! (`logstream/PROCESSOR/PARTITION`), without ever opening a transaction:
+//! - [`FencedProducer::fence`] (at every takeover, before the read-back)
+//!   sends `InitProducerId` for that id; the broker bumps the id's producer
+//!   epoch in its own store;
+//! - every produce request carries the producer id, that epoch and a
+//!   sequence per partition (an idempotent batch). The broker checks the
+//!   epoch in the same store transaction that appends the batch and refuses
+//!   a batch of an older epoch (`PRODUCER_FENCED` / `INVALID_PRODUCER_EPOCH`).
+//!
+//! So any batch of an earlier leader is either appended before the fence
+//! (and the successor's read-back, which comes after, sees it) or refused.
+//! This needs no Kafka transactions (`EndTxn`, which our broker lacks),
+//! only `InitProducerId` with a transactional id and idempotent produce
+//! checks, which tansu's SQL storage implements (and Apache Kafka does).
+//!
+//! librdkafka picks a producer id of its own and only takes a
+//! transactional id together with transactions, so this producer speaks
+//! the protocol itself ([`super::wire`]). It is synchronous: records are
+//! held in memory by [`send`](FencedProducer::send) and leave the process
+//! only in [`flush`](FencedProducer::flush), one request per broker at a
+//! time, which returns once every record is acknowledged.
+//!
+//! Guarantees: records of one partition are appended in `send` order,
+//! each once (a request retried after a lost answer is recognised by its
+//! sequence and not appended twice); `flush` returns `Ok` only when all
+//! are acknowledged, [`ProduceError::Fenced`] when a newer epoch owns the
+//! id (nothing more of this producer's is appended until the next
+//! `fence`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
+use kafka_protocol::messages::list_offsets_request::{
+    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+};
+use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
+use kafka_protocol::messages::produce_request::{
+    PartitionProduceData, ProduceRequest, TopicProduceData,
+};
+use kafka_protocol::messages::{BrokerId, ProducerId, TopicName, TransactionalId};
+use kafka_protocol::protocol::StrBytes;
+
+use super::kafka::{Outgoing, DELIVERY_TIMEOUT, ID_HEADER};
+use super::record_batch::{self, BatchRecord, ProducerIdentity};
+use super::wire::WireConnection;
+
+/// Most bytes of records per partition in one produce request (the
+/// broker's default largest batch is 1 MiB; this leaves room for framing).
+pub const MAX_BATCH_BYTES: usize = 900 * 1024;
+/// Pause before retrying a request that failed for a reason that passes
+/// (a lost connection, a leader moving, a coordinator loading).
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// Bound on `fence` (coordinator lookup and `InitProducerId`, retried).
+const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The transaction timeout `InitProducerId` requires; no transaction is
+/// ever opened, so it only has to be valid (brokers cap it at 15 min).
+const UNUSED_TRANSACTION_TIMEOUT_MS: i32 = 60_000;
+/// Produce acknowledgement: all in-sync replicas.
+const ACKS_ALL: i16 = -1;
+
+/// Kafka error codes this producer tells apart.
+mod code {
+    pub const NONE: i16 = 0;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const NOT_COORDINATOR: i16 = 16;
+    pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+    pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
+    pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const PRODUCER_FENCED: i16 = 90;
+}
+
+/// Why a flush did not deliver.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// A newer leader of the unit fenced this producer's epoch.
+    #[error("the broker refused the outputs of producer {transactional_id} at producer epoch {epoch}: a newer leader fenced it")]
+    Fenced {
+        transactional_id: String,
+        epoch: i16,
+    },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+type TopicPartition = (String, i32);
+
+/// A unit's producer; see the module docs.
+pub struct FencedProducer {
+    bootstrap: Vec<String>,
+    transactional_id: String,
+    client_id: String,
+    /// Open connections by broker node id.
+    connections: HashMap<i32, WireConnection>,
+    /// `host:port` of each broker node, from metadata.
+    nodes: HashMap<i32, String>,
+    leaders: HashMap<TopicPartition, i32>,
+    partition_counts: HashMap<String, i32>,
+    identity: Option<ProducerIdentity>,
+    /// The node coordinating the transactional id, once looked up (a
+    /// takeover then costs one round trip, `InitProducerId`).
+    coordinator: Option<i32>,
+    /// Next sequence per partition for the current identity.
+    sequences: HashMap<TopicPartition, i32>,
+    /// Records sent but not yet flushed, in send order per partition.
+    held: BTreeMap<TopicPartition, Vec<BatchRecord>>,
+}
+
+impl FencedProducer {
+    /// A producer for `transactional_id`; connects to the first answering
+    /// broker of `brokers` (comma-separated `host:port`). Produces nothing
+    /// before [`fence`](Self::fence).
+    pub fn open(brokers: &str, transactional_id: &str) -> Result<Self> {
+        let bootstrap: Vec<String> = brokers
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(str::to_string)
+            .collect();
+        if bootstrap.is_empty() {
+            bail!("no broker address in '{brokers}'");
+        }
+        let mut producer = FencedProducer {
+            bootstrap,
+            transactional_id: transactional_id.to_string(),
+            client_id: format!("logstream/{transactional_id}"),
+            connections: HashMap::new(),
+            nodes: HashMap::new(),
+            leaders: HashMap::new(),
+            partition_counts: HashMap::new(),
+            identity: None,
+            coordinator: None,
+            sequences: HashMap::new(),
+            held: BTreeMap::new(),
+        };
+        producer.refresh_metadata(&[])?;
+        // Resolved now, while nobody waits on it.
+        producer.coordinator()?;
+        Ok(producer)
+    }
+
+    /// Take the producer id over for a new epoch of the unit: from now on
+    /// the broker refuses every batch an earlier holder of the id sends.
+    /// Drops anything held from before.
+    pub fn fence(&mut self) -> Result<ProducerIdentity> {
+        self.held.clear();
+        self.identity = None;
+        self.sequences.clear();
+        let deadline = Instant::now() + FENCE_TIMEOUT;
+        let mut last_error = anyhow!("no attempt");
+        while Instant::now() < deadline {
+            match self.try_fence() {
+                Ok(identity) => {
+                    self.identity = Some(identity);
+                    return Ok(identity);
+                }
+                Err(error) => {
+                    // Look the coordinator up again: it may have moved.
+                    self.coordinator = None;
+                    last_error = error;
+                }
+            }
+            std::thread::sleep(RETRY_BACKOFF);
+        }
+        Err(last_error.context(format!(
+            "fencing producer {} within {FENCE_TIMEOUT:?}",
+            self.transactional_id
+        )))
+    }
+
+    fn try_fence(&mut self) -> Result<ProducerIdentity> {
+        let coordinator = self.coordinator()?;
+        let transactional_id = self.transactional_id.clone();
+        let response = self.on_node(coordinator, |c| {
+            let version = c.version_of::<InitProducerIdRequest>(0..=4)?;
+            let mut request = InitProducerIdRequest::default();
+            request.transactional_id = Some(TransactionalId(StrBytes::from_string(
+                transactional_id.clone(),
+            )));
+            request.transaction_timeout_ms = UNUSED_TRANSACTION_TIMEOUT_MS;
+            if version >= 3 {
+                // "No current id": take the id over with a new epoch.
+                request.producer_id = ProducerId(-1);
+                request.producer_epoch = -1;
+            }
+            c.request_at(&request, version)
+        })?;
+        match response.error_code {
+            code::NONE => Ok(ProducerIdentity {
+                id: response.producer_id.0,
+                epoch: response.producer_epoch,
+            }),
+            error => {
+                if matches!(
+                    error,
+                    code::NOT_COORDINATOR | code::COORDINATOR_NOT_AVAILABLE
+                ) {
+                    self.connections.remove(&coordinator);
+                }
+                Err(anyhow!(
+                    "InitProducerId for {} failed with error code {error}",
+                    self.transactional_id
+                ))
+            }
+        }
+    }
+
+    /// The node coordinating the transactional id.
+    fn coordinator(&mut self) -> Result<i32> {
+        if let Some(node) = self.coordinator {
+            return Ok(node);
+        }
+        let key = StrBytes::from_string(self.transactional_id.clone());
+        let node = self.any_node()?;
+        let response = self.on_node(node, |c| {
+            let version = c.version_of::<FindCoordinatorRequest>(1..=4)?;
+            let mut request = FindCoordinatorRequest::default();
+            request.key_type = 1; // a transactional id
+            if version >= 4 {
+                request.coordinator_keys = vec![key];
+            } else {
+                request.key = key;
+            }
+            c.request_at(&request, version)
+        })?;
+        // Up to v3 the answer is in the top level, from v4 in a list.
+        let (error, node_id, host, port) = match response.coordinators.first() {
+            Some(c) => (c.error_code, c.node_id, c.host.to_string(), c.port),
+            None => (
+                response.error_code,
+                response.node_id,
+                response.host.to_string(),
+                response.port,
+            ),
+        };
+        if error != code::NONE {
+            bail!(
+                "FindCoordinator for {} failed with error code {error}",
+                self.transactional_id
+            );
+        }
+        self.nodes.insert(node_id.0, format!("{host}:{port}"));
+        self.coordinator = Some(node_id.0);
+        Ok(node_id.0)
+    }
+
+    /// Hold one record until the next [`flush`](Self::flush).
+    pub fn send(&mut self, record: &Outgoing<'_>) -> Result<()> {
+        let mut headers = Vec::with_capacity(record.headers.len() + 1);
+        if let Some(id) = record.id {
+            headers.push((ID_HEADER.to_string(), id.as_bytes().to_vec()));
+        }
+        headers.extend(
+            record
+                .headers
+                .iter()
+                .map(|h| (h.key.clone(), h.value.clone())),
+        );
+        self.held
+            .entry((record.topic.to_string(), record.partition))
+            .or_default()
+            .push(BatchRecord {
+                key: record.key.map(<[u8]>::to_vec),
+                value: record.value.to_vec(),
+                headers,
+                timestamp_ms: now_ms(),
+            });
+        Ok(())
+    }
+
+    /// Whether records are held.
+    pub fn holds_records(&self) -> bool {
+        self.held.values().any(|r| !r.is_empty())
+    }
+
+    /// Drop what is held: a leader that lost its epoch must not produce it.
+    pub fn abandon(&mut self) {
+        self.held.clear();
+    }
+
+    /// Send everything held and wait until the broker acknowledged it all.
+    pub fn flush(&mut self) -> Result<(), ProduceError> {
+        if !self.holds_records() {
+            return Ok(());
+        }
+        let identity = self
+            .identity
+            .ok_or_else(|| anyhow!("producing before the producer was fenced in"))?;
+        let deadline = Instant::now() + DELIVERY_TIMEOUT;
+        let mut last_error: Option<anyhow::Error> = None;
+        while self.holds_records() {
+            if Instant::now() >= deadline {
+                let reason = last_error.map(|e| format!(": {e:#}")).unwrap_or_default();
+                return Err(ProduceError::Other(anyhow!(
+                    "the broker did not acknowledge the outputs within {DELIVERY_TIMEOUT:?}{reason}"
+                )));
+            }
+            match self.send_round(identity) {
+                Ok(()) => {}
+                Err(ProduceError::Fenced { .. }) => {
+                    self.held.clear();
+                    return Err(ProduceError::Fenced {
+                        transactional_id: self.transactional_id.clone(),
+                        epoch: identity.epoch,
+                    });
+                }
+                Err(ProduceError::Other(error)) => {
+                    tracing::debug!(
+                        "producing for {}: {error:#}; retrying",
+                        self.transactional_id
+                    );
+                    last_error = Some(error);
+                    std::thread::sleep(RETRY_BACKOFF);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One produce request per leader with the next chunk of every held
+    /// partition; acknowledged chunks leave `held`.
+    fn send_round(&mut self, identity: ProducerIdentity) -> Result<(), ProduceError> {
+        // Chunks per leader node: (partition, records in the chunk, bytes).
+        let mut by_node: BTreeMap<i32, Vec<(TopicPartition, usize, Bytes)>> = BTreeMap::new();
+        let held: Vec<TopicPartition> = self
+            .held
+            .iter()
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in held {
+            let leader = self.leader(&tp)?;
+            let records = &self.held[&tp];
+            let mut bytes = 0;
+            let count = records
+                .iter()
+                .take_while(|r| {
+                    bytes += r.approximate_size();
+                    bytes <= MAX_BATCH_BYTES
+                })
+                .count()
+                .max(1);
+            let sequence = self.sequences.get(&tp).copied().unwrap_or(0);
+            let batch = record_batch::encode(&records[..count], identity, sequence)?;
+            by_node
+                .entry(leader)
+                .or_default()
+                .push((tp, count, Bytes::from(batch)));
+        }
+        for (node, chunks) in by_node {
+            let mut topics: BTreeMap<&str, Vec<PartitionProduceData>> = BTreeMap::new();
+            for ((topic, partition), _, batch) in &chunks {
+                let mut data = PartitionProduceData::default();
+                data.index = *partition;
+                data.records = Some(batch.clone());
+                topics.entry(topic).or_default().push(data);
+            }
+            let mut request = ProduceRequest::default();
+            request.acks = ACKS_ALL;
+            request.timeout_ms = DELIVERY_TIMEOUT.as_millis() as i32;
+            request.topic_data = topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    let mut topic = TopicProduceData::default();
+                    topic.name = TopicName(StrBytes::from_string(name.to_string()));
+                    topic.partition_data = partitions;
+                    topic
+                })
+                .collect();
+            let response = self.on_node(node, |c| c.request(&request, 3..=9))?;
+            let mut codes: HashMap<TopicPartition, i16> = HashMap::new();
+            for topic in &response.responses {
+                for partition in &topic.partition_responses {
+                    codes.insert(
+                        (topic.name.0.to_string(), partition.index),
+                        partition.error_code,
+                    );
+                }
+            }
+            let mut retriable = None;
+            for (tp, count, _) in chunks {
+                match codes.get(&tp).copied() {
+                    // A duplicate is a retried batch the broker already has.
+                    Some(code::NONE | code::DUPLICATE_SEQUENCE_NUMBER) => {
+                        self.held.get_mut(&tp).expect("held").drain(..count);
+                        *self.sequences.entry(tp).or_insert(0) += count as i32;
+                    }
+                    Some(code::PRODUCER_FENCED | code::INVALID_PRODUCER_EPOCH) => {
+                        return Err(ProduceError::Fenced {
+                            transactional_id: self.transactional_id.clone(),
+                            epoch: identity.epoch,
+                        });
+                    }
+                    Some(
+                        error @ (code::NOT_LEADER_OR_FOLLOWER
+                        | code::LEADER_NOT_AVAILABLE
+                        | code::UNKNOWN_TOPIC_OR_PARTITION
+                        | code::REQUEST_TIMED_OUT
+                        | code::NOT_ENOUGH_REPLICAS
+                        | code::NOT_ENOUGH_REPLICAS_AFTER_APPEND),
+                    ) => {
+                        // Look the leader up again before the retry.
+                        self.leaders.remove(&tp);
+                        retriable = Some(anyhow!("{}/{} answered error code {error}", tp.0, tp.1));
+                    }
+                    Some(error) => {
+                        return Err(ProduceError::Other(anyhow!(
+                            "the broker refused outputs to {}/{} with error code {error}",
+                            tp.0,
+                            tp.1
+                        )));
+                    }
+                    None => {
+                        retriable = Some(anyhow!("no answer for {}/{}", tp.0, tp.1));
+                    }
+                }
+            }
+            if let Some(error) = retriable {
+                return Err(ProduceError::Other(error));
+            }
+        }
+        Ok(())
+    }
+
+    /// Partitions of `topic`.
+    pub fn partition_count(&mut self, topic: &str) -> Result<i32> {
+        if let Some(count) = self.partition_counts.get(topic) {
+            return Ok(*count);
+        }
+        self.refresh_metadata(&[topic])?;
+        self.partition_counts
+            .get(topic)
+            .copied()
+            .ok_or_else(|| anyhow!("topic {topic} does not exist"))
+    }
+
+    /// Low and high watermark of one partition.
+    pub fn watermarks(&mut self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        let tp = (topic.to_string(), partition);
+        let leader = self.leader(&tp)?;
+        let mut list = |timestamp: i64| -> Result<i64> {
+            let mut wanted = ListOffsetsPartition::default();
+            wanted.partition_index = partition;
+            wanted.timestamp = timestamp;
+            wanted.current_leader_epoch = -1;
+            let mut topic_request = ListOffsetsTopic::default();
+            topic_request.name = TopicName(StrBytes::from_string(topic.to_string()));
+            topic_request.partitions = vec![wanted];
+            let mut request = ListOffsetsRequest::default();
+            request.replica_id = BrokerId(-1);
+            request.topics = vec![topic_request];
+            let response = self.on_node(leader, |c| c.request(&request, 1..=7))?;
+            let answer = response
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .find(|p| p.partition_index == partition)
+                .ok_or_else(|| anyhow!("no offsets for {topic}/{partition} in the answer"))?;
+            if answer.error_code != code::NONE {
+                bail!(
+                    "listing the offsets of {topic}/{partition} failed with error code {}",
+                    answer.error_code
+                );
+            }
+            Ok(answer.offset)
+        };
+        let low = list(-2).context("reading the low watermark")?;
+        let high = list(-1).context("reading the high watermark")?;
+        Ok((low, high))
+    }
+
+    fn leader(&mut self, tp: &TopicPartition) -> Result<i32> {
+        if let Some(leader) = self.leaders.get(tp) {
+            return Ok(*leader);
+        }
+        self.refresh_metadata(&[&tp.0])?;
+        self.leaders
+            .get(tp)
+            .copied()
+            .ok_or_else(|| anyhow!("partition {}/{} has no leader", tp.0, tp.1))
+    }
+
+    /// Learn the brokers, and the partitions and leaders of `topics`.
+    fn refresh_metadata(&mut self, topics: &[&str]) -> Result<()> {
+        let mut request = MetadataRequest::default();
+        request.topics = Some(
+            topics
+                .iter()
+                .map(|t| {
+                    let mut topic = MetadataRequestTopic::default();
+                    topic.name = Some(TopicName(StrBytes::from_string(t.to_string())));
+                    topic
+                })
+                .collect(),
+        );
+        request.allow_auto_topic_creation = false;
+        let node = self.any_node()?;
+        let response = self.on_node(node, |c| c.request(&request, 1..=9))?;
+        for broker in &response.brokers {
+            self.nodes
+                .insert(broker.node_id.0, format!("{}:{}", broker.host, broker.port));
+        }
+        for topic in &response.topics {
+            let Some(name) = topic.name.as_ref().map(|n| n.0.to_string()) else {
+                continue;
+            };
+            if topic.error_code != code::NONE {
+                continue;
+            }
+            self.partition_counts
+                .insert(name.clone(), topic.partitions.len() as i32);
+            for partition in &topic.partitions {
+                if partition.error_code == code::NONE && partition.leader_id.0 >= 0 {
+                    self.leaders.insert(
+                        (name.clone(), partition.partition_index),
+                        partition.leader_id.0,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A node to ask metadata or the coordinator of: one already connected,
+    /// or the first bootstrap broker that answers (as node -1 until
+    /// metadata names it).
+    fn any_node(&mut self) -> Result<i32> {
+        if let Some(node) = self.connections.keys().next() {
+            return Ok(*node);
+        }
+        if let Some(node) = self.nodes.keys().next().copied() {
+            if self.connection(node).is_ok() {
+                return Ok(node);
+            }
+        }
+        let mut errors = Vec::new();
+        for address in self.bootstrap.clone() {
+            match WireConnection::connect(&address, &self.client_id) {
+                Ok(connection) => {
+                    self.nodes.insert(-1, address);
+                    self.connections.insert(-1, connection);
+                    return Ok(-1);
+                }
+                Err(error) => errors.push(format!("{error:#}")),
+            }
+        }
+        bail!("no broker answered: {}", errors.join("; "))
+    }
+
+    fn connection(&mut self, node: i32) -> Result<&mut WireConnection> {
+        if !self.connections.contains_key(&node) {
+            let address = self
+                .nodes
+                .get(&node)
+                .cloned()
+                .ok_or_else(|| anyhow!("broker node {node} is unknown"))?;
+            let connection = WireConnection::connect(&address, &self.client_id)?;
+            self.connections.insert(node, connection);
+        }
+        Ok(self.connections.get_mut(&node).expect("just inserted"))
+    }
+
+    /// Run one request on `node`'s connection; a connection that failed is
+    /// dropped (the next request reconnects).
+    fn on_node<T>(
+        &mut self,
+        node: i32,
+        request: impl FnOnce(&mut WireConnection) -> Result<T>,
+    ) -> Result<T> {
+        let result = request(self.connection(node)?);
+        if result.is_err() {
+            self.connections.remove(&node);
+        }
+        result
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
