@@ -3,10 +3,25 @@
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let matches = logstream_host::cli::Cli::command().get_matches();
+    let matches = match logstream_host::cli::Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        // --help, --version, and the help shown when no command is given.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            // A usage error: one line, not clap's usage block (guarantee 6).
+            eprintln!("{}", logstream_host::cli::usage_error_line(&e));
+            return ExitCode::from(2);
+        }
+    };
     let cli = logstream_host::cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     logstream_host::cli::init_tracing(&cli.global);
     match logstream_host::cli::run(cli, Some(&matches)) {

@@ -86,10 +86,40 @@ pub fn parse(text: &str) -> Result<HostFile> {
         match error.span() {
             Some(span) => {
                 let line = 1 + text[..span.start.min(text.len())].matches('\n').count();
-                anyhow::anyhow!("line {line}: {message}")
+                // A wrong value's message names only the types: name the key.
+                match key_on_line(text, line) {
+                    Some(key)
+                        if !message
+                            .contains(&format!("`{}`", key.rsplit('.').next().unwrap_or(&key))) =>
+                    {
+                        anyhow::anyhow!("line {line}, key `{key}`: {message}")
+                    }
+                    _ => anyhow::anyhow!("line {line}: {message}"),
+                }
             }
             None => anyhow::anyhow!("{message}"),
         }
+    })
+}
+
+/// The dotted key assigned on 1-based `line` of `text` (`key = …`, in the
+/// table of the last `[table]` header above it), if that line assigns one.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let (key, _) = lines.get(line.checked_sub(1)?)?.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let table = lines[..line - 1]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    Some(match table {
+        Some(table) => format!("{table}.{key}"),
+        None => key.to_string(),
     })
 }
 
@@ -190,6 +220,16 @@ max_output_mib = 16
         let message = format!("{error:#}");
         assert!(message.contains("line 2"), "{message}");
         assert!(message.contains("invalid type"), "{message}");
+        // docs/configuration.md: the sentence names the key.
+        assert!(
+            message.starts_with("line 2, key `checkpoint.interval_ms`: invalid type"),
+            "{message}"
+        );
+        let top = format!("{:#}", parse("brokers = 9092\n").unwrap_err());
+        assert!(
+            top.starts_with("line 1, key `brokers`: invalid type"),
+            "{top}"
+        );
     }
 
     /// `logstream host ARGS` parsed, with the host's matches.

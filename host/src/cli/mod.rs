@@ -190,6 +190,33 @@ pub fn one_line(error: &anyhow::Error) -> String {
     format!("{error:#}").replace('\n', " ")
 }
 
+/// A command-line usage error (unknown option, malformed value, missing
+/// argument) as one line: clap's message, with its tip if it has one
+/// (e.g. a similar option's name), without the usage and help lines that
+/// follow it. Guarantee 6: a bad command is refused with one sentence.
+pub fn usage_error_line(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let mut line = String::new();
+    for part in rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        if line.is_empty() {
+            line.push_str(part);
+        } else if part.starts_with("tip:") {
+            line.push_str("; ");
+            line.push_str(part);
+        } else {
+            // Continuation lines, e.g. the list of missing arguments.
+            line.push(' ');
+            line.push_str(part);
+        }
+    }
+    line
+}
+
 /// Run one command.
 /// `matches` are the parsed command line `cli` came from: `host` needs them
 /// to tell options given from defaults (its `--config` file fills in only
@@ -239,4 +266,55 @@ fn load_module(
     loader
         .load(&bytes)
         .map_err(|e| anyhow::anyhow!("{} is {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    fn usage_error(args: &[&str]) -> String {
+        let argv = std::iter::once("logstream").chain(args.iter().copied());
+        let error = super::Cli::command()
+            .try_get_matches_from(argv)
+            .unwrap_err();
+        super::usage_error_line(&error)
+    }
+
+    #[test]
+    fn an_unknown_option_is_one_line_naming_it() {
+        let line = usage_error(&["host", "--bogus-flag"]);
+        assert_eq!(line, "error: unexpected argument '--bogus-flag' found");
+    }
+
+    #[test]
+    fn a_near_miss_keeps_the_tip_on_the_same_line() {
+        let line = usage_error(&["host", "--lease", "5"]);
+        assert!(
+            line.starts_with("error: unexpected argument '--lease' found; tip: "),
+            "{line}"
+        );
+        assert!(line.contains("--lease-ms"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn a_malformed_number_names_option_and_value() {
+        let line = usage_error(&["host", "--lease-ms", "5s"]);
+        assert!(
+            line.starts_with("error: invalid value '5s' for '--lease-ms"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn missing_arguments_are_listed_on_the_line() {
+        let line = usage_error(&["deploy", "x.wasm"]);
+        assert!(
+            line.starts_with("error: the following required arguments were not provided:"),
+            "{line}"
+        );
+        assert!(line.contains("--name"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
 }

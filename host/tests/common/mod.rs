@@ -4,9 +4,11 @@
 
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod broker;
 pub mod hosts;
 pub mod probes;
+pub mod records;
 pub mod reliability;
 pub mod verify;
 
