@@ -191,7 +191,14 @@ fn transparency_run(
 ) -> tempfile::TempDir {
     let deadline = Instant::now() + RUN_BOUND;
     let mut broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
+    // LOGSTREAM_KEEP_TEST_DIR=1 keeps the store and the host logs for a look
+    // after a failure.
+    let dir = tempfile::Builder::new()
+        .prefix("pipeline-failover-")
+        .disable_cleanup(std::env::var_os("LOGSTREAM_KEEP_TEST_DIR").is_some())
+        .tempdir()
+        .unwrap();
+    eprintln!("test directory: {}", dir.path().display());
     let store_path = dir.path().join("store.db");
     kafka::ensure_topics(
         &broker.address,
