@@ -589,7 +589,6 @@ fn the_store_unavailable_shorter_than_the_lease_loses_nothing() {
 }
 
 #[test]
-#[ignore = "intermittent: 3 duplicated outputs in 1 of 3 runs (2026-11-26); quarantined from CI until fixed, run by scripts/reliability-table.sh"]
 fn the_store_unavailable_longer_than_the_lease_quiets_the_leader_and_recovers() {
     let _exclusive = exclusive();
     let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);
@@ -612,7 +611,6 @@ fn the_store_unavailable_longer_than_the_lease_quiets_the_leader_and_recovers() 
 }
 
 #[test]
-#[ignore = "intermittent: 1 lost output in 1 of 3 runs (2026-11-26); quarantined from CI until fixed, run by scripts/reliability-table.sh"]
 fn a_broker_restart_mid_stream_pauses_and_resumes_the_pipeline() {
     let _exclusive = exclusive();
     let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);

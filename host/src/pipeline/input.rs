@@ -47,6 +47,21 @@ pub struct UnitInput {
     next: Option<i64>,
     /// Records below this are not wanted (the latest checkpoint's offset).
     floor: Option<i64>,
+    /// A gap after this offset was confirmed by fetching again from it: the
+    /// partition really has no record there (compaction, transaction
+    /// markers), so the next record after it is accepted.
+    gap_confirmed_at: Option<i64>,
+}
+
+/// What a record read from the broker is, given what was read before.
+#[derive(Debug, PartialEq, Eq)]
+enum Arrival {
+    /// The next record.
+    Next,
+    /// Fetched before a restart, below where reading is now.
+    Stale,
+    /// Beyond the next offset: records in between were not delivered.
+    Gap,
 }
 
 impl UnitInput {
@@ -64,6 +79,7 @@ impl UnitInput {
             buffered_bytes: 0,
             next: start,
             floor: start,
+            gap_confirmed_at: None,
         })
     }
 
@@ -106,6 +122,7 @@ impl UnitInput {
         self.buffered.clear();
         self.buffered_bytes = 0;
         self.next = start;
+        self.gap_confirmed_at = None;
         self.reader.restart_at(start)
     }
 
@@ -120,7 +137,14 @@ impl UnitInput {
                 return Ok(());
             }
             for record in batch {
-                if !self.accept(&record) || self.floor.is_some_and(|f| record.offset < f) {
+                match self.accept(&record)? {
+                    Arrival::Next => {}
+                    Arrival::Stale => continue,
+                    // Fetching again from the gap; the rest of this fetch
+                    // is beyond it too.
+                    Arrival::Gap => break,
+                }
+                if self.floor.is_some_and(|f| record.offset < f) {
                     continue;
                 }
                 self.buffered_bytes += record.payload_bytes();
@@ -134,14 +158,32 @@ impl UnitInput {
         }
     }
 
-    /// Whether a record read from the broker is the next one (not one
-    /// fetched before a restart), moving `next` past it.
-    fn accept(&mut self, record: &LogRecord) -> bool {
-        if self.next.is_some_and(|next| record.offset < next) {
-            return false;
+    /// Classify a record read from the broker, moving `next` past it when
+    /// it is the next one. Records must arrive without gaps: a consumer
+    /// that dropped some (e.g. taken from its queue and lost to an error)
+    /// would otherwise make the unit skip input. On a gap the reader
+    /// fetches again from the missing offset; if the same gap comes back,
+    /// the partition really has no records there and reading goes on.
+    fn accept(&mut self, record: &LogRecord) -> Result<Arrival> {
+        let Some(next) = self.next else {
+            self.next = Some(record.offset + 1);
+            return Ok(Arrival::Next);
+        };
+        if record.offset < next {
+            return Ok(Arrival::Stale);
+        }
+        if record.offset > next && self.gap_confirmed_at != Some(next) {
+            tracing::warn!(
+                "partition {} delivered offset {} where {next} was expected; fetching again from {next}",
+                record.partition,
+                record.offset
+            );
+            self.gap_confirmed_at = Some(next);
+            self.reader.restart_at(Some(next))?;
+            return Ok(Arrival::Gap);
         }
         self.next = Some(record.offset + 1);
-        true
+        Ok(Arrival::Next)
     }
 
     /// The partition's high watermark as the consumer last saw it (no
@@ -184,8 +226,10 @@ impl UnitInput {
                 linger,
             )?;
             for record in more {
-                if self.accept(&record) {
-                    batch.push(record);
+                match self.accept(&record)? {
+                    Arrival::Next => batch.push(record),
+                    Arrival::Stale => {}
+                    Arrival::Gap => break,
                 }
             }
         }

@@ -273,8 +273,26 @@ impl PartitionReader {
             let Some(message) = self.consumer.poll(remaining) else {
                 break;
             };
-            let message =
-                message.with_context(|| format!("reading {}/{}", self.topic, self.partition))?;
+            let message = match message {
+                Ok(message) => message,
+                // Records already taken from the consumer's queue are not
+                // fetched again: return them, or the caller would skip
+                // them. (The error is usually transient, e.g. the broker
+                // restarting; librdkafka reconnects by itself.)
+                Err(error) if !batch.is_empty() => {
+                    tracing::warn!(
+                        "reading {}/{}: {error}; returning the {} records read before it",
+                        self.topic,
+                        self.partition,
+                        batch.len()
+                    );
+                    break;
+                }
+                Err(error) => {
+                    return Err(error)
+                        .with_context(|| format!("reading {}/{}", self.topic, self.partition))
+                }
+            };
             let record = to_record(&message);
             bytes += record.payload_bytes();
             if batch.is_empty() {
