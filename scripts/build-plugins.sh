@@ -10,7 +10,7 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
 
-COMPONENTS=(passthrough level-counter redactor dedup misbehave other-world)
+COMPONENTS=(passthrough level-counter redactor dedup misbehave other-world state-v2)
 args=()
 for component in "${COMPONENTS[@]}"; do
     args+=(-p "$component")

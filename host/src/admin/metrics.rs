@@ -39,6 +39,7 @@ pub struct Metrics {
     dead_letters: IntCounterVec,
     guest_failures: IntCounterVec,
     takeovers: IntCounterVec,
+    corrupt_checkpoints: IntCounterVec,
     batch_seconds: HistogramVec,
     checkpoint_seconds: HistogramVec,
     checkpoint_bytes: IntGaugeVec,
@@ -98,6 +99,10 @@ impl Metrics {
                 "logstream_takeovers_total",
                 "Times this host took over the unit's leadership (startup, failover, handover).",
             ),
+            corrupt_checkpoints: counter(
+                "logstream_corrupt_checkpoints_total",
+                "Distinct checkpoint generations this host found unusable for the unit (corrupt, or refused by the processor's restore) and skipped for an older one.",
+            ),
             batch_seconds: histogram(
                 "logstream_batch_duration_seconds",
                 "Time from a batch being polled to its outputs acknowledged by the broker.",
@@ -138,6 +143,7 @@ impl Metrics {
             dead_letters: self.dead_letters.with_label_values(&labels),
             guest_failures: self.guest_failures.with_label_values(&labels),
             takeovers: self.takeovers.with_label_values(&labels),
+            corrupt_checkpoints: self.corrupt_checkpoints.with_label_values(&labels),
             batch_seconds: self.batch_seconds.with_label_values(&labels),
             checkpoint_seconds: self.checkpoint_seconds.with_label_values(&labels),
             checkpoint_bytes: self.checkpoint_bytes.with_label_values(&labels),
@@ -160,6 +166,7 @@ impl Metrics {
         let _ = self.dead_letters.remove_label_values(&labels);
         let _ = self.guest_failures.remove_label_values(&labels);
         let _ = self.takeovers.remove_label_values(&labels);
+        let _ = self.corrupt_checkpoints.remove_label_values(&labels);
         let _ = self.batch_seconds.remove_label_values(&labels);
         let _ = self.checkpoint_seconds.remove_label_values(&labels);
         let _ = self.checkpoint_bytes.remove_label_values(&labels);
@@ -197,6 +204,7 @@ pub struct UnitMetrics {
     pub dead_letters: IntCounter,
     pub guest_failures: IntCounter,
     pub takeovers: IntCounter,
+    pub corrupt_checkpoints: IntCounter,
     pub batch_seconds: prometheus::Histogram,
     pub checkpoint_seconds: prometheus::Histogram,
     pub checkpoint_bytes: IntGauge,
@@ -218,6 +226,8 @@ mod tests {
         let text = metrics.render();
         assert!(text.contains("logstream_records_in_total{partition=\"0\",processor=\"pt\"} 3"));
         assert!(text.contains("logstream_role{partition=\"0\",processor=\"pt\"} 1"));
+        assert!(text
+            .contains("logstream_corrupt_checkpoints_total{partition=\"0\",processor=\"pt\"} 0"));
         metrics.forget_unit("pt", 0);
         assert!(!metrics.render().contains("processor=\"pt\""));
     }

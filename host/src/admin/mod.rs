@@ -20,7 +20,7 @@ pub use metrics::{Metrics, UnitMetrics};
 pub use server::{AdminServer, StartError};
 pub use status::{HostStatus, StatusReport, UnitStatus};
 
-use crate::store::checkpoint::CheckpointMeta;
+use crate::store::checkpoint::{CheckpointMeta, UnusableGeneration};
 
 /// The default admin address: loopback only, the port commonly used by
 /// Prometheus exporters of this kind.
@@ -136,5 +136,22 @@ impl UnitAdmin {
     /// A passive saw (and restored its standby from) checkpoint `meta`.
     pub fn standby_at(&self, meta: &CheckpointMeta) {
         self.status.checkpoint(meta);
+    }
+
+    /// Found checkpoint generation `found` unusable and skipped it: counted
+    /// and listed in `/status` the first time per generation. Returns
+    /// whether it was news (so the caller reports it once).
+    pub fn unusable_checkpoint(&self, found: &UnusableGeneration) -> bool {
+        let news = self.status.unusable(found);
+        if news {
+            self.metrics.corrupt_checkpoints.inc();
+        }
+        news
+    }
+
+    /// Whether this unit found checkpoint `generation` unusable before (a
+    /// restore need not be retried just to skip it again).
+    pub fn found_unusable(&self, generation: u64) -> bool {
+        self.status.found_unusable(generation)
     }
 }

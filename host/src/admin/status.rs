@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::store::checkpoint::CheckpointMeta;
+use crate::store::checkpoint::{CheckpointMeta, FaultKind, UnusableGeneration};
+
+/// Unusable checkpoint generations listed per unit in `/status`, newest
+/// last; older ones are dropped (they are long out of the kept ones).
+pub const MAX_LISTED_UNUSABLE: usize = 16;
 
 /// A host is ready while its last successful store heartbeat is at most
 /// this old. The host loop heartbeats every 250 ms or so; applying a
@@ -50,6 +54,8 @@ struct UnitInner {
     next_offset: Option<i64>,
     input_high_watermark: Option<i64>,
     checkpoint: Option<CheckpointMeta>,
+    /// Distinct generations this unit found unusable, oldest first.
+    unusable: Vec<UnusableGeneration>,
 }
 
 /// `/status` as JSON.
@@ -79,6 +85,19 @@ pub struct UnitReport {
     pub input_high_watermark: Option<i64>,
     /// The latest checkpoint written (leader) or seen (passive).
     pub last_checkpoint: Option<CheckpointReport>,
+    /// Checkpoint generations this unit found unusable (corrupt, or refused
+    /// by the processor's restore) and skipped, oldest first.
+    pub corrupt_checkpoints: Vec<CorruptCheckpointReport>,
+}
+
+/// An unusable checkpoint generation in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CorruptCheckpointReport {
+    pub generation: u64,
+    /// `corrupt` (damaged data) or `refused` (intact, but the processor's
+    /// restore refused its state).
+    pub fault: FaultKind,
+    pub reason: String,
 }
 
 /// A checkpoint in `/status`.
@@ -177,6 +196,15 @@ impl HostStatus {
                             age_seconds: now_ms.saturating_sub(meta.created_at_unix_ms) as f64
                                 / 1000.0,
                         }),
+                        corrupt_checkpoints: state
+                            .unusable
+                            .iter()
+                            .map(|u| CorruptCheckpointReport {
+                                generation: u.generation,
+                                fault: u.kind,
+                                reason: u.reason.clone(),
+                            })
+                            .collect(),
                     }
                 })
                 .collect(),
@@ -202,6 +230,32 @@ impl UnitStatus {
         if input_high_watermark.is_some() {
             inner.input_high_watermark = input_high_watermark;
         }
+    }
+
+    /// Found generation `found` unusable: whether that is news (the first
+    /// time this unit found that generation unusable).
+    pub fn unusable(&self, found: &UnusableGeneration) -> bool {
+        let mut inner = lock(&self.inner);
+        if inner
+            .unusable
+            .iter()
+            .any(|u| u.generation == found.generation)
+        {
+            return false;
+        }
+        if inner.unusable.len() >= MAX_LISTED_UNUSABLE {
+            inner.unusable.remove(0);
+        }
+        inner.unusable.push(found.clone());
+        true
+    }
+
+    /// Whether this unit found `generation` unusable before.
+    pub fn found_unusable(&self, generation: u64) -> bool {
+        lock(&self.inner)
+            .unusable
+            .iter()
+            .any(|u| u.generation == generation)
     }
 
     /// A checkpoint written (leader) or restored from (passive).
@@ -242,5 +296,39 @@ mod tests {
         assert_eq!(report.units[0].next_offset, Some(12));
         status.forget_unit("pt", 0);
         assert!(status.report().units.is_empty());
+    }
+
+    #[test]
+    fn unusable_generations_are_listed_once_and_bounded() {
+        let status = HostStatus::new("h", "h:1:2");
+        let unit = status.unit("pt", 0);
+        let found = |generation| UnusableGeneration {
+            generation,
+            kind: FaultKind::Refused,
+            reason: format!("no {generation}"),
+        };
+        assert!(!unit.found_unusable(7));
+        assert!(unit.unusable(&found(7)));
+        assert!(
+            !unit.unusable(&found(7)),
+            "the same generation is news once"
+        );
+        assert!(unit.found_unusable(7));
+        let report = serde_json::to_value(status.report()).unwrap();
+        assert_eq!(
+            report["units"][0]["corrupt_checkpoints"],
+            serde_json::json!([{"generation": 7, "fault": "refused", "reason": "no 7"}])
+        );
+        for generation in 8..8 + MAX_LISTED_UNUSABLE as u64 {
+            assert!(unit.unusable(&found(generation)));
+        }
+        assert!(
+            !unit.found_unusable(7),
+            "the oldest is dropped past the bound"
+        );
+        assert_eq!(
+            status.report().units[0].corrupt_checkpoints.len(),
+            MAX_LISTED_UNUSABLE
+        );
     }
 }

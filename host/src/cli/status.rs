@@ -1,6 +1,8 @@
 //! `logstream status [--json] [--brokers B]`: per processor and unit, who
 //! leads (host and epoch), the current checkpoint (generation, age, size,
-//! next offset, a records/s estimate) and, with `--brokers`, the input lag;
+//! next offset, a records/s estimate), the kept generations hosts reported
+//! unusable (corrupt, or refused by the processor) and, with `--brokers`,
+//! the input lag;
 //! per host, its incarnation, heartbeat counter and the units it leads.
 //!
 //! Everything is read from the store in separate small transactions, so the
@@ -19,7 +21,7 @@ use serde::Serialize;
 use super::StoreArgs;
 use crate::pipeline::kafka;
 use crate::pipeline::unit::unit_name;
-use crate::store::checkpoint::{self, CheckpointMeta};
+use crate::store::checkpoint::{self, CheckpointMeta, UnusableReport};
 use crate::store::election::{read_leader, LeaderRecord};
 use crate::store::membership::{self, HostRecord};
 use crate::store::registry::{self, ProcessorSpec};
@@ -80,6 +82,10 @@ pub struct UnitStatus {
     /// Input high watermark minus the checkpoint's next offset; `null`
     /// without `--brokers` or when the broker did not answer.
     pub lag: Option<i64>,
+    /// Kept checkpoint generations a host found unusable (corrupt, or its
+    /// state refused by the processor's restore) and skipped, newest first,
+    /// as the hosts reported them. Empty when none.
+    pub corrupt_checkpoints: Vec<UnusableReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -242,6 +248,7 @@ fn unit_status(
         size_bytes: meta.size_bytes,
         next_offset: meta.offsets.get(&partition).copied(),
     });
+    let corrupt_checkpoints = checkpoint::read_unusable_reports(store, &unit)?;
     Ok(UnitStatus {
         unit,
         partition,
@@ -249,6 +256,7 @@ fn unit_status(
         checkpoint,
         records_per_second: rate(&kept, partition),
         lag: None,
+        corrupt_checkpoints,
     })
 }
 
@@ -350,6 +358,19 @@ fn print_text(report: &StatusReport, lag_asked: bool) {
                 u.records_per_second
                     .map_or_else(dash, |r| format!("{r:.1}")),
             );
+            for report in &u.corrupt_checkpoints {
+                println!(
+                    "    ! {} checkpoint generation {} {} (found by host {}): {}",
+                    u.unit,
+                    report.generation,
+                    match report.fault {
+                        checkpoint::FaultKind::Corrupt => "is corrupt",
+                        checkpoint::FaultKind::Refused => "was refused by the processor",
+                    },
+                    report.host_id,
+                    report.reason
+                );
+            }
         }
     }
     if report.hosts.is_empty() {

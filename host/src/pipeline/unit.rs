@@ -529,18 +529,23 @@ impl Unit {
         let started = Instant::now();
         tracing::info!("unit {}: taking over at epoch {epoch}", self.name);
         // Read only the metadata first: when the warm standby already holds
-        // the current generation, its state need not be read again.
-        let current = checkpoint::read_current_meta(self.store.as_ref(), &self.name)?;
+        // the generation a restore would use (the current one, or the newest
+        // this unit has not found unusable), its state need not be read again.
+        let kept = checkpoint::read_kept(self.store.as_ref(), &self.name)?;
+        let candidate =
+            checkpoint::newest_candidate(&kept, |g| self.admin.found_unusable(g)).cloned();
         let restore_started = Instant::now();
         let (meta, processor) = match self.standby.take() {
-            Some(standby) if standby.generation == current.as_ref().map(|m| m.generation) => {
-                (current, standby.processor)
+            Some(standby) if kept.is_empty() && standby.generation.is_none() => {
+                (None, standby.processor)
             }
-            _ => {
-                let checkpoint = checkpoint::read_current(self.store.as_ref(), &self.name)?;
-                let (meta, state) = checkpoint.map(|c| (c.meta, c.state)).unzip();
-                (meta, self.start_processor(state)?)
+            Some(standby)
+                if candidate.is_some()
+                    && standby.generation == candidate.as_ref().map(|m| m.generation) =>
+            {
+                (candidate, standby.processor)
             }
+            _ => self.start_processor()?,
         };
         let generation = meta.as_ref().map(|m| m.generation);
         let restored_in = restore_started.elapsed();
@@ -593,33 +598,99 @@ impl Unit {
         }
     }
 
-    fn start_processor(&self, state: Option<Vec<u8>>) -> Result<SupervisedProcessor> {
-        SupervisedProcessor::start_from(
+    /// A fresh instance restored from the newest usable checkpoint, with that
+    /// checkpoint's metadata (`None`: no checkpoint yet, empty state).
+    ///
+    /// A kept generation that is corrupt, or whose state the processor's
+    /// restore refuses, is skipped for the next older one. That keeps
+    /// exactly-once: the metadata returned is the generation actually
+    /// restored, so the takeover replays from *its* offsets and suppresses
+    /// the outputs found since *its* marks. Each skipped generation is logged
+    /// (by the checkpoint layer), and the first time this unit finds it,
+    /// counted, listed in `/status` and stored for `logstream status`.
+    fn start_processor(&self) -> Result<(Option<checkpoint::CheckpointMeta>, SupervisedProcessor)> {
+        let start = |state: Option<Vec<u8>>| {
+            SupervisedProcessor::start_from(
+                &self.name,
+                self.module.clone(),
+                &self.spec.config,
+                RecoveryPolicy::default(),
+                state,
+            )
+        };
+        let restored = checkpoint::restore_newest(
+            self.store.as_ref(),
+            &RetryPolicy::default(),
             &self.name,
-            self.module.clone(),
-            &self.spec.config,
-            RecoveryPolicy::default(),
-            state,
-        )
-        .with_context(|| format!("starting processor {}", self.name))
+            |_, state| {
+                start(Some(state)).map_err(|error| match error {
+                    // The state's fault (refused, or the guest failed on
+                    // it): an older generation may do.
+                    crate::wasm::SupervisorError::Restore { .. } => {
+                        checkpoint::RestoreFailure::Refused(error.to_string())
+                    }
+                    // Not the state's (instantiation, configuration): no
+                    // generation would do better.
+                    other => checkpoint::RestoreFailure::Failed(other),
+                })
+            },
+        );
+        let report = |unusable: &[checkpoint::UnusableGeneration]| {
+            for found in unusable
+                .iter()
+                .filter(|f| self.admin.unusable_checkpoint(f))
+            {
+                let report = checkpoint::UnusableReport::new(
+                    found,
+                    &self.settings.host_id,
+                    Some(&self.spec.module_sha256),
+                );
+                if let Err(error) =
+                    checkpoint::report_unusable(self.store.as_ref(), &self.name, &report)
+                {
+                    tracing::warn!(
+                        "unit {}: could not store the report that checkpoint {found}: {error}",
+                        self.name
+                    );
+                }
+            }
+        };
+        let context = || format!("starting processor {}", self.name);
+        match restored {
+            Ok(Some(restored)) => {
+                report(&restored.unusable);
+                Ok((Some(restored.meta), restored.value))
+            }
+            Ok(None) => Ok((None, start(None).with_context(context)?)),
+            Err(checkpoint::RestoreError::Checkpoint(error)) => {
+                if let CheckpointError::Unusable { unusable, .. } = &error {
+                    report(unusable);
+                }
+                Err(error).with_context(context)
+            }
+            Err(checkpoint::RestoreError::Failed(error)) => Err(error).with_context(context),
+        }
     }
 
     /// Keep a warm instance and the connections at the latest checkpoint.
     fn refresh_standby(&mut self) -> Result<()> {
-        let meta = checkpoint::read_current_meta(self.store.as_ref(), &self.name)?;
-        let generation = meta.as_ref().map(|m| m.generation);
-        let fresh = self
-            .standby
-            .as_ref()
-            .is_some_and(|s| s.generation == generation);
+        let kept = checkpoint::read_kept(self.store.as_ref(), &self.name)?;
+        // The generation a restore would use, as far as this unit knows: the
+        // newest intact one it has not found unusable before — so a corrupt
+        // or refused generation is not read (and reported) again every
+        // heartbeat while it stays current.
+        let candidate = checkpoint::newest_candidate(&kept, |g| self.admin.found_unusable(g));
+        let fresh = self.standby.as_ref().is_some_and(|s| match candidate {
+            Some(meta) => s.generation == Some(meta.generation),
+            None => kept.is_empty() && s.generation.is_none(),
+        });
         let meta = if fresh {
-            meta
+            candidate.cloned()
         } else {
-            // The full read may find a newer generation than the metadata
-            // read did; the connections follow the one restored.
-            let checkpoint = checkpoint::read_current(self.store.as_ref(), &self.name)?;
-            let (meta, state) = checkpoint.map(|c| (c.meta, c.state)).unzip();
-            let processor = self.start_processor(state)?;
+            // The restore may find a newer generation than the metadata read
+            // did, or fall back past unusable ones; the connections follow
+            // the one restored.
+            let (meta, processor) = self.start_processor()?;
             self.standby = Some(Standby {
                 generation: meta.as_ref().map(|m| m.generation),
                 processor,

@@ -7,8 +7,9 @@
 //! |---|---|
 //! | `("proc", NAME, "ckpt", "current")` | JSON pointer: the current generation and the older kept ones, newest first |
 //! | `("proc", NAME, "ckpt", "next-gen")` | the next generation id to allocate, u64 big-endian |
-//! | `("proc", NAME, "ckpt", "gen", GEN)` | JSON [`CheckpointMeta`] of the generation, written when it becomes current |
+//! | `("proc", NAME, "ckpt", "gen", GEN)` | JSON [`CheckpointMeta`] of the generation with a checksum of itself ([`encode_meta`]), written when it becomes current |
 //! | `("proc", NAME, "ckpt", "gen", GEN, I)` | chunk `I` of the generation's state, at most [`CHUNK_BYTES`] |
+//! | `("proc", NAME, "ckpt", "gen", GEN, "unusable")` | JSON [`UnusableReport`]: a host found the generation unusable (diagnostic) |
 //!
 //! Guarantees:
 //! - **One writer.** Every transaction that writes (allocation, chunks,
@@ -21,10 +22,16 @@
 //!   output marks — in one small transaction, after all its chunks are
 //!   durable; a reader never sees a half-written generation, and chunks are
 //!   immutable once written.
-//! - **Integrity, loudly.** Reading checks every chunk's length, the size and
-//!   the sha256. A corrupt generation is logged with `tracing::error!`,
-//!   reported in [`Checkpoint::corrupt_generations`], and the newest intact
-//!   kept generation is used instead.
+//! - **Integrity, loudly.** Reading checks the metadata's own checksum (it
+//!   holds the offsets and marks, which the state's sha256 does not cover),
+//!   every chunk's length, the size and the sha256. A corrupt generation is
+//!   logged with `tracing::error!`, reported in
+//!   [`Checkpoint::corrupt_generations`], and the newest intact kept
+//!   generation is used instead. [`restore_newest`] does the same for a
+//!   generation whose state the processor refuses to restore; hosts store
+//!   an [`UnusableReport`] with such generations for `logstream status`.
+//!   Corrupt bytes are an error or a fallback, never a silently different
+//!   state or position (property-tested over arbitrary damage).
 //! - **FoundationDB limits.** Chunks of [`CHUNK_BYTES`] (under the 100 kB
 //!   value limit), at most [`MAX_CHUNKS_PER_TXN`] per transaction (about
 //!   half the 1 MB write limit), metadata at most [`MAX_META_BYTES`].
@@ -41,6 +48,7 @@
 //! current one is refused with [`CheckpointError::Superseded`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -172,6 +180,14 @@ pub enum CheckpointError {
         /// The leader record's epoch; `None` when there is no leader record.
         current_epoch: Option<u64>,
     },
+    /// No kept generation is usable ([`restore_newest`]): each is corrupt or
+    /// its state was refused. ([`read_current`] reports all-corrupt as
+    /// [`CheckpointError::Corrupt`].)
+    #[error("processor {processor:?} has no usable checkpoint: {}", describe_unusable(.unusable))]
+    Unusable {
+        processor: String,
+        unusable: Vec<UnusableGeneration>,
+    },
     /// Every kept generation is corrupt.
     #[error("processor {processor:?} has no usable checkpoint: generations {corrupt_generations:?} are all corrupt")]
     Corrupt {
@@ -251,12 +267,23 @@ fn generation(name: &str, generation: u64) -> Subspace {
     generations(name).subspace(&generation)
 }
 
-fn meta_key(name: &str, gen: u64) -> Vec<u8> {
+/// The key of generation `gen`'s metadata. Public (with [`chunk_key`]) for
+/// tools and fault-injection tests that damage a generation on purpose.
+pub fn meta_key(name: &str, gen: u64) -> Vec<u8> {
     generation(name, gen).into_bytes()
 }
 
-fn chunk_key(name: &str, gen: u64, index: u64) -> Vec<u8> {
+/// The key of chunk `index` of generation `gen`.
+pub fn chunk_key(name: &str, gen: u64, index: u64) -> Vec<u8> {
     generation(name, gen).pack(&index)
+}
+
+/// The key of hosts' report that generation `gen` is unusable. Inside the
+/// generation's subspace, so garbage collection removes it with the
+/// generation; a string element, so it sorts before the (integer) chunk keys
+/// and never falls in a chunk range.
+fn report_key(name: &str, gen: u64) -> Vec<u8> {
+    generation(name, gen).pack(&"unusable")
 }
 
 /// The end of the range of every key of a subspace, the subspace's own key
@@ -334,11 +361,111 @@ fn read_pointer(txn: &mut dyn KvTxn, name: &str) -> TxnResult<Option<CurrentPoin
     }
 }
 
-/// Parse and sanity-check a generation's metadata; the error is why the
-/// generation is unusable.
-fn parse_meta(value: &[u8], gen: u64) -> Result<CheckpointMeta, String> {
-    let meta: CheckpointMeta =
+/// Key of the metadata's own checksum inside the stored JSON object: the
+/// hex sha256 of the canonical encoding (keys sorted, no whitespace) of every
+/// other member. The state's sha256 does not cover the offsets and marks, and
+/// a flipped digit there would silently skip or replay input.
+const META_CHECKSUM_KEY: &str = "meta_sha256";
+/// The members of metadata written before [`META_CHECKSUM_KEY`] existed.
+/// Such legacy metadata is accepted only with exactly these members, so a
+/// damaged checksum key (which would otherwise read as "legacy, unchecked")
+/// is refused instead.
+const LEGACY_META_KEYS: &[&str] = &[
+    "generation",
+    "epoch",
+    "state_version",
+    "size_bytes",
+    "chunk_bytes",
+    "chunk_count",
+    "sha256",
+    "offsets",
+    "marks",
+    "created_at_unix_ms",
+];
+
+/// A JSON value in canonical form: object members sorted by key, no
+/// whitespace, whatever order the parser kept (serde_json's
+/// `preserve_order` feature changes that order).
+fn canonical_json(value: &serde_json::Value, out: &mut Vec<u8>) {
+    match value {
+        serde_json::Value::Object(members) => {
+            let mut sorted: Vec<(&String, &serde_json::Value)> = members.iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (key, value)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend(serde_json::to_vec(key).expect("a string serialises"));
+                out.push(b':');
+                canonical_json(value, out);
+            }
+            out.push(b'}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend(serde_json::to_vec(scalar).expect("a scalar serialises")),
+    }
+}
+
+fn meta_checksum(members: &serde_json::Map<String, serde_json::Value>) -> String {
+    let mut canonical = Vec::new();
+    canonical_json(&serde_json::Value::Object(members.clone()), &mut canonical);
+    hex::encode(Sha256::digest(&canonical))
+}
+
+/// The stored form of a generation's metadata: its JSON object with a
+/// checksum of its other members ([`META_CHECKSUM_KEY`]). Public for tools
+/// and fault-injection tests that write a generation by hand.
+pub fn encode_meta(meta: &CheckpointMeta) -> Vec<u8> {
+    let serde_json::Value::Object(mut members) =
+        serde_json::to_value(meta).expect("checkpoint metadata serialises")
+    else {
+        unreachable!("CheckpointMeta serialises as an object");
+    };
+    let checksum = meta_checksum(&members);
+    members.insert(META_CHECKSUM_KEY.to_string(), checksum.into());
+    serde_json::to_vec(&members).expect("checkpoint metadata serialises")
+}
+
+/// Decode and verify a generation's stored metadata (see [`encode_meta`]),
+/// and sanity-check it; the error is why the generation is unusable. Never
+/// panics, whatever the bytes.
+pub fn parse_meta(value: &[u8], gen: u64) -> Result<CheckpointMeta, String> {
+    let members: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(value).map_err(|e| format!("its metadata is malformed: {e}"))?;
+    let mut members = members;
+    match members.remove(META_CHECKSUM_KEY) {
+        Some(serde_json::Value::String(stored)) => {
+            let computed = meta_checksum(&members);
+            if stored != computed {
+                return Err(format!(
+                    "its metadata checksum is {computed}, the metadata says {stored}"
+                ));
+            }
+        }
+        Some(_) => return Err("its metadata checksum is not a string".to_string()),
+        None => {
+            if let Some(unknown) = members
+                .keys()
+                .find(|key| !LEGACY_META_KEYS.contains(&key.as_str()))
+            {
+                return Err(format!(
+                    "its metadata has no checksum and an unknown member {unknown:?}"
+                ));
+            }
+        }
+    }
+    let meta: CheckpointMeta = serde_json::from_value(serde_json::Value::Object(members))
+        .map_err(|e| format!("its metadata is malformed: {e}"))?;
     if meta.generation != gen {
         return Err(format!("its metadata names generation {}", meta.generation));
     }
@@ -353,6 +480,9 @@ fn parse_meta(value: &[u8], gen: u64) -> Result<CheckpointMeta, String> {
             "its metadata has {} chunks for {} bytes in chunks of {}",
             meta.chunk_count, meta.size_bytes, meta.chunk_bytes
         ));
+    }
+    if meta.sha256.len() != 64 || !meta.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("its metadata's state sha256 is not 64 hex digits".to_string());
     }
     Ok(meta)
 }
@@ -420,9 +550,7 @@ pub fn write_checkpoint_with(
         marks,
         created_at_unix_ms: unix_millis_now(),
     };
-    let bytes = serde_json::to_vec(&meta)
-        .expect("checkpoint metadata serialises")
-        .len();
+    let bytes = encode_meta(&meta).len();
     if bytes > MAX_META_BYTES {
         return Err(CheckpointError::MetadataTooLarge {
             processor: name.to_string(),
@@ -522,7 +650,7 @@ fn commit_generation(
     keep: usize,
 ) -> Result<(), CheckpointError> {
     let name = fence.processor.as_str();
-    let meta_bytes = serde_json::to_vec(meta).expect("checkpoint metadata serialises");
+    let meta_bytes = encode_meta(meta);
     run(store, policy, |txn| {
         check_fence(txn, fence)?;
         let old = read_pointer(txn, name)?;
@@ -695,6 +823,258 @@ pub fn read_kept_meta(
     })
 }
 
+/// One generation the pointer keeps, with its metadata or why that is
+/// unusable (missing, malformed, checksum mismatch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptGeneration {
+    pub generation: u64,
+    pub meta: Result<CheckpointMeta, String>,
+}
+
+/// The generations the pointer keeps, newest (current) first, each with its
+/// metadata, in one snapshot and without their chunks: cheap enough for a
+/// passive to poll. Empty when the processor has no checkpoint.
+pub fn read_kept(store: &dyn KvStore, name: &str) -> Result<Vec<KeptGeneration>, CheckpointError> {
+    read_kept_with(store, &RetryPolicy::default(), name)
+}
+
+fn read_kept_with(
+    store: &dyn KvStore,
+    policy: &RetryPolicy,
+    name: &str,
+) -> Result<Vec<KeptGeneration>, CheckpointError> {
+    run(store, policy, |txn| {
+        let Some(pointer) = read_pointer(txn, name)? else {
+            check_no_committed_generation(txn, name)?;
+            return Ok(Vec::new());
+        };
+        let mut kept = Vec::new();
+        for gen in pointer.kept() {
+            let meta = match txn.get(&meta_key(name, gen))? {
+                None => Err("its metadata is missing".to_string()),
+                Some(value) => parse_meta(&value, gen),
+            };
+            kept.push(KeptGeneration {
+                generation: gen,
+                meta,
+            });
+        }
+        Ok(kept)
+    })
+}
+
+/// Without a current pointer a processor has no checkpoint — unless the
+/// pointer was lost: metadata is only written when a generation becomes
+/// current, so a generation with metadata proves one existed, and reading
+/// "no checkpoint" would silently restart from empty state. Checks the
+/// first [`GC_GENERATIONS_PER_TXN`] generations stored (orphan chunks of
+/// never-committed ones have no metadata).
+fn check_no_committed_generation(txn: &mut dyn KvTxn, name: &str) -> TxnResult<()> {
+    let (found, _) = scan_generations(txn, name, generations(name).bytes())?;
+    for gen in found {
+        if txn.get(&meta_key(name, gen))?.is_some() {
+            return Err(abort(bad_record(
+                name,
+                "current-checkpoint pointer",
+                format!("it is missing, but generation {gen} was committed"),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The newest of `kept` whose metadata is intact and that `known_unusable`
+/// does not rule out: the generation a restore is expected to use, judged
+/// without reading any state (a caller's memory of generations it found
+/// unusable before). A restore still verifies what it reads.
+pub fn newest_candidate(
+    kept: &[KeptGeneration],
+    known_unusable: impl Fn(u64) -> bool,
+) -> Option<&CheckpointMeta> {
+    kept.iter()
+        .filter(|k| !known_unusable(k.generation))
+        .find_map(|k| k.meta.as_ref().ok())
+}
+
+/// Why a kept generation was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Its stored data is damaged: metadata, a chunk, the size or the sha256.
+    Corrupt,
+    /// Its data is intact, but the processor's `restore` refused (or failed
+    /// on) its state.
+    Refused,
+}
+
+impl FaultKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Corrupt => "corrupt",
+            FaultKind::Refused => "refused",
+        }
+    }
+}
+
+/// A kept generation found unusable, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnusableGeneration {
+    pub generation: u64,
+    pub kind: FaultKind,
+    pub reason: String,
+}
+
+impl fmt::Display for UnusableGeneration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            FaultKind::Corrupt => write!(
+                f,
+                "generation {} is corrupt: {}",
+                self.generation, self.reason
+            ),
+            FaultKind::Refused => write!(
+                f,
+                "generation {} was refused by the processor: {}",
+                self.generation, self.reason
+            ),
+        }
+    }
+}
+
+fn describe_unusable(unusable: &[UnusableGeneration]) -> String {
+    unusable
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A generation restored by [`restore_newest`].
+pub struct Restored<T> {
+    /// The generation used: its offsets and marks go with the restored state.
+    pub meta: CheckpointMeta,
+    /// What the restore callback made of its state.
+    pub value: T,
+    /// Newer kept generations skipped, newest first (empty when the current
+    /// one was used).
+    pub unusable: Vec<UnusableGeneration>,
+}
+
+/// Why a [`restore_newest`] callback could not use a generation's state.
+pub enum RestoreFailure<E> {
+    /// The state is refused (why): the next older generation is tried.
+    Refused(String),
+    /// A failure that is not the state's (e.g. the module does not
+    /// instantiate): restoring stops with it.
+    Failed(E),
+}
+
+/// Why [`restore_newest`] restored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError<E> {
+    /// Reading failed, or no kept generation is usable.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The callback failed for a reason not the state's.
+    #[error(transparent)]
+    Failed(E),
+}
+
+/// Restore the newest usable kept generation: read and verify each, newest
+/// first, and hand its state to `restore`; a generation that is corrupt or
+/// whose state `restore` refuses is logged (`tracing::error!` naming the
+/// processor, the generation and why) and the next older one is tried.
+/// `Ok(None)` when the processor has no checkpoint.
+///
+/// Falling back is safe for the pipeline: every generation carries its own
+/// offsets and output marks, so a leader that restores an older one replays
+/// from its offsets and suppresses the outputs found since its marks.
+pub fn restore_newest<T, E>(
+    store: &dyn KvStore,
+    policy: &RetryPolicy,
+    name: &str,
+    mut restore: impl FnMut(&CheckpointMeta, Vec<u8>) -> Result<T, RestoreFailure<E>>,
+) -> Result<Option<Restored<T>>, RestoreError<E>> {
+    'restart: for _ in 0..MAX_READ_RESTARTS {
+        let kept = read_kept_with(store, policy, name)?;
+        if kept.is_empty() {
+            return Ok(None);
+        }
+        let mut unusable = Vec::new();
+        for KeptGeneration {
+            generation: gen,
+            meta,
+        } in kept
+        {
+            let (kind, reason) = match meta {
+                Err(reason) => (FaultKind::Corrupt, reason),
+                Ok(meta) => match read_state(store, policy, name, &meta) {
+                    Err(ReadFailure::Vanished) => continue 'restart,
+                    Err(ReadFailure::Failed(error)) => return Err(error.into()),
+                    Err(ReadFailure::Corrupt(reason)) => (FaultKind::Corrupt, reason),
+                    Ok(state) => match restore(&meta, state) {
+                        Ok(value) => {
+                            if !unusable.is_empty() {
+                                let skipped: Vec<u64> = unusable
+                                    .iter()
+                                    .map(|u: &UnusableGeneration| u.generation)
+                                    .collect();
+                                tracing::error!(
+                                    processor = name,
+                                    generation = gen,
+                                    ?skipped,
+                                    "restoring processor {name:?} from the older checkpoint generation {gen} because newer ones are unusable"
+                                );
+                            }
+                            return Ok(Some(Restored {
+                                meta,
+                                value,
+                                unusable,
+                            }));
+                        }
+                        Err(RestoreFailure::Failed(error)) => {
+                            return Err(RestoreError::Failed(error))
+                        }
+                        Err(RestoreFailure::Refused(reason)) => (FaultKind::Refused, reason),
+                    },
+                },
+            };
+            let found = UnusableGeneration {
+                generation: gen,
+                kind,
+                reason,
+            };
+            match kind {
+                FaultKind::Corrupt => tracing::error!(
+                    processor = name,
+                    generation = gen,
+                    fault = kind.as_str(),
+                    "checkpoint generation {gen} of processor {name:?} is corrupt: {}",
+                    found.reason
+                ),
+                FaultKind::Refused => tracing::error!(
+                    processor = name,
+                    generation = gen,
+                    fault = kind.as_str(),
+                    "checkpoint generation {gen} of processor {name:?} was refused by the processor: {}; trying an older one",
+                    found.reason
+                ),
+            }
+            unusable.push(found);
+        }
+        return Err(CheckpointError::Unusable {
+            processor: name.to_string(),
+            unusable,
+        }
+        .into());
+    }
+    Err(CheckpointError::Unstable {
+        processor: name.to_string(),
+        restarts: MAX_READ_RESTARTS,
+    }
+    .into())
+}
+
 /// Read the current checkpoint, verified; if it is corrupt, the newest
 /// intact kept generation (see [`Checkpoint::corrupt_generations`]).
 /// `None` when the processor has no checkpoint.
@@ -711,68 +1091,113 @@ pub fn read_current_with(
     policy: &RetryPolicy,
     name: &str,
 ) -> Result<Option<Checkpoint>, CheckpointError> {
-    'restart: for _ in 0..MAX_READ_RESTARTS {
-        // The pointer and the kept generations' metadata, one snapshot.
-        let candidates = run(store, policy, |txn| {
-            let Some(pointer) = read_pointer(txn, name)? else {
-                return Ok(None);
-            };
-            let mut candidates = Vec::new();
-            for gen in pointer.kept() {
-                let meta = match txn.get(&meta_key(name, gen))? {
-                    None => Err("its metadata is missing".to_string()),
-                    Some(value) => parse_meta(&value, gen),
-                };
-                candidates.push((gen, meta));
-            }
-            Ok(Some(candidates))
-        })?;
-        let Some(candidates) = candidates else {
-            return Ok(None);
-        };
+    let accept_any = |_: &CheckpointMeta, state| Ok::<_, RestoreFailure<Infallible>>(state);
+    match restore_newest(store, policy, name, accept_any) {
+        Ok(restored) => Ok(restored.map(|r| Checkpoint {
+            meta: r.meta,
+            state: r.value,
+            corrupt_generations: r.unusable.iter().map(|u| u.generation).collect(),
+        })),
+        // Nothing but corruption can make this reader skip a generation.
+        Err(RestoreError::Checkpoint(CheckpointError::Unusable {
+            processor,
+            unusable,
+        })) => Err(CheckpointError::Corrupt {
+            processor,
+            corrupt_generations: unusable.iter().map(|u| u.generation).collect(),
+        }),
+        Err(RestoreError::Checkpoint(error)) => Err(error),
+        Err(RestoreError::Failed(never)) => match never {},
+    }
+}
 
-        let mut corrupt_generations = Vec::new();
-        for (gen, meta) in candidates {
-            let outcome = match meta {
-                Ok(meta) => read_state(store, policy, name, &meta).map(|state| (meta, state)),
-                Err(reason) => Err(ReadFailure::Corrupt(reason)),
-            };
-            match outcome {
-                Ok((meta, state)) => {
-                    if !corrupt_generations.is_empty() {
-                        tracing::error!(
-                            processor = name,
-                            generation = gen,
-                            ?corrupt_generations,
-                            "restoring from an older checkpoint generation because newer ones are corrupt"
-                        );
-                    }
-                    return Ok(Some(Checkpoint {
-                        meta,
-                        state,
-                        corrupt_generations,
-                    }));
-                }
-                Err(ReadFailure::Corrupt(reason)) => {
-                    tracing::error!(
-                        processor = name,
-                        generation = gen,
-                        "checkpoint generation {gen} of processor {name:?} is corrupt: {reason}"
-                    );
-                    corrupt_generations.push(gen);
-                }
-                Err(ReadFailure::Vanished) => continue 'restart,
-                Err(ReadFailure::Failed(error)) => return Err(error),
+// ---------------------------------------------------------------- reports
+
+/// Longest reason kept in a stored report: a guest's error message can be
+/// long, and a report is one small value.
+const MAX_REPORT_REASON_BYTES: usize = 2_000;
+
+/// A host's report that it found a kept generation unusable, stored with the
+/// generation (and collected with it) so `logstream status` can show it.
+/// Diagnostic only: nothing decides on a report; every reader verifies what
+/// it reads for itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnusableReport {
+    pub generation: u64,
+    pub fault: FaultKind,
+    pub reason: String,
+    /// The host that found it.
+    pub host_id: String,
+    /// The module whose `restore` was used (a refusal depends on the module).
+    pub module_sha256: Option<String>,
+    /// The reporting host's wall clock, for display only.
+    pub reported_at_unix_ms: u64,
+}
+
+impl UnusableReport {
+    pub fn new(found: &UnusableGeneration, host_id: &str, module_sha256: Option<&str>) -> Self {
+        let mut reason = found.reason.clone();
+        if reason.len() > MAX_REPORT_REASON_BYTES {
+            let mut end = MAX_REPORT_REASON_BYTES;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            reason.push('…');
+        }
+        UnusableReport {
+            generation: found.generation,
+            fault: found.kind,
+            reason,
+            host_id: host_id.to_string(),
+            module_sha256: module_sha256.map(str::to_string),
+            reported_at_unix_ms: unix_millis_now(),
+        }
+    }
+}
+
+/// Store `report` with its generation, if the pointer still keeps that
+/// generation (so no key is left under a collected one); whether it was
+/// stored. Not fenced: any host that finds a generation unusable may say so,
+/// and a report changes no state, offsets or marks. The latest report of a
+/// generation wins.
+pub fn report_unusable(
+    store: &dyn KvStore,
+    name: &str,
+    report: &UnusableReport,
+) -> Result<bool, CheckpointError> {
+    let value = serde_json::to_vec(report).expect("a report serialises");
+    run(store, &RetryPolicy::default(), |txn| {
+        let kept = read_pointer(txn, name)?
+            .is_some_and(|pointer| pointer.kept().any(|gen| gen == report.generation));
+        if kept {
+            txn.set(&report_key(name, report.generation), &value)?;
+        }
+        Ok(kept)
+    })
+}
+
+/// The stored reports of the kept generations, newest generation first. A
+/// report that does not parse is left out (it is diagnostic only).
+pub fn read_unusable_reports(
+    store: &dyn KvStore,
+    name: &str,
+) -> Result<Vec<UnusableReport>, CheckpointError> {
+    run(store, &RetryPolicy::default(), |txn| {
+        let Some(pointer) = read_pointer(txn, name)? else {
+            return Ok(Vec::new());
+        };
+        let mut reports = Vec::new();
+        for gen in pointer.kept() {
+            if let Some(value) = txn.get(&report_key(name, gen))? {
+                reports.extend(
+                    serde_json::from_slice::<UnusableReport>(&value)
+                        .ok()
+                        .filter(|r| r.generation == gen),
+                );
             }
         }
-        return Err(CheckpointError::Corrupt {
-            processor: name.to_string(),
-            corrupt_generations,
-        });
-    }
-    Err(CheckpointError::Unstable {
-        processor: name.to_string(),
-        restarts: MAX_READ_RESTARTS,
+        Ok(reports)
     })
 }
 
@@ -879,7 +1304,23 @@ pub(crate) mod tests {
         }
 
         pub(crate) fn flaky(flaky_every: u64) -> Self {
-            let dir = tempfile::tempdir().unwrap();
+            Self::in_dir(flaky_every, tempfile::tempdir().unwrap())
+        }
+
+        /// A store on a RAM file system when there is one: the fuzz
+        /// properties open thousands of stores, and on a disk their
+        /// creation and checkpoints are mostly waiting for the disk.
+        pub(crate) fn in_ram() -> Self {
+            let ram = std::path::Path::new("/dev/shm");
+            let dir = if ram.is_dir() {
+                tempfile::tempdir_in(ram).unwrap()
+            } else {
+                tempfile::tempdir().unwrap()
+            };
+            Self::in_dir(0, dir)
+        }
+
+        fn in_dir(flaky_every: u64, dir: tempfile::TempDir) -> Self {
             let inner = SqliteStore::open(dir.path().join("store.db")).unwrap();
             TestStore {
                 inner,
@@ -1398,6 +1839,483 @@ pub(crate) mod tests {
         assert_eq!(read_leader_epoch(&mut *txn, "q").unwrap(), None);
     }
 
+    /// Restore with a callback that refuses the states in `refused`.
+    fn restore_refusing(
+        store: &TestStore,
+        refused: &[Vec<u8>],
+    ) -> Result<Option<Restored<Vec<u8>>>, RestoreError<String>> {
+        restore_newest(store, &RetryPolicy::default(), "p", |_, state| {
+            if refused.contains(&state) {
+                Err(RestoreFailure::Refused("incompatible state".to_string()))
+            } else {
+                Ok(state)
+            }
+        })
+    }
+
+    fn write_at(store: &TestStore, fence: &Fence, state: &[u8], offset: i64) -> CheckpointMeta {
+        let marks = BTreeMap::from([("out".to_string(), (offset * 10).to_string())]);
+        write_checkpoint(store, fence, state, 1, BTreeMap::from([(0, offset)]), marks).unwrap()
+    }
+
+    #[test]
+    fn a_refused_state_falls_back_to_the_previous_generation_with_its_own_position() {
+        let store = TestStore::new();
+        set_leader(&store, "p", 1);
+        let fence = Fence::new("p", 1);
+        let old = write_at(&store, &fence, b"old", 100);
+        let new = write_at(&store, &fence, b"new", 200);
+
+        let (restored, log) = capture_logs(|| {
+            restore_refusing(&store, &[b"new".to_vec()])
+                .unwrap()
+                .unwrap()
+        });
+        assert_eq!(restored.value, b"old");
+        // The older generation's own offsets and marks come with its state.
+        assert_eq!(restored.meta, old);
+        assert_eq!(restored.meta.offsets[&0], 100);
+        assert_eq!(
+            restored.unusable,
+            vec![UnusableGeneration {
+                generation: new.generation,
+                kind: FaultKind::Refused,
+                reason: "incompatible state".to_string(),
+            }]
+        );
+        let expected = format!(
+            "ERROR checkpoint generation {} of processor \"p\" was refused by the processor: incompatible state; trying an older one",
+            new.generation
+        );
+        assert!(log.contains(&expected), "{log}");
+        // Nothing refused: the current generation, nothing skipped.
+        let restored = restore_refusing(&store, &[]).unwrap().unwrap();
+        assert_eq!((restored.meta, restored.unusable), (new, Vec::new()));
+    }
+
+    #[test]
+    fn no_usable_generation_is_an_error_naming_each_and_why() {
+        let store = TestStore::new();
+        set_leader(&store, "p", 1);
+        let fence = Fence::new("p", 1);
+        let first = write(&store, &fence, b"a");
+        let second = write(&store, &fence, b"b");
+        store.raw(|txn| {
+            txn.set(&chunk_key("p", second.generation, 0), b"x")
+                .unwrap()
+        });
+        let error = match restore_refusing(&store, &[b"a".to_vec()]) {
+            Err(RestoreError::Checkpoint(error)) => error,
+            other => panic!("expected a checkpoint error, got {:?}", other.map(|_| ())),
+        };
+        let CheckpointError::Unusable { unusable, .. } = &error else {
+            panic!("expected Unusable, got {error:?}");
+        };
+        assert_eq!(
+            unusable
+                .iter()
+                .map(|u| (u.generation, u.kind))
+                .collect::<Vec<_>>(),
+            vec![
+                (second.generation, FaultKind::Corrupt),
+                (first.generation, FaultKind::Refused)
+            ]
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!(
+                "generation {} is corrupt: its sha256",
+                second.generation
+            )) && message.contains(&format!(
+                "generation {} was refused by the processor: incompatible state",
+                first.generation
+            )),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_failure_that_is_not_the_states_stops_without_falling_back() {
+        let store = TestStore::new();
+        set_leader(&store, "p", 1);
+        let fence = Fence::new("p", 1);
+        write(&store, &fence, b"a");
+        write(&store, &fence, b"b");
+        let mut calls = 0;
+        let result = restore_newest(&store, &RetryPolicy::default(), "p", |_, _| {
+            calls += 1;
+            Err::<(), _>(RestoreFailure::Failed("the module does not instantiate"))
+        });
+        assert!(matches!(
+            result,
+            Err(RestoreError::Failed("the module does not instantiate"))
+        ));
+        assert_eq!(calls, 1, "no older generation is tried");
+    }
+
+    #[test]
+    fn the_candidate_skips_known_unusable_and_broken_metadata() {
+        let store = TestStore::new();
+        set_leader(&store, "p", 1);
+        let fence = Fence::new("p", 1);
+        let first = write(&store, &fence, b"a");
+        let second = write(&store, &fence, b"b");
+        let third = write(&store, &fence, b"c");
+        store.raw(|txn| txn.set(&meta_key("p", third.generation), b"{").unwrap());
+        let kept = read_kept(&store, "p").unwrap();
+        assert_eq!(
+            kept.iter().map(|k| k.generation).collect::<Vec<_>>(),
+            vec![third.generation, second.generation, first.generation]
+        );
+        assert!(kept[0].meta.is_err());
+        assert_eq!(newest_candidate(&kept, |_| false), Some(&second));
+        assert_eq!(
+            newest_candidate(&kept, |g| g == second.generation),
+            Some(&first)
+        );
+        assert_eq!(newest_candidate(&kept, |_| true), None);
+        assert!(read_kept(&TestStore::new(), "p").unwrap().is_empty());
+    }
+
+    #[test]
+    fn reports_live_with_kept_generations_and_are_collected_with_them() {
+        let store = TestStore::new();
+        set_leader(&store, "p", 1);
+        let fence = Fence::new("p", 1);
+        let first = write(&store, &fence, b"a");
+        let found = UnusableGeneration {
+            generation: first.generation,
+            kind: FaultKind::Refused,
+            reason: "é".repeat(MAX_REPORT_REASON_BYTES),
+        };
+        let report = UnusableReport::new(&found, "b", Some("abc"));
+        assert!(report.reason.len() <= MAX_REPORT_REASON_BYTES + '…'.len_utf8());
+        assert!(report_unusable(&store, "p", &report).unwrap());
+        assert_eq!(
+            read_unusable_reports(&store, "p").unwrap(),
+            vec![report.clone()]
+        );
+        // The report key never reads as a chunk, nor disturbs the state.
+        assert_eq!(read_current(&store, "p").unwrap().unwrap().state, b"a");
+
+        // Not kept any more: collected with its generation, never re-created.
+        for state in [b"b", b"c", b"d"] {
+            write(&store, &fence, state);
+        }
+        assert!(!stored_generations(&store, "p")
+            .unwrap()
+            .contains(&first.generation));
+        assert!(read_unusable_reports(&store, "p").unwrap().is_empty());
+        assert!(!report_unusable(&store, "p", &report).unwrap());
+        assert!(!stored_generations(&store, "p")
+            .unwrap()
+            .contains(&first.generation));
+    }
+
+    #[test]
+    fn a_changed_offset_in_the_metadata_is_detected() {
+        let store = TestStore::new();
+        set_leader(&store, "p", 1);
+        let fence = Fence::new("p", 1);
+        let old = write_at(&store, &fence, b"old", 100);
+        let new = write_at(&store, &fence, b"new", 200);
+        // One digit: the state's sha256 still matches, only the position is
+        // wrong — which would silently skip 100 records.
+        store.raw(|txn| {
+            let key = meta_key("p", new.generation);
+            let text = String::from_utf8(txn.get(&key).unwrap().unwrap()).unwrap();
+            assert!(text.contains(r#""offsets":{"0":200}"#), "{text}");
+            let damaged = text.replace(r#""offsets":{"0":200}"#, r#""offsets":{"0":300}"#);
+            txn.set(&key, damaged.as_bytes()).unwrap();
+        });
+        let checkpoint = read_current(&store, "p").unwrap().unwrap();
+        assert_eq!(checkpoint.meta, old);
+        assert_eq!(checkpoint.corrupt_generations, vec![new.generation]);
+        let kept = read_kept(&store, "p").unwrap();
+        assert!(
+            kept[0]
+                .meta
+                .as_ref()
+                .unwrap_err()
+                .contains("metadata checksum"),
+            "{:?}",
+            kept[0].meta
+        );
+    }
+
+    #[test]
+    fn legacy_metadata_without_a_checksum_is_read_only_with_its_exact_members() {
+        let store = TestStore::new();
+        set_leader(&store, "p", 1);
+        let meta = write_at(&store, &Fence::new("p", 1), b"s", 5);
+        let legacy = serde_json::to_vec(&meta).unwrap();
+        assert_eq!(parse_meta(&legacy, meta.generation), Ok(meta.clone()));
+        // A damaged checksum key must not pass for legacy metadata.
+        let renamed = String::from_utf8(encode_meta(&meta))
+            .unwrap()
+            .replace("meta_sha256", "meta_sha25x");
+        let error = parse_meta(renamed.as_bytes(), meta.generation).unwrap_err();
+        assert!(error.contains("unknown member \"meta_sha25x\""), "{error}");
+        // A newer writer's extra member is fine when the checksum covers it.
+        let mut members: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&serde_json::to_vec(&meta).unwrap()).unwrap();
+        members.insert(
+            "added_later".into(),
+            serde_json::json!([1, {"b": 2, "a": 1}]),
+        );
+        members.insert(META_CHECKSUM_KEY.into(), meta_checksum(&members).into());
+        let newer = serde_json::to_vec(&members).unwrap();
+        assert_eq!(parse_meta(&newer, meta.generation), Ok(meta));
+    }
+
+    /// Fuzzing the decoders of stored bytes (issue 6): metadata, the current
+    /// pointer, the generation counter, the leader epoch, reports, and chunk
+    /// assembly with its integrity check. Properties: never a panic, and
+    /// damaged bytes are an error or a fallback to another generation read
+    /// back exactly — never a silently different state or position.
+    ///
+    /// Cases per property: `PROPTEST_CASES` (proptest's default config reads
+    /// it; 256 when unset), e.g.
+    /// `PROPTEST_CASES=100000 cargo test -p logstream-host --release --lib store::checkpoint::tests::fuzz`.
+    mod fuzz {
+        use super::*;
+
+        /// A way to damage stored bytes; positions are taken modulo the length.
+        #[derive(Debug, Clone)]
+        enum Damage {
+            Flip { at: usize, bit: u8 },
+            Set { at: usize, byte: u8 },
+            Truncate { at: usize },
+            Insert { at: usize, byte: u8 },
+            Delete { at: usize },
+            Replace(Vec<u8>),
+        }
+
+        fn damage() -> impl Strategy<Value = Damage> {
+            prop_oneof![
+                (any::<usize>(), 0u8..8).prop_map(|(at, bit)| Damage::Flip { at, bit }),
+                (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Damage::Set { at, byte }),
+                any::<usize>().prop_map(|at| Damage::Truncate { at }),
+                (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Damage::Insert { at, byte }),
+                any::<usize>().prop_map(|at| Damage::Delete { at }),
+                proptest::collection::vec(any::<u8>(), 0..64).prop_map(Damage::Replace),
+            ]
+        }
+
+        fn apply(bytes: &[u8], damage: &Damage) -> Vec<u8> {
+            let mut out = bytes.to_vec();
+            let len = out.len();
+            match *damage {
+                Damage::Flip { at, bit } if len > 0 => out[at % len] ^= 1 << bit,
+                Damage::Set { at, byte } if len > 0 => out[at % len] = byte,
+                Damage::Truncate { at } => out.truncate(at % (len + 1)),
+                Damage::Insert { at, byte } => out.insert(at % (len + 1), byte),
+                Damage::Delete { at } if len > 0 => {
+                    out.remove(at % len);
+                }
+                Damage::Replace(ref bytes) => out = bytes.clone(),
+                _ => {}
+            }
+            out
+        }
+
+        fn meta() -> impl Strategy<Value = CheckpointMeta> {
+            (
+                (any::<u64>(), any::<u64>(), any::<u32>(), any::<u64>()),
+                1u64..=MAX_VALUE_BYTES as u64,
+                any::<[u8; 32]>(),
+                proptest::collection::btree_map(any::<i32>(), any::<i64>(), 0..4),
+                proptest::collection::btree_map(".{0,12}", ".{0,12}", 0..4),
+                any::<u64>(),
+            )
+                .prop_map(
+                    |(
+                        (generation, epoch, state_version, size_bytes),
+                        chunk_bytes,
+                        digest,
+                        offsets,
+                        marks,
+                        created,
+                    )| {
+                        CheckpointMeta {
+                            generation,
+                            epoch,
+                            state_version,
+                            size_bytes,
+                            chunk_bytes,
+                            chunk_count: size_bytes.div_ceil(chunk_bytes),
+                            sha256: hex::encode(digest),
+                            offsets,
+                            marks,
+                            created_at_unix_ms: created,
+                        }
+                    },
+                )
+        }
+
+        proptest! {
+            #[test]
+            fn metadata_decoder_never_panics_and_checks_what_it_accepts(
+                bytes in proptest::collection::vec(any::<u8>(), 0..600),
+                gen in any::<u64>(),
+            ) {
+                if let Ok(meta) = parse_meta(&bytes, gen) {
+                    prop_assert_eq!(meta.generation, gen);
+                    prop_assert!(meta.chunk_bytes > 0);
+                    prop_assert_eq!(meta.chunk_count, meta.size_bytes.div_ceil(meta.chunk_bytes));
+                }
+            }
+
+            #[test]
+            fn damaged_metadata_is_refused_or_reads_unchanged(
+                meta in meta(),
+                damages in proptest::collection::vec(damage(), 1..4),
+            ) {
+                let stored = encode_meta(&meta);
+                prop_assert_eq!(parse_meta(&stored, meta.generation), Ok(meta.clone()));
+                let damaged = damages.iter().fold(stored, |bytes, d| apply(&bytes, d));
+                if let Ok(read) = parse_meta(&damaged, meta.generation) {
+                    prop_assert_eq!(read, meta);
+                }
+            }
+
+            #[test]
+            fn report_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+                let store = TestStore::in_ram();
+                set_leader(&store, "p", 1);
+                let meta = write(&store, &Fence::new("p", 1), b"s");
+                store.raw(|txn| txn.set(&report_key("p", meta.generation), &bytes).unwrap());
+                for report in read_unusable_reports(&store, "p").unwrap() {
+                    prop_assert_eq!(report.generation, meta.generation);
+                }
+            }
+
+            /// Damage to any stored key of a processor's checkpoints — the
+            /// pointer, the counter, metadata, chunks, or an extra chunk —
+            /// yields the exact state, metadata and position of *some*
+            /// written generation, or an error; a write afterwards is
+            /// refused or lands as a readable generation.
+            #[test]
+            fn damaged_checkpoints_read_back_exactly_or_fail(
+                sizes in proptest::collection::vec(0usize..(2 * CHUNK_BYTES + 3), 1..=3),
+                seed in any::<u64>(),
+                target in any::<usize>(),
+                damage in damage(),
+            ) {
+                let store = TestStore::in_ram();
+                set_leader(&store, "p", 1);
+                let fence = Fence::new("p", 1);
+                let mut written = BTreeMap::new();
+                for (i, size) in sizes.iter().enumerate() {
+                    let state = random_bytes(*size, seed.wrapping_add(i as u64));
+                    let meta = write_at(&store, &fence, &state, 10 * (i as i64 + 1));
+                    written.insert(meta.generation, (meta, state));
+                }
+                // Every key of the checkpoints, plus one chunk past the end of
+                // the newest generation (bytes that must be ignored).
+                let (newest, (newest_meta, _)) = written.last_key_value().unwrap();
+                let mut keys: Vec<Vec<u8>> = store
+                    .dump()
+                    .into_iter()
+                    .map(|(key, _)| key)
+                    .filter(|key| key.starts_with(keys::checkpoints("p").bytes()))
+                    .collect();
+                keys.push(chunk_key("p", *newest, newest_meta.chunk_count));
+                let key = keys[target % keys.len()].clone();
+                store.raw(|txn| {
+                    let before = txn.get(&key).unwrap().unwrap_or_default();
+                    let after = apply(&before, &damage);
+                    if matches!(damage, Damage::Truncate { at } if at % 3 == 0) {
+                        txn.clear(&key).unwrap();
+                    } else {
+                        txn.set(&key, &after).unwrap();
+                    }
+                });
+
+                match read_current(&store, "p") {
+                    Ok(Some(read)) => {
+                        let (meta, state) = &written[&read.meta.generation];
+                        prop_assert_eq!(&read.meta, meta);
+                        prop_assert!(&read.state == state, "a different state was read back");
+                    }
+                    Ok(None) => prop_assert!(false, "the checkpoints vanished"),
+                    Err(error) => prop_assert!(
+                        matches!(error, CheckpointError::Corrupt { .. } | CheckpointError::BadRecord { .. }),
+                        "{error:?}"
+                    ),
+                }
+                if let Ok(meta) = write_checkpoint(&store, &fence, b"after", 1, BTreeMap::new(), BTreeMap::new()) {
+                    let read = read_current(&store, "p").unwrap().unwrap();
+                    prop_assert_eq!(read.meta, meta);
+                    prop_assert_eq!(read.state, b"after".to_vec());
+                }
+            }
+
+            /// A refusing processor over random generations: the newest not
+            /// refused is restored with its own metadata, the refused newer
+            /// ones are listed in order.
+            #[test]
+            fn restore_uses_the_newest_state_not_refused(
+                count in 1usize..=KEEP_GENERATIONS,
+                refused_mask in any::<u8>(),
+            ) {
+                let store = TestStore::in_ram();
+                set_leader(&store, "p", 1);
+                let fence = Fence::new("p", 1);
+                let metas: Vec<CheckpointMeta> = (0..count)
+                    .map(|i| write_at(&store, &fence, format!("state-{i}").as_bytes(), i as i64))
+                    .collect();
+                let refused: Vec<Vec<u8>> = (0..count)
+                    .filter(|i| refused_mask & (1 << i) != 0)
+                    .map(|i| format!("state-{i}").into_bytes())
+                    .collect();
+                let newest_ok = (0..count).rev().find(|i| refused_mask & (1 << i) == 0);
+                match (restore_refusing(&store, &refused), newest_ok) {
+                    (Ok(Some(restored)), Some(i)) => {
+                        prop_assert_eq!(&restored.meta, &metas[i]);
+                        prop_assert_eq!(restored.value, format!("state-{i}").into_bytes());
+                        let skipped: Vec<u64> = restored.unusable.iter().map(|u| u.generation).collect();
+                        let expected: Vec<u64> = metas[i + 1..].iter().rev().map(|m| m.generation).collect();
+                        prop_assert_eq!(skipped, expected);
+                    }
+                    (Err(RestoreError::Checkpoint(CheckpointError::Unusable { unusable, .. })), None) => {
+                        prop_assert_eq!(unusable.len(), count);
+                    }
+                    (other, expected) => prop_assert!(
+                        false,
+                        "restored {:?}, expected state {expected:?}",
+                        other.map(|r| r.map(|r| r.meta.generation)).map_err(|e| e.to_string())
+                    ),
+                }
+            }
+
+            #[test]
+            fn counter_and_leader_decoders_never_panic(
+                counter in proptest::collection::vec(any::<u8>(), 0..12),
+                leader in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let store = TestStore::in_ram();
+                set_leader(&store, "p", 1);
+                let fence = Fence::new("p", 1);
+                let first = write(&store, &fence, b"s");
+                store.raw(|txn| txn.set(&next_generation_key("p"), &counter).unwrap());
+                match allocate_generation(&store, &RetryPolicy::default(), &fence) {
+                    Ok(gen) => {
+                        prop_assert_eq!(counter.len(), 8);
+                        prop_assert!(gen > first.generation);
+                    }
+                    Err(error) => prop_assert!(
+                        counter.len() != 8 && matches!(error, CheckpointError::BadRecord { .. }),
+                        "{error:?}"
+                    ),
+                }
+                store.raw(|txn| txn.set(&keys::leader("p"), &leader).unwrap());
+                let mut txn = store.inner.begin().unwrap();
+                let _ = read_leader_epoch(&mut *txn, "p");
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(12))]
 
@@ -1409,7 +2327,7 @@ pub(crate) mod tests {
             seed in any::<u64>(),
         ) {
             let len = (chunks as i64 * CHUNK_BYTES as i64 + delta).max(0) as usize;
-            let store = TestStore::new();
+            let store = TestStore::in_ram();
             set_leader(&store, "p", 1);
             let state = random_bytes(len, seed);
             let meta = write(&store, &Fence::new("p", 1), &state);

@@ -21,6 +21,26 @@ pub const PROCESSOR_EXPORT: &str = "logstream:processor/processor@0.1.0";
 /// The name of the logging interface the host provides.
 pub const HOST_LOG_IMPORT: &str = "logstream:processor/host-log@0.1.0";
 
+/// A processor's own error in one sentence (the generated `Display` of
+/// [`ProcessorError`] is its debug form, e.g.
+/// `ProcessorError::IncompatibleState(IncompatibleState { .. })`).
+pub fn describe_processor_error(error: &ProcessorError) -> String {
+    match error {
+        ProcessorError::InvalidConfig(reason) => format!("invalid configuration: {reason}"),
+        ProcessorError::IncompatibleState(state) => {
+            let found = match state.found {
+                Some(version) => format!("the snapshot has state version {version}"),
+                None => "the snapshot's state version is unreadable".to_string(),
+            };
+            format!(
+                "incompatible state ({found}, this module reads state version {}): {}",
+                state.expected, state.reason
+            )
+        }
+        ProcessorError::Failed(reason) => reason.clone(),
+    }
+}
+
 impl OutputRecord {
     /// Bytes this output occupies in topic, key, value and headers.
     pub fn payload_bytes(&self) -> usize {

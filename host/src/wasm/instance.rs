@@ -33,7 +33,7 @@ pub enum GuestError {
     OutputTooLarge { bytes: usize, limit: usize },
     #[error("the instance is dead after an earlier failure")]
     Dead,
-    #[error("the processor returned an error: {0}")]
+    #[error("the processor returned an error: {}", super::bindings::describe_processor_error(.0))]
     Returned(ProcessorError),
 }
 
