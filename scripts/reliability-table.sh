@@ -41,7 +41,7 @@ done
     echo "- *Checkpoint faults* (checkpoint_faults): corrupt or unrestorable"
     echo "  checkpoint generations met at a takeover, and incompatible state versions."
     echo
-    echo "Run $(date -u +%Y-%m-%d) on $(nproc) vCPUs, PIPELINE_KILLS=${PIPELINE_KILLS:-5};"
+    echo "Run $(date -u +%Y-%m-%d) on $(nproc) vCPUs, PIPELINE_KILLS=${PIPELINE_KILLS:-20};"
     echo "test exit status $status. A row whose outcome is not \"identical\" is a"
     echo "bug the suite found; its test is quarantined from CI (\`#[ignore]\`) until fixed."
     echo
