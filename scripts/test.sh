@@ -7,3 +7,10 @@ scripts/build-plugins.sh
 # Default targets: libraries, binaries, integration and doc tests. The
 # benchmarks (harness = false) are compiled by clippy in CI, not run here.
 cargo test --workspace "$@"
+# The decoders of untrusted bytes (record batches from the host, stored
+# checkpoints) fuzzed at a larger case count than the default 256, bounded
+# to about a minute on 2 cores; `FUZZ_CASES` scales it.
+cases=${FUZZ_CASES:-10000}
+PROPTEST_CASES=$((cases * 2)) cargo test -p logstream-sdk --lib fuzz
+PROPTEST_CASES=$cases cargo test -p logstream-host --lib store::checkpoint::tests::fuzz
+PROPTEST_CASES=$cases cargo test -p logstream-host --lib pipeline::record_batch
