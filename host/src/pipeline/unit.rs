@@ -48,6 +48,10 @@ use crate::wasm::{ProcessedBatch, ProcessorModule, RecoveryPolicy, SupervisedPro
 
 /// Header of a dead letter carrying the reason.
 pub const ERROR_HEADER: &str = "logstream-error";
+/// Longest reason a dead letter carries, in bytes: a processor's rejection
+/// reason is its own string, and an unbounded one could make the dead
+/// letter too large for the broker (the partition would stop there).
+pub const MAX_DEAD_LETTER_REASON_BYTES: usize = 4096;
 /// How many times per heartbeat a passive unit reads the leader record:
 /// the delay between a graceful release and the claim is at most
 /// heartbeat / this. (Expiry is judged on elapsed time, not on the number
@@ -449,7 +453,7 @@ impl Unit {
             let mut headers = source.headers.clone();
             headers.push(Header {
                 key: ERROR_HEADER.to_string(),
-                value: reason.into_bytes(),
+                value: bounded_reason(reason).into_bytes(),
             });
             active.links.producer.send(&Outgoing {
                 topic: &dlq,
@@ -777,6 +781,19 @@ impl Unit {
     }
 }
 
+/// `reason` cut to [`MAX_DEAD_LETTER_REASON_BYTES`] (at a character
+/// boundary, saying how much was cut).
+fn bounded_reason(reason: String) -> String {
+    if reason.len() <= MAX_DEAD_LETTER_REASON_BYTES {
+        return reason;
+    }
+    let mut end = MAX_DEAD_LETTER_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes cut)", &reason[..end], reason.len() - end)
+}
+
 /// One election round for `unit`, logging role changes. Returns the epoch
 /// an operator asked to step down from when it is the one this contender
 /// holds.
@@ -822,5 +839,26 @@ fn log_event(unit: &str, event: Option<ElectionEvent>) {
             tracing::info!("unit {unit}: stepped down from epoch {epoch}")
         }
         None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_reason_is_cut_at_a_character_boundary() {
+        assert_eq!(bounded_reason("short".into()), "short");
+        let long = "é".repeat(MAX_DEAD_LETTER_REASON_BYTES);
+        let cut = bounded_reason(long.clone());
+        assert!(
+            cut.len() < MAX_DEAD_LETTER_REASON_BYTES + 40,
+            "{}",
+            cut.len()
+        );
+        assert!(cut.ends_with(&format!(
+            "… ({} bytes cut)",
+            long.len() - MAX_DEAD_LETTER_REASON_BYTES
+        )));
     }
 }

@@ -16,7 +16,7 @@ use wasmtime::{Store, Trap};
 
 use super::bindings::{BatchResult, LogProcessor, LogProcessorPre, ProcessorError};
 use super::engine::WasmEngine;
-use super::limits::InstanceLimits;
+use super::limits::{InstanceLimits, MAX_OUTPUT_RECORD_BYTES};
 use super::sandbox::{MemoryLimitExceeded, SandboxState};
 use crate::record::{pack_batch, LogRecord};
 
@@ -158,7 +158,7 @@ impl ProcessorInstance {
             b.logstream_processor_processor()
                 .call_process_batch(s, &batch)
         })?;
-        check_input_indices(&result, records.len())
+        check_batch_result(&result, records.len())
             .map_err(|e| GuestError::Returned(ProcessorError::Failed(e)))?;
         Ok(result)
     }
@@ -179,8 +179,20 @@ impl ProcessorInstance {
 
 /// Every output and rejection must name a record of the batch: the host
 /// derives ids and dead letters from that index, so a garbage one is the
-/// guest's failure, not a panic of the host.
-fn check_input_indices(result: &BatchResult, records: usize) -> Result<(), String> {
+/// guest's failure, not a panic of the host. And every output must fit in
+/// one Kafka record ([`MAX_OUTPUT_RECORD_BYTES`]).
+fn check_batch_result(result: &BatchResult, records: usize) -> Result<(), String> {
+    if let Some(output) = result
+        .outputs
+        .iter()
+        .find(|o| o.payload_bytes() > MAX_OUTPUT_RECORD_BYTES)
+    {
+        return Err(format!(
+            "the processor returned an output record of {} bytes for record {}, more than the limit of {MAX_OUTPUT_RECORD_BYTES} bytes per record",
+            output.payload_bytes(),
+            output.input_index
+        ));
+    }
     let indices = result
         .outputs
         .iter()
@@ -257,7 +269,7 @@ mod tests {
                 reason: "no".into(),
             }],
         };
-        assert_eq!(check_input_indices(&result, 3), Ok(()));
+        assert_eq!(check_batch_result(&result, 3), Ok(()));
     }
 
     #[test]
@@ -267,7 +279,7 @@ mod tests {
             rejections: Vec::new(),
         };
         assert_eq!(
-            check_input_indices(&result, 3),
+            check_batch_result(&result, 3),
             Err("the processor returned a result for record 3 of a 3-record batch".into())
         );
         let rejected = BatchResult {
@@ -277,6 +289,29 @@ mod tests {
                 reason: "no".into(),
             }],
         };
-        assert!(check_input_indices(&rejected, 3).is_err());
+        assert!(check_batch_result(&rejected, 3).is_err());
+    }
+
+    #[test]
+    fn an_output_record_over_the_kafka_limit_is_the_guests_failure() {
+        let mut big = output(1);
+        big.value = vec![0; MAX_OUTPUT_RECORD_BYTES];
+        big.key = Some(b"k".to_vec());
+        let result = BatchResult {
+            outputs: vec![output(0), big],
+            rejections: Vec::new(),
+        };
+        let error = check_batch_result(&result, 2).unwrap_err();
+        assert!(
+            error.contains("output record of 1000001 bytes for record 1"),
+            "{error}"
+        );
+        let mut at_limit = output(0);
+        at_limit.value = vec![0; MAX_OUTPUT_RECORD_BYTES];
+        let fits = BatchResult {
+            outputs: vec![at_limit],
+            rejections: Vec::new(),
+        };
+        assert_eq!(check_batch_result(&fits, 1), Ok(()));
     }
 }

@@ -12,6 +12,13 @@ pub const DEFAULT_MEMORY_LIMIT_BYTES: usize = 256 << 20;
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default limit on the total payload of what one call returns: 64 MiB.
 pub const DEFAULT_MAX_OUTPUT_BYTES_PER_CALL: usize = 64 << 20;
+/// Largest output record (topic, key, value and headers) a processor may
+/// return: 1,000,000 bytes, librdkafka's default `message.max.bytes` and
+/// under Kafka's default 1,048,588-byte record batch. A larger record would
+/// be refused by the broker, and its partition could not move past it; so
+/// it is the processor's failure (retried, then dead-lettered), the same in
+/// `run-local` and in a host.
+pub const MAX_OUTPUT_RECORD_BYTES: usize = 1_000_000;
 /// Default number of instances that may be live at once in one engine.
 pub const DEFAULT_MAX_INSTANCES: u32 = 64;
 /// Granularity of the time limit: the engine's epoch advances this often.
