@@ -561,7 +561,7 @@ impl Unit {
         let suppressed = links.fence_and_read_back()?;
         links.start_leading()?;
         tracing::info!(
-            "unit {}: takeover phases: restore {:?} (generation {generation:?}), read-back and seek {:?} ({} outputs to suppress, connections {}), next offset {:?}",
+            "unit {}: takeover phases: restore {:?} (generation {generation:?}), fence, read-back and seek {:?} ({} outputs to suppress, connections {}), next offset {:?}",
             self.name,
             restored_in,
             seek_started.elapsed(),
