@@ -6,7 +6,7 @@
 //! - [`fenced`]: the unit's output producer, fenced at the broker by the
 //!   unit's epoch ([`wire`]: the protocol connection it speaks over,
 //!   [`record_batch`]: the batches it sends);
-//! - [`unit`]: one processor on one input partition: lead, checkpoint,
+//! - [`unit`](mod@unit): one processor on one input partition: lead, checkpoint,
 //!   hot standby, takeover with output suppression;
 //! - [`node`]: a host: membership, registry polling, one thread per unit.
 
