@@ -427,7 +427,7 @@ fn meta_checksum(members: &serde_json::Map<String, serde_json::Value>) -> String
 }
 
 /// The stored form of a generation's metadata: its JSON object with a
-/// checksum of its other members ([`META_CHECKSUM_KEY`]). Public for tools
+/// checksum of its other members (`meta_sha256`). Public for tools
 /// and fault-injection tests that write a generation by hand.
 pub fn encode_meta(meta: &CheckpointMeta) -> Vec<u8> {
     let serde_json::Value::Object(mut members) =
