@@ -57,6 +57,9 @@ pub const MAX_DEAD_LETTER_REASON_BYTES: usize = 4096;
 /// heartbeat / this. (Expiry is judged on elapsed time, not on the number
 /// of observations, so this does not shorten the lease.)
 const PASSIVE_OBSERVATIONS_PER_HEARTBEAT: u32 = 4;
+/// Pause before reading the input again after a failed read (the broker
+/// unreachable, say), while leading.
+const INPUT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// How often a passive unit checks whether it became the leader (it follows
 /// the output tail meanwhile).
 const STANDBY_POLL: Duration = Duration::from_millis(5);
@@ -94,6 +97,8 @@ struct Active {
     last_checkpoint: Instant,
     took_over_at: Instant,
     first_output_logged: bool,
+    /// Since when reading the input fails (`None`: it does not).
+    input_failing_since: Option<Instant>,
 }
 
 struct Standby {
@@ -282,12 +287,39 @@ impl Unit {
             Duration::ZERO
         };
         let poll_started = Instant::now();
-        let mut records = active.links.input.poll_batch(
+        let polled = active.links.input.poll_batch(
             batch_settings.max_records as usize,
             batch_settings.max_bytes as usize,
             wait,
             linger,
-        )?;
+        );
+        // Nothing was taken in yet, so a failed read loses nothing: keep the
+        // state and the epoch, and read again (librdkafka reconnects by
+        // itself, e.g. while the broker restarts). Going passive would
+        // restore and replay from the checkpoint for nothing.
+        let mut records = match polled {
+            Ok(records) => {
+                if let Some(since) = active.input_failing_since.take() {
+                    tracing::info!(
+                        "unit {}: reading the input again after {:?}",
+                        self.name,
+                        since.elapsed()
+                    );
+                }
+                records
+            }
+            Err(error) => {
+                if active.input_failing_since.is_none() {
+                    active.input_failing_since = Some(Instant::now());
+                    tracing::warn!(
+                        "unit {}: reading the input failed: {error:#}; retrying every {INPUT_RETRY_BACKOFF:?} while leading",
+                        self.name
+                    );
+                }
+                std::thread::sleep(INPUT_RETRY_BACKOFF);
+                return Ok(());
+            }
+        };
         // A reader restarted at an offset delivers nothing before it; this
         // guards the exactly-once accounting should it ever do so.
         if let Some(next) = active.next_offset {
@@ -486,9 +518,26 @@ impl Unit {
         let state_version = active.processor.state_version()?;
         let outputs = active.links.outputs.clone();
         let producer = &mut active.links.producer;
-        let (_, output_high) =
-            producer.watermarks(&outputs.output_topic, outputs.output_partition)?;
-        let (_, dlq_high) = producer.watermarks(&outputs.dlq_topic, outputs.dlq_partition)?;
+        let highs = producer
+            .watermarks(&outputs.output_topic, outputs.output_partition)
+            .and_then(|(_, output)| {
+                let (_, dlq) = producer.watermarks(&outputs.dlq_topic, outputs.dlq_partition)?;
+                Ok((output, dlq))
+            });
+        let (output_high, dlq_high) = match highs {
+            Ok(highs) => highs,
+            // The broker is unreachable (restarting, say): everything is
+            // delivered, so the checkpoint can wait for the next interval;
+            // a takeover meanwhile replays a little more.
+            Err(error) => {
+                tracing::warn!(
+                    "unit {}: checkpoint postponed, the output watermarks are unreadable: {error:#}",
+                    self.name
+                );
+                active.last_checkpoint = Instant::now();
+                return Ok(());
+            }
+        };
         let marks = BTreeMap::from([
             (OUTPUT_MARK.to_string(), output_high.to_string()),
             (DLQ_MARK.to_string(), dlq_high.to_string()),
@@ -579,6 +628,7 @@ impl Unit {
             last_checkpoint: Instant::now(),
             took_over_at: started,
             first_output_logged: false,
+            input_failing_since: None,
         });
         self.admin.took_over(epoch, position.next_offset);
         Ok(())
