@@ -218,6 +218,8 @@ fn admin_endpoints_report_a_processing_host() {
     assert_eq!(figures.value("logstream_dead_letters_total"), 0.0);
     assert_eq!(figures.value("logstream_guest_failures_total"), 0.0);
     assert!(figures.value("logstream_takeovers_total") >= 1.0);
+    // One host, never paused: no batch of it was fenced off.
+    assert_eq!(figures.value("logstream_fenced_batches_total"), 0.0);
     assert_eq!(figures.value("logstream_role"), 1.0);
     assert!(figures.value("logstream_epoch") >= 1.0);
     assert!(figures.value("logstream_checkpoint_size_bytes") >= 0.0);

@@ -18,7 +18,9 @@ use common::hosts::Hosts;
 use common::reliability::Row;
 use common::verify::{self, OutputRow};
 use common::{logstream, plugin, run, stderr};
+use logstream_host::pipeline::fenced::FencedProducer;
 use logstream_host::pipeline::kafka;
+use logstream_host::pipeline::links::transactional_id;
 use logstream_host::record::LogRecord;
 use logstream_host::store::checkpoint;
 use logstream_host::store::election::read_leader;
@@ -440,6 +442,48 @@ fn a_leader_paused_past_its_lease_is_fenced_and_nothing_is_duplicated() {
     eprintln!(
         "zombie batches refused by the broker: {}",
         logs.matches("the broker refused our outputs").count()
+    );
+}
+
+/// A zombie's refused batch, made deterministic: the test fences every
+/// unit's producer epoch from outside, as a successor's takeover would,
+/// while the leaders keep their leases. Each leader's next flush is refused
+/// by the broker; it drops the batch, goes passive, takes over again (its
+/// lease is still valid) and replays it. Nothing may be lost or duplicated.
+#[test]
+fn outputs_refused_after_a_fence_are_replayed_exactly_once() {
+    let _exclusive = exclusive();
+    let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);
+    let rounds = 3;
+    let dir = transparency_run(
+        "producer epochs fenced under the leaders",
+        records,
+        |faults| {
+            for _ in 0..rounds {
+                std::thread::sleep(Duration::from_millis(400));
+                for unit in units() {
+                    let mut rival =
+                        FencedProducer::open(&faults.broker.address, &transactional_id(&unit))
+                            .unwrap();
+                    rival.fence().unwrap();
+                }
+            }
+            Injected {
+                what: format!("every unit's Kafka producer epoch fenced from outside while its leader keeps the lease, {rounds} times; {records} records"),
+                times: rounds,
+                fails_over: false,
+            }
+        },
+    );
+    let refused: usize = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .map(|log| log.matches("the broker refused our outputs").count())
+        .sum();
+    eprintln!("batches refused by the broker: {refused}");
+    assert!(
+        refused >= 1,
+        "no leader reported a batch refused after its producer was fenced"
     );
 }
 

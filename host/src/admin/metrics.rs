@@ -40,6 +40,7 @@ pub struct Metrics {
     guest_failures: IntCounterVec,
     takeovers: IntCounterVec,
     corrupt_checkpoints: IntCounterVec,
+    fenced_batches: IntCounterVec,
     batch_seconds: HistogramVec,
     checkpoint_seconds: HistogramVec,
     checkpoint_bytes: IntGaugeVec,
@@ -103,6 +104,10 @@ impl Metrics {
                 "logstream_corrupt_checkpoints_total",
                 "Distinct checkpoint generations this host found unusable for the unit (corrupt, or refused by the processor's restore) and skipped for an older one.",
             ),
+            fenced_batches: counter(
+                "logstream_fenced_batches_total",
+                "Batches of outputs the broker refused because a newer leader of the unit had fenced this host's producer epoch (this host was paused or cut off past its lease); their outputs were produced by the newer leader instead.",
+            ),
             batch_seconds: histogram(
                 "logstream_batch_duration_seconds",
                 "Time from a batch being polled to its outputs acknowledged by the broker.",
@@ -144,6 +149,7 @@ impl Metrics {
             guest_failures: self.guest_failures.with_label_values(&labels),
             takeovers: self.takeovers.with_label_values(&labels),
             corrupt_checkpoints: self.corrupt_checkpoints.with_label_values(&labels),
+            fenced_batches: self.fenced_batches.with_label_values(&labels),
             batch_seconds: self.batch_seconds.with_label_values(&labels),
             checkpoint_seconds: self.checkpoint_seconds.with_label_values(&labels),
             checkpoint_bytes: self.checkpoint_bytes.with_label_values(&labels),
@@ -167,6 +173,7 @@ impl Metrics {
         let _ = self.guest_failures.remove_label_values(&labels);
         let _ = self.takeovers.remove_label_values(&labels);
         let _ = self.corrupt_checkpoints.remove_label_values(&labels);
+        let _ = self.fenced_batches.remove_label_values(&labels);
         let _ = self.batch_seconds.remove_label_values(&labels);
         let _ = self.checkpoint_seconds.remove_label_values(&labels);
         let _ = self.checkpoint_bytes.remove_label_values(&labels);
@@ -205,6 +212,7 @@ pub struct UnitMetrics {
     pub guest_failures: IntCounter,
     pub takeovers: IntCounter,
     pub corrupt_checkpoints: IntCounter,
+    pub fenced_batches: IntCounter,
     pub batch_seconds: prometheus::Histogram,
     pub checkpoint_seconds: prometheus::Histogram,
     pub checkpoint_bytes: IntGauge,

@@ -99,6 +99,12 @@ impl UnitAdmin {
         self.status.leading(epoch, next_offset);
     }
 
+    /// The broker refused a batch of outputs: a newer leader fenced this
+    /// host's producer epoch.
+    pub fn batch_fenced(&self) {
+        self.metrics.fenced_batches.inc();
+    }
+
     /// Went passive (demoted, fenced, or stepped back after an error).
     pub fn went_passive(&self) {
         self.metrics.role.set(0);

@@ -387,6 +387,7 @@ impl Unit {
         match active.links.producer.flush() {
             Ok(()) => Ok(true),
             Err(ProduceError::Fenced { epoch, .. }) => {
+                self.admin.batch_fenced();
                 tracing::warn!(
                     "unit {}: the broker refused our outputs (producer epoch {epoch} fenced by a newer leader); dropping the batch and going passive",
                     self.name
