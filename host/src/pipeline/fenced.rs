@@ -37,7 +37,7 @@
 //! `fence`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -68,6 +68,10 @@ const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The transaction timeout `InitProducerId` requires; no transaction is
 /// ever opened, so it only has to be valid (brokers cap it at 15 min).
 const UNUSED_TRANSACTION_TIMEOUT_MS: i32 = 60_000;
+/// ListOffsets timestamps asking for the first offset and for the next
+/// offset to be written (the high watermark).
+const EARLIEST: i64 = -2;
+const LATEST: i64 = -1;
 /// Produce acknowledgement: all in-sync replicas.
 const ACKS_ALL: i16 = -1;
 
@@ -119,7 +123,8 @@ pub struct FencedProducer {
     coordinator: Option<i32>,
     /// Next sequence per partition for the current identity.
     sequences: HashMap<TopicPartition, i32>,
-    /// Records sent but not yet flushed, in send order per partition.
+    /// Records sent but not yet flushed, in send order per partition (a
+    /// partition leaves the map when its last record is acknowledged).
     held: BTreeMap<TopicPartition, Vec<BatchRecord>>,
 }
 
@@ -280,14 +285,14 @@ impl FencedProducer {
                 key: record.key.map(<[u8]>::to_vec),
                 value: record.value.to_vec(),
                 headers,
-                timestamp_ms: now_ms(),
+                timestamp_ms: (crate::probe::unix_micros() / 1000) as i64,
             });
         Ok(())
     }
 
     /// Whether records are held.
     pub fn holds_records(&self) -> bool {
-        self.held.values().any(|r| !r.is_empty())
+        !self.held.is_empty()
     }
 
     /// Drop what is held: a leader that lost its epoch must not produce it.
@@ -314,12 +319,9 @@ impl FencedProducer {
             }
             match self.send_round(identity) {
                 Ok(()) => {}
-                Err(ProduceError::Fenced { .. }) => {
+                Err(fenced @ ProduceError::Fenced { .. }) => {
                     self.held.clear();
-                    return Err(ProduceError::Fenced {
-                        transactional_id: self.transactional_id.clone(),
-                        epoch: identity.epoch,
-                    });
+                    return Err(fenced);
                 }
                 Err(ProduceError::Other(error)) => {
                     tracing::debug!(
@@ -339,12 +341,7 @@ impl FencedProducer {
     fn send_round(&mut self, identity: ProducerIdentity) -> Result<(), ProduceError> {
         // Chunks per leader node: (partition, records in the chunk, bytes).
         let mut by_node: BTreeMap<i32, Vec<(TopicPartition, usize, Bytes)>> = BTreeMap::new();
-        let held: Vec<TopicPartition> = self
-            .held
-            .iter()
-            .filter(|(_, r)| !r.is_empty())
-            .map(|(tp, _)| tp.clone())
-            .collect();
+        let held: Vec<TopicPartition> = self.held.keys().cloned().collect();
         for tp in held {
             let leader = self.leader(&tp)?;
             let records = &self.held[&tp];
@@ -399,7 +396,11 @@ impl FencedProducer {
                 match codes.get(&tp).copied() {
                     // A duplicate is a retried batch the broker already has.
                     Some(code::NONE | code::DUPLICATE_SEQUENCE_NUMBER) => {
-                        self.held.get_mut(&tp).expect("held").drain(..count);
+                        let records = self.held.get_mut(&tp).expect("held");
+                        records.drain(..count);
+                        if records.is_empty() {
+                            self.held.remove(&tp);
+                        }
                         *self.sequences.entry(tp).or_insert(0) += count as i32;
                     }
                     Some(code::PRODUCER_FENCED | code::INVALID_PRODUCER_EPOCH) => {
@@ -453,37 +454,46 @@ impl FencedProducer {
 
     /// Low and high watermark of one partition.
     pub fn watermarks(&mut self, topic: &str, partition: i32) -> Result<(i64, i64)> {
-        let tp = (topic.to_string(), partition);
-        let leader = self.leader(&tp)?;
-        let mut list = |timestamp: i64| -> Result<i64> {
-            let mut wanted = ListOffsetsPartition::default();
-            wanted.partition_index = partition;
-            wanted.timestamp = timestamp;
-            wanted.current_leader_epoch = -1;
-            let mut topic_request = ListOffsetsTopic::default();
-            topic_request.name = TopicName(StrBytes::from_string(topic.to_string()));
-            topic_request.partitions = vec![wanted];
-            let mut request = ListOffsetsRequest::default();
-            request.replica_id = BrokerId(-1);
-            request.topics = vec![topic_request];
-            let response = self.on_node(leader, |c| c.request(&request, 1..=7))?;
-            let answer = response
-                .topics
-                .iter()
-                .flat_map(|t| &t.partitions)
-                .find(|p| p.partition_index == partition)
-                .ok_or_else(|| anyhow!("no offsets for {topic}/{partition} in the answer"))?;
-            if answer.error_code != code::NONE {
-                bail!(
-                    "listing the offsets of {topic}/{partition} failed with error code {}",
-                    answer.error_code
-                );
-            }
-            Ok(answer.offset)
-        };
-        let low = list(-2).context("reading the low watermark")?;
-        let high = list(-1).context("reading the high watermark")?;
-        Ok((low, high))
+        let low = self
+            .list_offset(topic, partition, EARLIEST)
+            .context("reading the low watermark")?;
+        Ok((low, self.high_watermark(topic, partition)?))
+    }
+
+    /// The high watermark of one partition (one ListOffsets request).
+    pub fn high_watermark(&mut self, topic: &str, partition: i32) -> Result<i64> {
+        self.list_offset(topic, partition, LATEST)
+            .context("reading the high watermark")
+    }
+
+    /// The offset ListOffsets answers for `timestamp` ([`EARLIEST`],
+    /// [`LATEST`]) on the partition's leader.
+    fn list_offset(&mut self, topic: &str, partition: i32, timestamp: i64) -> Result<i64> {
+        let leader = self.leader(&(topic.to_string(), partition))?;
+        let mut wanted = ListOffsetsPartition::default();
+        wanted.partition_index = partition;
+        wanted.timestamp = timestamp;
+        wanted.current_leader_epoch = -1;
+        let mut topic_request = ListOffsetsTopic::default();
+        topic_request.name = TopicName(StrBytes::from_string(topic.to_string()));
+        topic_request.partitions = vec![wanted];
+        let mut request = ListOffsetsRequest::default();
+        request.replica_id = BrokerId(-1);
+        request.topics = vec![topic_request];
+        let response = self.on_node(leader, |c| c.request(&request, 1..=7))?;
+        let answer = response
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .find(|p| p.partition_index == partition)
+            .ok_or_else(|| anyhow!("no offsets for {topic}/{partition} in the answer"))?;
+        if answer.error_code != code::NONE {
+            bail!(
+                "listing the offsets of {topic}/{partition} failed with error code {}",
+                answer.error_code
+            );
+        }
+        Ok(answer.offset)
     }
 
     fn leader(&mut self, tp: &TopicPartition) -> Result<i32> {
@@ -590,11 +600,4 @@ impl FencedProducer {
         }
         result
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

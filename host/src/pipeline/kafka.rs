@@ -372,19 +372,13 @@ impl OutputProducer {
     /// of held records would make requests a slow broker answers after its
     /// request timeout.
     pub fn open_streaming(brokers: &str) -> Result<Self> {
-        Self::create(
-            base_config(brokers)
-                .set("linger.ms", STREAMING_LINGER_MS.to_string())
-                .set("batch.size", STREAMING_BATCH_BYTES.to_string())
-                .set(
-                    "message.timeout.ms",
-                    DELIVERY_TIMEOUT.as_millis().to_string(),
-                ),
-        )
-    }
-
-    fn create(config: &mut ClientConfig) -> Result<Self> {
-        let producer = config
+        let producer = base_config(brokers)
+            .set("linger.ms", STREAMING_LINGER_MS.to_string())
+            .set("batch.size", STREAMING_BATCH_BYTES.to_string())
+            .set(
+                "message.timeout.ms",
+                DELIVERY_TIMEOUT.as_millis().to_string(),
+            )
             .set("acks", "all")
             // One request in flight keeps each partition in send order even
             // across retries, without idempotence (which our broker lacks).

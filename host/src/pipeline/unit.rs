@@ -515,16 +515,16 @@ impl Unit {
             return Ok(());
         }
         let active = self.active.as_mut().expect("active");
-        let state = active.processor.snapshot()?;
-        let state_version = active.processor.state_version()?;
-        let outputs = active.links.outputs.clone();
+        let outputs = &active.links.outputs;
         let producer = &mut active.links.producer;
         let highs = producer
-            .watermarks(&outputs.output_topic, outputs.output_partition)
-            .and_then(|(_, output)| {
-                let (_, dlq) = producer.watermarks(&outputs.dlq_topic, outputs.dlq_partition)?;
+            .high_watermark(&outputs.output_topic, outputs.output_partition)
+            .and_then(|output| {
+                let dlq = producer.high_watermark(&outputs.dlq_topic, outputs.dlq_partition)?;
                 Ok((output, dlq))
             });
+        // Read before the snapshot, so a postponed checkpoint costs no
+        // snapshot (nothing is produced in between either way).
         let (output_high, dlq_high) = match highs {
             Ok(highs) => highs,
             // The broker is unreachable (restarting, say): everything is
@@ -539,6 +539,8 @@ impl Unit {
                 return Ok(());
             }
         };
+        let state = active.processor.snapshot()?;
+        let state_version = active.processor.state_version()?;
         let marks = BTreeMap::from([
             (OUTPUT_MARK.to_string(), output_high.to_string()),
             (DLQ_MARK.to_string(), dlq_high.to_string()),
