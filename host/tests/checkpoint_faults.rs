@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use common::admin;
 use common::broker::Broker;
 use common::hosts::Hosts;
-use common::reliability::Row;
+use common::reliability::{Counts, Row};
 use common::verify::{self, OutputRow};
 use common::{logstream, plugin, run, stderr, stdout};
 use logstream_host::pipeline::kafka;
@@ -211,10 +211,7 @@ impl Pipeline {
 /// Outputs against an uninterrupted run.
 struct Comparison {
     records: usize,
-    expected: usize,
-    lost: usize,
-    duplicated: usize,
-    unexpected: usize,
+    outputs: Counts,
     identical: bool,
     state_identical: bool,
 }
@@ -226,14 +223,9 @@ impl Comparison {
         got: Vec<OutputRow>,
         state_identical: bool,
     ) -> Self {
-        let distinct: std::collections::HashSet<&OutputRow> = got.iter().collect();
-        let wanted: std::collections::HashSet<&OutputRow> = want.iter().collect();
         Comparison {
             records,
-            expected: want.len(),
-            lost: want.iter().filter(|row| !distinct.contains(row)).count(),
-            duplicated: got.len() - distinct.len(),
-            unexpected: distinct.iter().filter(|row| !wanted.contains(*row)).count(),
+            outputs: Counts::of(&want, &got),
             identical: got == want,
             state_identical,
         }
@@ -243,9 +235,9 @@ impl Comparison {
         (!self.identical || !self.state_identical).then(|| {
             format!(
                 "DIFFERS: {} lost, {} duplicated, {} unexpected outputs; final state {}",
-                self.lost,
-                self.duplicated,
-                self.unexpected,
+                self.outputs.lost,
+                self.outputs.duplicated,
+                self.outputs.unexpected,
                 if self.state_identical {
                     "identical"
                 } else {
@@ -496,9 +488,9 @@ fn fallback_scenario(fault: Fault) {
         ),
         times: 1,
         outcome: &outcome,
-        lost: comparison.lost,
-        out_of: comparison.expected,
-        duplicated: comparison.duplicated,
+        lost: comparison.outputs.lost,
+        out_of: comparison.outputs.out_of,
+        duplicated: comparison.outputs.duplicated,
     }
     .write();
     if let Err(problem) = steps {
@@ -633,9 +625,9 @@ fn a_redeploy_with_an_incompatible_state_version_is_refused_and_the_old_version_
         ),
         times: 1,
         outcome: &outcome,
-        lost: comparison.lost,
-        out_of: comparison.expected,
-        duplicated: comparison.duplicated,
+        lost: comparison.outputs.lost,
+        out_of: comparison.outputs.out_of,
+        duplicated: comparison.outputs.duplicated,
     }
     .write();
     if let Err(problem) = steps {

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use common::broker::Broker;
 use common::hosts::Hosts;
 use common::records::{self, DeadLetter, Emitted, LocalRun};
-use common::reliability::Row;
+use common::reliability::{Counts, Row};
 use common::{logstream, plugin, run, stderr, stdout};
 use logstream_host::pipeline::kafka::{self, Outgoing, OutputProducer};
 use logstream_host::pipeline::unit::{dlq_topic, ERROR_HEADER};
@@ -506,44 +506,14 @@ fn expected_items(processor: &str, run: &LocalRun) -> Vec<Item> {
 }
 
 /// Items lost, duplicated and unexpected among those of some input offsets.
-#[derive(Debug, Default)]
-struct Tally {
-    out_of: usize,
-    lost: usize,
-    duplicated: usize,
-    unexpected: usize,
-}
-
-impl Tally {
-    fn of(want: &[Item], got: &[Item], offsets: &HashSet<i64>) -> Tally {
-        let want: Vec<&Item> = want
+fn counts_among(want: &[Item], got: &[Item], offsets: &HashSet<i64>) -> Counts {
+    fn among<'a>(items: &'a [Item], offsets: &HashSet<i64>) -> Vec<&'a Item> {
+        items
             .iter()
             .filter(|i| offsets.contains(&i.offset()))
-            .collect();
-        let got: Vec<&Item> = got
-            .iter()
-            .filter(|i| offsets.contains(&i.offset()))
-            .collect();
-        let distinct: HashSet<&Item> = got.iter().copied().collect();
-        let wanted: HashSet<&Item> = want.iter().copied().collect();
-        Tally {
-            out_of: want.len(),
-            lost: want.iter().filter(|i| !distinct.contains(*i)).count(),
-            duplicated: got.len() - distinct.len(),
-            unexpected: distinct.iter().filter(|i| !wanted.contains(*i)).count(),
-        }
+            .collect()
     }
-
-    fn clean(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.unexpected == 0
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "{} of {} lost, {} duplicated, {} unexpected",
-            self.lost, self.out_of, self.duplicated, self.unexpected
-        )
-    }
+    Counts::of(&among(want, offsets), &among(got, offsets))
 }
 
 /// `GET path` over HTTP/1.0: the status code.
@@ -678,7 +648,7 @@ fn guest_faults_inside_a_running_host() {
         .map(|r| r.offset)
         .filter(|o| !fault_offsets.contains(o))
         .collect();
-    let normal = Tally::of(&want, &got, &normal_offsets);
+    let normal = counts_among(&want, &got, &normal_offsets);
     let mut shared_problems = Vec::new();
     if !alive_after_faults || !alive_at_end {
         shared_problems.push("the host process died".to_string());
@@ -705,7 +675,7 @@ fn guest_faults_inside_a_running_host() {
             .filter(|r| r.value == command.as_bytes())
             .map(|r| r.offset)
             .collect();
-        let tally = Tally::of(&want, &got, &offsets);
+        let tally = counts_among(&want, &got, &offsets);
         let dead: Vec<&DeadLetter> = got
             .iter()
             .filter_map(|item| match item {
@@ -1073,7 +1043,7 @@ fn malformed_records_into_a_running_host() {
     let lc_state_equal = pipeline.state_of("lc") == lc_run.state;
 
     let all_offsets: HashSet<i64> = input.iter().map(|r| r.offset).collect();
-    let everything = Tally::of(&want, &got, &all_offsets);
+    let everything = counts_among(&want, &got, &all_offsets);
     let mut shared_problems = Vec::new();
     if !alive || exit.is_none_or(|status| !status.success()) {
         shared_problems.push(format!(
@@ -1091,7 +1061,7 @@ fn malformed_records_into_a_running_host() {
     let mut all_problems = shared_problems.clone();
     for (scenario, injected, indices) in kinds {
         let offsets: HashSet<i64> = indices.iter().map(|&i| input[i].offset).collect();
-        let tally = Tally::of(&want, &got, &offsets);
+        let tally = counts_among(&want, &got, &offsets);
         let rejected_by: Vec<String> = ["pt", "lc"]
             .iter()
             .filter_map(|p| {

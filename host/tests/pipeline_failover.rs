@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::broker::Broker;
 use common::hosts::Hosts;
-use common::reliability::Row;
+use common::reliability::{Counts, Row};
 use common::verify::{self, OutputRow};
 use common::{logstream, plugin, run, stderr};
 use logstream_host::pipeline::fenced::FencedProducer;
@@ -137,37 +137,26 @@ struct Injected {
 /// Outputs lost or duplicated over a scenario, against run-local.
 #[derive(Default)]
 struct Tally {
-    expected: usize,
-    lost: usize,
-    duplicated: usize,
-    unexpected: usize,
+    outputs: Counts,
     states_differ: usize,
 }
 
 impl Tally {
     fn add(&mut self, want: &[OutputRow], got: &[OutputRow]) {
-        let distinct: std::collections::HashSet<&OutputRow> = got.iter().collect();
-        let wanted: std::collections::HashSet<&OutputRow> = want.iter().collect();
-        self.expected += want.len();
-        self.lost += want.iter().filter(|row| !distinct.contains(row)).count();
-        self.duplicated += got.len() - distinct.len();
-        self.unexpected += distinct.iter().filter(|row| !wanted.contains(*row)).count();
+        self.outputs.add(Counts::of(want, got));
     }
 
     /// One row of docs/reliability.md, written before the test asserts so
     /// a failing scenario is reported too (scripts/reliability-table.sh
     /// assembles the rows).
     fn write(&self, scenario: &str, injected: &Injected) {
-        let clean = self.lost == 0
-            && self.duplicated == 0
-            && self.unexpected == 0
-            && self.states_differ == 0;
+        let clean = self.outputs.clean() && self.states_differ == 0;
         let outcome = if clean {
             "outputs and final states identical to an uninterrupted run".to_string()
         } else {
             format!(
                 "DIFFERS: {} unexpected outputs, {} final states differ",
-                self.unexpected, self.states_differ
+                self.outputs.unexpected, self.states_differ
             )
         };
         Row {
@@ -175,9 +164,9 @@ impl Tally {
             injected: &injected.what,
             times: injected.times,
             outcome: &outcome,
-            lost: self.lost,
-            out_of: self.expected,
-            duplicated: self.duplicated,
+            lost: self.outputs.lost,
+            out_of: self.outputs.out_of,
+            duplicated: self.outputs.duplicated,
         }
         .write();
     }

@@ -3,7 +3,54 @@
 //! reported too; `scripts/reliability-table.sh` runs the suites and
 //! assembles the rows into the table.
 
+use std::collections::HashSet;
+use std::hash::Hash;
 use std::path::{Path, PathBuf};
+
+/// What a run produced against what an uninterrupted run produced: items
+/// (outputs, dead letters) lost, duplicated and unexpected.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Items expected.
+    pub out_of: usize,
+    pub lost: usize,
+    pub duplicated: usize,
+    pub unexpected: usize,
+}
+
+impl Counts {
+    /// Compare `got` with `want`, as multisets of items.
+    pub fn of<T: Eq + Hash>(want: &[T], got: &[T]) -> Counts {
+        let distinct: HashSet<&T> = got.iter().collect();
+        let wanted: HashSet<&T> = want.iter().collect();
+        Counts {
+            out_of: want.len(),
+            lost: want.iter().filter(|i| !distinct.contains(i)).count(),
+            duplicated: got.len() - distinct.len(),
+            unexpected: distinct.iter().filter(|i| !wanted.contains(*i)).count(),
+        }
+    }
+
+    /// Add another comparison (of another partition, say).
+    pub fn add(&mut self, other: Counts) {
+        self.out_of += other.out_of;
+        self.lost += other.lost;
+        self.duplicated += other.duplicated;
+        self.unexpected += other.unexpected;
+    }
+
+    /// Nothing lost, duplicated or unexpected.
+    pub fn clean(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0 && self.unexpected == 0
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} of {} lost, {} duplicated, {} unexpected",
+            self.lost, self.out_of, self.duplicated, self.unexpected
+        )
+    }
+}
 
 /// One row: what was injected, how often, what happened, and the records
 /// (or outputs) lost and duplicated against an uninterrupted run.
