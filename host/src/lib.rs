@@ -3,6 +3,7 @@
 //! The LogStream host: runs stateful log processors, compiled to
 //! WebAssembly components, with active-passive failover.
 //!
+//! - [`unit_id`]: a unit's identity and every name and id derived from it;
 //! - [`wasm`]: the processor runtime (engine, sandbox, instances, recovery);
 //! - [`record`]: the host's input record and its packing into a batch;
 //! - [`pipeline`]: the Kafka pipeline, units with failover, the host node;
@@ -21,4 +22,5 @@ pub mod probe;
 pub mod record;
 pub mod sample_logs;
 pub mod store;
+pub mod unit_id;
 pub mod wasm;

@@ -24,6 +24,9 @@ fn main() -> ExitCode {
     };
     let cli = logstream_host::cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     logstream_host::cli::init_tracing(&cli.global);
+    // Test builds only: arm the fault-injection points FAILPOINTS names.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     match logstream_host::cli::run(cli, Some(&matches)) {
         Ok(code) => code,
         Err(error) => {

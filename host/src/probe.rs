@@ -112,23 +112,26 @@ pub fn run(store: Arc<dyn KvStore>, config: ProbeConfig, shutdown: Arc<AtomicBoo
             ) {
                 tracing::warn!("membership heartbeat failed: {error}");
             }
-            match election::step(store.as_ref(), &policy, &mut election, name, now, false) {
+            match election::step(store.as_ref(), &policy, &mut election, name, &clock, false) {
                 Ok(outcome) => report(name, outcome.event),
                 Err(error) => tracing::warn!("election round failed: {error}"),
+            }
+            // The interval this contender now believes it may act in, on the
+            // wall clock (comparable between probes on one machine).
+            let now = clock.now();
+            if let (Some(epoch), Some(until)) =
+                (election.acting_epoch(now), election.acting_until())
+            {
+                let now_us = unix_micros();
+                let until_us = now_us + (until - now).as_micros() as u64;
+                println!("{ACTING_LINE} epoch={epoch} from_us={now_us} until_us={until_us}");
             }
         }
         std::thread::sleep(config.write_interval.min(config.timing.heartbeat));
     }
     if election.held_epoch().is_some() {
         election.request_step_down();
-        let outcome = election::step(
-            store.as_ref(),
-            &policy,
-            &mut election,
-            name,
-            clock.now(),
-            false,
-        )?;
+        let outcome = election::step(store.as_ref(), &policy, &mut election, name, &clock, false)?;
         report(name, outcome.event);
     }
     membership::deregister(store.as_ref(), &policy, &config.host_id, &incarnation)?;
@@ -208,6 +211,62 @@ pub fn read_probe_log(store: &dyn KvStore, processor: &str) -> Result<Vec<ProbeE
     }
 }
 
+/// How a probe's stdout line that states an acting interval begins.
+pub const ACTING_LINE: &str = "acting";
+
+/// One interval a contender believed it may act in (wall clock, µs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActingInterval {
+    pub holder: String,
+    pub epoch: u64,
+    pub from_us: u64,
+    pub until_us: u64,
+}
+
+/// The acting intervals a probe printed (`holder` names the probe).
+pub fn acting_intervals(output: &str, holder: &str) -> Vec<ActingInterval> {
+    output
+        .lines()
+        .filter(|line| line.starts_with(ACTING_LINE))
+        .filter_map(|line| {
+            let field = |name: &str| -> Option<u64> {
+                line.split_whitespace()
+                    .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            Some(ActingInterval {
+                holder: holder.to_string(),
+                epoch: field("epoch")?,
+                from_us: field("from_us")?,
+                until_us: field("until_us")?,
+            })
+        })
+        .collect()
+}
+
+/// Moments where two contenders believed they may act at once: one sentence
+/// per overlapping pair of intervals of different holders.
+pub fn overlapping_acting(intervals: &[ActingInterval]) -> Vec<String> {
+    let mut sorted: Vec<&ActingInterval> = intervals.iter().collect();
+    sorted.sort_by_key(|i| i.from_us);
+    let mut overlaps = Vec::new();
+    for (k, a) in sorted.iter().enumerate() {
+        for b in &sorted[k + 1..] {
+            if b.from_us >= a.until_us {
+                break;
+            }
+            if b.holder != a.holder {
+                overlaps.push(format!(
+                    "{} (epoch {}) acted until {} µs, and {} (epoch {}) from {} µs",
+                    a.holder, a.epoch, a.until_us, b.holder, b.epoch, b.from_us
+                ));
+            }
+        }
+    }
+    overlaps
+}
+
 /// What the checker found in a probe log.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ProbeLogReport {
@@ -274,6 +333,26 @@ mod tests {
         );
         let split = [entry(1, "a"), entry(1, "b")];
         assert!(check_probe_log(&split).unwrap_err()[0].contains("two holders"));
+    }
+
+    #[test]
+    fn overlapping_acting_intervals_of_different_holders_are_named() {
+        let interval = |holder: &str, epoch, from_us, until_us| ActingInterval {
+            holder: holder.into(),
+            epoch,
+            from_us,
+            until_us,
+        };
+        let printed = format!("{ACTING_LINE} epoch=3 from_us=10 until_us=50\nother line\n");
+        assert_eq!(acting_intervals(&printed, "a"), [interval("a", 3, 10, 50)]);
+        let clean = [
+            interval("a", 1, 0, 100),
+            interval("a", 1, 50, 150),
+            interval("b", 2, 150, 300),
+        ];
+        assert!(overlapping_acting(&clean).is_empty());
+        let overlap = [interval("a", 1, 0, 100), interval("b", 2, 99, 200)];
+        assert_eq!(overlapping_acting(&overlap).len(), 1);
     }
 
     #[test]

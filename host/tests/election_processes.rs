@@ -4,8 +4,13 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::probes::{wait_until, Cluster};
-use logstream_host::probe::{check_probe_log, read_probe_log};
+use common::reliability::Row;
+use logstream_host::probe::{
+    acting_intervals, check_probe_log, overlapping_acting, read_probe_log,
+};
 
 /// Short timings keep the test quick; the validation rules still hold.
 const TIMING: [u64; 3] = [300, 50, 60];
@@ -95,4 +100,78 @@ fn a_paused_leader_is_fenced_when_it_resumes_and_becomes_passive() {
     // Nothing of the old epoch was accepted after the successor's first write.
     let first_new = log.iter().position(|e| e.epoch == second.epoch).unwrap();
     assert!(log[first_new..].iter().all(|e| e.epoch >= second.epoch));
+}
+
+/// Lease exclusivity under a slow store (issue 11): while another process
+/// holds the store's write lock for random spells shorter than the lease —
+/// delaying every read, renewal and claim — and the leader is killed now and
+/// then, no two contenders ever believe they may act at the same instant.
+/// Every probe prints each interval it believes it may act in; the test
+/// checks them pairwise.
+#[test]
+fn store_latency_spikes_never_let_two_contenders_act_at_once() {
+    const SPIKES: u64 = 60;
+    let mut cluster = Cluster::new(TIMING);
+    for host in ["a", "b", "c"] {
+        cluster.start(host);
+    }
+    let (mut leader, mut host) = cluster.wait_for_leader_above(0);
+    let store_path = cluster.dir.path().join("store.db");
+    // A fixed-seed xorshift: spells of 20-260 ms (lease 300), gaps of 0-200.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for spike in 0..SPIKES {
+        common::lock_store(&store_path, Duration::from_millis(20 + next() % 240));
+        std::thread::sleep(Duration::from_millis(next() % 200));
+        if spike % 15 == 14 {
+            cluster.kill9(&host);
+            cluster.start(&host);
+            (leader, host) = cluster.wait_for_leader_above(leader.epoch);
+        }
+    }
+    cluster.stop();
+    let mut intervals = Vec::new();
+    for entry in std::fs::read_dir(cluster.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            intervals.extend(acting_intervals(
+                &std::fs::read_to_string(&path).unwrap(),
+                &name,
+            ));
+        }
+    }
+    let overlaps = overlapping_acting(&intervals);
+    let epochs: std::collections::BTreeSet<u64> = intervals.iter().map(|i| i.epoch).collect();
+    Row {
+        scenario: "store latency spikes",
+        injected: "the SQLite store's write lock held by another process for 20-260 ms (lease 300 ms) 60 times, 0-200 ms apart, 3 contenders, the leader killed every 15 spells",
+        times: SPIKES as usize,
+        outcome: &format!(
+            "{} moments where two contenders acted at once, over {} acting intervals of {} epochs",
+            overlaps.len(),
+            intervals.len(),
+            epochs.len()
+        ),
+        lost: 0,
+        out_of: 0,
+        duplicated: 0,
+    }
+    .write();
+    assert!(
+        intervals.len() > 100,
+        "only {} acting intervals",
+        intervals.len()
+    );
+    assert!(epochs.len() > 3, "only epochs {epochs:?} acted");
+    assert!(
+        overlaps.is_empty(),
+        "two contenders acted at once:\n{}",
+        overlaps.join("\n")
+    );
 }

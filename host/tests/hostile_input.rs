@@ -41,9 +41,10 @@ use common::records::{self, DeadLetter, Emitted, LocalRun};
 use common::reliability::{Counts, Row};
 use common::{logstream, plugin, run, stderr, stdout};
 use logstream_host::pipeline::kafka::{self, Outgoing, OutputProducer};
-use logstream_host::pipeline::unit::{dlq_topic, ERROR_HEADER};
+use logstream_host::pipeline::unit::ERROR_HEADER;
 use logstream_host::record::LogRecord;
 use logstream_host::store::checkpoint;
+use logstream_host::store::registry::dead_letter_topic as dlq_topic;
 use logstream_host::wasm::bindings::Header;
 use logstream_host::wasm::supervisor::DEFAULT_MAX_ATTEMPTS_PER_RECORD;
 
@@ -82,44 +83,6 @@ fn cell(text: &str) -> String {
 
 // ---------------------------------------------------------------------------
 // The store, before and after.
-
-/// Every row of every table of a SQLite store, as text (empty when the file
-/// does not exist): what "the store is unchanged" is checked against.
-fn store_dump(path: &Path) -> BTreeMap<String, String> {
-    let mut dump = BTreeMap::new();
-    if !path.exists() {
-        return dump;
-    }
-    let connection =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    let tables: Vec<String> = connection
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        .unwrap()
-        .query_map([], |row| row.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    for table in tables {
-        let mut statement = connection
-            .prepare(&format!("SELECT * FROM \"{table}\""))
-            .unwrap();
-        let columns = statement.column_count();
-        let rows = statement
-            .query_map([], |row| {
-                (0..columns)
-                    .map(|i| row.get::<_, rusqlite::types::Value>(i))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .unwrap();
-        for row in rows {
-            let row = row.unwrap();
-            // The first column is the key (the kv table's primary key).
-            dump.insert(format!("{table}:{:?}", row[0]), format!("{:?}", &row[1..]));
-        }
-    }
-    dump
-}
 
 /// Entries changed or removed, and entries added.
 fn store_changes(
@@ -807,7 +770,7 @@ fn malformed_modules_are_refused_on_deploy() {
         let file = dir.path().join(format!("candidate-{index}.wasm"));
         std::fs::write(&file, bytes).unwrap();
         let file_name = file.file_name().unwrap().to_str().unwrap().to_string();
-        let before = store_dump(&store_path);
+        let before = common::store_dump(&store_path);
         // Under a new name, and over the deployed processor (a redeploy
         // takes another path: it checks the module against the state).
         let refusals: Vec<(Refusal, Vec<&str>)> = ["fresh", "pt"]
@@ -826,7 +789,7 @@ fn malformed_modules_are_refused_on_deploy() {
                 (Refusal::of(&out), vec![file_name.as_str(), says])
             })
             .collect();
-        let after = store_dump(&store_path);
+        let after = common::store_dump(&store_path);
         let problems = refusal_row(
             scenario,
             &format!(
@@ -1224,9 +1187,9 @@ fn bad_command_lines_and_config_files_are_refused() {
     ];
     let mut all_problems = Vec::new();
     for (scenario, args, needles) in cases {
-        let before = store_dump(&store_path);
+        let before = common::store_dump(&store_path);
         let out = run_bounded(logstream().args(&args));
-        let after = store_dump(&store_path);
+        let after = common::store_dump(&store_path);
         let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
         let refusal = Refusal::of(&out);
         let mut problems = refusal_row(

@@ -1,14 +1,17 @@
 //! Failover transparency (guarantee 2) over a real broker (tansu, sqlite
 //! storage), the real SQLite store and two real `logstream host` processes:
-//! the host leading the units is killed with kill -9 (5 times, while 200,000
-//! records flow over 3 partitions; `PIPELINE_KILLS`, `PIPELINE_RECORDS`) and
-//! restarted as the passive; in the end every output partition holds
-//! exactly what `logstream run-local` computes over the same input partition
-//! (nothing lost, nothing twice, same order), and the final checkpointed
-//! state equals run-local's final state byte for byte.
+//! the host leading the units is killed with kill -9 (20 times, while
+//! 200,000 records flow over 3 partitions; `PIPELINE_KILLS`,
+//! `PIPELINE_RECORDS`) and restarted as the passive; in the end every
+//! output partition — of the default output topics and of `lc-alerts`, the
+//! topic level-counter routes error records to by name — holds exactly what
+//! `logstream run-local` computes over the same input partition (nothing
+//! lost, nothing twice, same order), and the final checkpointed state
+//! equals run-local's final state byte for byte.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,13 +23,25 @@ use common::verify::{self, OutputRow};
 use common::{logstream, plugin, run, stderr};
 use logstream_host::pipeline::fenced::FencedProducer;
 use logstream_host::pipeline::kafka;
-use logstream_host::pipeline::links::transactional_id;
 use logstream_host::record::LogRecord;
 use logstream_host::store::checkpoint;
 use logstream_host::store::election::read_leader;
-use logstream_host::store::{transact, RetryPolicy, SqliteStore};
+use logstream_host::store::{deployment, transact, RetryPolicy, SqliteStore};
+use logstream_host::unit_id::UnitId;
 
 const PARTITIONS: i32 = 3;
+/// The processors every transparency scenario runs: name, component,
+/// output topics (the first the default; level-counter routes the records
+/// of level `error` to the second), config.
+const PROCESSORS: [(&str, &str, &[&str], &str); 2] = [
+    ("pt", "passthrough", &["pt-out"], ""),
+    (
+        "lc",
+        "level_counter",
+        &["lc-out", "lc-alerts"],
+        "every=100,alerts=lc-alerts",
+    ),
+];
 /// Input records, spread over the partitions (env `PIPELINE_RECORDS`).
 const DEFAULT_RECORDS: u64 = 200_000;
 /// kill -9 of the leading host while records flow (env `PIPELINE_KILLS`);
@@ -64,9 +79,9 @@ fn test_hosts(store_path: &Path, brokers: &str, dir: &Path) -> Hosts {
 }
 
 fn units() -> Vec<String> {
-    ["pt", "lc"]
+    PROCESSORS
         .iter()
-        .flat_map(|p| (0..PARTITIONS).map(move |i| format!("{p}/{i}")))
+        .flat_map(|(p, ..)| (0..PARTITIONS).map(move |i| format!("{p}/{i}")))
         .collect()
 }
 
@@ -95,18 +110,21 @@ fn read_partition(brokers: &str, topic: &str, partition: i32) -> Vec<LogRecord> 
     verify::read_partition(brokers, topic, partition, RUN_BOUND)
 }
 
-/// run-local over one partition's records: the outputs and the final state.
+/// run-local over one partition's records: the outputs by topic and the
+/// final state.
 fn expected(
     dir: &Path,
     processor: &str,
     config: &str,
+    outputs: &[&str],
     records: &[LogRecord],
     partition: i32,
-) -> (Vec<OutputRow>, Vec<u8>) {
-    verify::run_local(
+) -> (BTreeMap<String, Vec<OutputRow>>, Vec<u8>) {
+    verify::run_local_routed(
         Path::new(env!("CARGO_BIN_EXE_logstream")),
         &plugin(processor),
         config,
+        outputs,
         records,
         dir,
         &format!("{processor}-{partition}"),
@@ -192,24 +210,23 @@ fn transparency_run(
         .unwrap();
     eprintln!("test directory: {}", dir.path().display());
     let store_path = dir.path().join("store.db");
-    kafka::ensure_topics(
-        &broker.address,
-        &[
-            ("logs", PARTITIONS),
-            ("pt-out", PARTITIONS),
-            ("lc-out", PARTITIONS),
-        ],
-    )
-    .unwrap();
+    let mut topics = vec![("logs", PARTITIONS)];
+    topics.extend(
+        PROCESSORS
+            .iter()
+            .flat_map(|(_, _, outputs, _)| outputs.iter().map(|t| (*t, PARTITIONS))),
+    );
+    kafka::ensure_topics(&broker.address, &topics).unwrap();
     let store_url = format!("sqlite:{}", store_path.display());
-    for (name, file, output, config) in [
-        ("pt", "passthrough", "pt-out", ""),
-        ("lc", "level_counter", "lc-out", "every=100"),
-    ] {
-        let out = run(logstream().arg("deploy").arg(plugin(file)).args([
-            "--name", name, "--input", "logs", "--output", output, "--config", config, "--store",
-            &store_url,
-        ]));
+    for (name, file, outputs, config) in PROCESSORS {
+        let mut deploy = logstream();
+        deploy.arg("deploy").arg(plugin(file)).args([
+            "--name", name, "--input", "logs", "--config", config, "--store", &store_url,
+        ]);
+        for topic in outputs {
+            deploy.args(["--output", topic]);
+        }
+        let out = run(&mut deploy);
         assert!(out.status.success(), "deploy {name}: {}", stderr(&out));
     }
     let mut hosts = test_hosts(&store_path, &broker.address, dir.path());
@@ -304,20 +321,22 @@ fn transparency_run(
     for partition in 0..PARTITIONS {
         let input = read_partition(&broker.address, "logs", partition);
         assert_eq!(input.len() as i64, highs[partition as usize]);
-        for (processor, file, topic, config) in [
-            ("pt", "passthrough", "pt-out", ""),
-            ("lc", "level_counter", "lc-out", "every=100"),
-        ] {
+        for (processor, file, outputs, config) in PROCESSORS {
             let unit = format!("{processor}/{partition}");
-            let (want, want_state) = expected(dir.path(), file, config, &input, partition);
-            let got = actual(&broker.address, topic, &unit, partition);
-            tally.add(&want, &got);
+            let (mut by_topic, want_state) =
+                expected(dir.path(), file, config, outputs, &input, partition);
             let state = checkpoint::read_current(&store, &unit)
                 .unwrap()
                 .unwrap()
                 .state;
             tally.states_differ += usize::from(state != want_state);
-            compared.push((unit, want, got, want_state, state));
+            for topic in outputs {
+                let want = by_topic.remove(*topic).unwrap_or_default();
+                let got = actual(&broker.address, topic, &unit, partition);
+                tally.add(&want, &got);
+                let what = format!("{unit} on {topic}");
+                compared.push((what, want, got, want_state.clone(), state.clone()));
+            }
         }
     }
     tally.write(scenario, &injected);
@@ -448,12 +467,14 @@ fn outputs_refused_after_a_fence_are_replayed_exactly_once() {
         "producer epochs fenced under the leaders",
         records,
         |faults| {
+            let deployment = deployment::read(faults.store).unwrap().unwrap();
             for _ in 0..rounds {
                 std::thread::sleep(Duration::from_millis(400));
                 for unit in units() {
-                    let mut rival =
-                        FencedProducer::open(&faults.broker.address, &transactional_id(&unit))
-                            .unwrap();
+                    let id = UnitId::parse_name(&unit)
+                        .unwrap()
+                        .transactional_id(&deployment, 0);
+                    let mut rival = FencedProducer::open(&faults.broker.address, &id).unwrap();
                     rival.fence().unwrap();
                 }
             }
@@ -590,16 +611,6 @@ fn both_hosts_killed_then_restarted_resume_from_the_last_checkpoint() {
     });
 }
 
-/// Hold the SQLite store's write lock for `held`, as another process
-/// would: every renewal, claim and checkpoint waits or fails meanwhile.
-fn lock_store(store_path: &Path, held: Duration) {
-    let connection = rusqlite::Connection::open(store_path).unwrap();
-    connection.busy_timeout(Duration::from_secs(10)).unwrap();
-    connection.execute_batch("BEGIN IMMEDIATE").unwrap();
-    std::thread::sleep(held);
-    connection.execute_batch("ROLLBACK").unwrap();
-}
-
 #[test]
 fn the_store_unavailable_shorter_than_the_lease_loses_nothing() {
     let _exclusive = exclusive();
@@ -610,7 +621,7 @@ fn the_store_unavailable_shorter_than_the_lease_loses_nothing() {
         |faults| {
             std::thread::sleep(Duration::from_millis(800));
             for _ in 0..3 {
-                lock_store(faults.store_path, Duration::from_millis(200));
+                common::lock_store(faults.store_path, Duration::from_millis(200));
                 std::thread::sleep(Duration::from_millis(300));
             }
             Injected {
@@ -632,7 +643,7 @@ fn the_store_unavailable_longer_than_the_lease_quiets_the_leader_and_recovers() 
         |faults| {
             std::thread::sleep(Duration::from_millis(800));
             for _ in 0..2 {
-                lock_store(faults.store_path, Duration::from_millis(2_000));
+                common::lock_store(faults.store_path, Duration::from_millis(2_000));
                 std::thread::sleep(Duration::from_millis(1_000));
             }
             Injected {
@@ -657,4 +668,64 @@ fn a_broker_restart_mid_stream_pauses_and_resumes_the_pipeline() {
             fails_over: false,
         }
     });
+}
+
+/// Crash-only units: a unit whose worker panics while it leads releases its
+/// lease (the passive takes over at once), is reported, and restarts after a
+/// backoff. Host a is restarted with a fault-injection point that makes
+/// `lc/0`'s worker panic whenever it leads there; then b, which leads
+/// everything, is killed, so a takes every unit over and `lc/0` panics.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs the failpoints feature (scripts/test.sh builds the tests with it)"
+)]
+fn a_unit_whose_worker_panics_releases_its_lease_and_restarts() {
+    let _exclusive = exclusive();
+    let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);
+    let lc0 = units().iter().position(|u| u == "lc/0").unwrap();
+    let mut failures = None;
+    transparency_run("worker panic while leading", records, |faults| {
+        let (hosts, store) = (&mut *faults.hosts, faults.store);
+        std::thread::sleep(Duration::from_millis(500));
+        hosts.kill9("a");
+        wait_until("b to lead every unit", Instant::now() + RUN_BOUND, || {
+            let b = hosts.pid_of("b");
+            leaders(store).iter().all(|l| *l == Some(b))
+        });
+        hosts.start_with("a", &[("FAILPOINTS", "unit-panic=return(lc/0)")]);
+        let admin = common::admin::admin_address(&hosts.dir, "a", RUN_BOUND);
+        hosts.kill9("b");
+        // a takes lc/0 over, panics, releases; the restarted b takes it.
+        let metric = || {
+            let (_, text) = common::admin::get(admin, "/metrics").unwrap();
+            common::admin::unit_sample(&text, "logstream_unit_failures_total", "lc", 0)
+        };
+        wait_until("lc/0 to fail on a", Instant::now() + RUN_BOUND, || {
+            metric().is_some_and(|n| n >= 1.0)
+        });
+        hosts.start("b");
+        wait_until("b to lead lc/0", Instant::now() + RUN_BOUND, || {
+            leaders(store)[lc0] == Some(hosts.pid_of("b"))
+        });
+        let (_, status) = common::admin::get(admin, "/status").unwrap();
+        failures = Some((metric().unwrap(), status));
+        Injected {
+            what: format!("the worker of lc/0 panics whenever it leads on host a (a fault-injection point), after b, which led every unit, is killed; b restarted; {records} records"),
+            times: 1,
+            fails_over: true,
+        }
+    });
+    let (count, status) = failures.unwrap();
+    assert!(count >= 1.0, "{count}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let lc0 = status["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "lc/0")
+        .unwrap();
+    assert!(lc0["failures"].as_u64().unwrap() >= 1, "{lc0}");
+    let reason = lc0["last_failure"]["reason"].as_str().unwrap();
+    assert!(reason.contains("panicked"), "{reason}");
 }

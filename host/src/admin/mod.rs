@@ -49,6 +49,17 @@ impl Admin {
         &self.status
     }
 
+    /// A processor this host could not start (its module or its topics):
+    /// its units do not run here until a later attempt succeeds.
+    pub fn processor_failed(&self, processor: &str, reason: &str) {
+        self.status.processor_failed(processor, reason);
+    }
+
+    /// The processor started (or was removed): no longer failed.
+    pub fn processor_ok(&self, processor: &str) {
+        self.status.processor_ok(processor);
+    }
+
     /// The handle of unit `processor`/`partition` (its series and status
     /// entry exist from now on).
     pub fn unit(&self, processor: &str, partition: i32) -> UnitAdmin {
@@ -103,6 +114,19 @@ impl UnitAdmin {
     /// host's producer epoch.
     pub fn batch_fenced(&self) {
         self.metrics.fenced_batches.inc();
+    }
+
+    /// The unit failed and restarts in `restart_in` (its lease is
+    /// released meanwhile).
+    pub fn failed(&self, reason: &str, restart_in: Duration) {
+        self.metrics.unit_failures.inc();
+        self.metrics.role.set(0);
+        self.status.failed(reason, restart_in);
+    }
+
+    /// The failed unit starts again (as a passive).
+    pub fn restarting(&self) {
+        self.status.restarting();
     }
 
     /// Went passive (demoted, fenced, or stepped back after an error).

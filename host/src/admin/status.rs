@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::store::checkpoint::{CheckpointMeta, FaultKind, UnusableGeneration};
+use crate::unit_id::UnitId;
 
 /// Unusable checkpoint generations listed per unit in `/status`, newest
 /// last; older ones are dropped (they are long out of the kept ones).
@@ -37,6 +38,8 @@ struct HostInner {
     last_heartbeat_ok: Option<Instant>,
     registry_read: bool,
     units: BTreeMap<String, UnitStatus>,
+    /// Processors this host could not start, with why.
+    failed_processors: BTreeMap<String, String>,
 }
 
 /// The shared status of one unit (cheap to clone).
@@ -56,6 +59,18 @@ struct UnitInner {
     checkpoint: Option<CheckpointMeta>,
     /// Distinct generations this unit found unusable, oldest first.
     unusable: Vec<UnusableGeneration>,
+    /// Failures on this host so far.
+    failures: u64,
+    last_failure: Option<Failure>,
+    /// Between a failure and its restart.
+    failed: bool,
+}
+
+#[derive(Clone)]
+struct Failure {
+    reason: String,
+    at_unix_ms: u64,
+    restart_at: Instant,
 }
 
 /// `/status` as JSON.
@@ -64,7 +79,30 @@ pub struct StatusReport {
     pub host_id: String,
     pub incarnation: String,
     pub ready: bool,
+    /// Why not ready (absent when ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_ready: Option<String>,
     pub units: Vec<UnitReport>,
+    /// Processors this host could not start, with why (it retries).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_processors: Vec<FailedProcessorReport>,
+}
+
+/// A processor a host could not start, in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedProcessorReport {
+    pub processor: String,
+    pub reason: String,
+}
+
+/// A unit's last failure, in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureReport {
+    pub reason: String,
+    /// This host's wall clock when it failed, ms since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// Seconds until the restart (0 once restarted).
+    pub restart_in_seconds: f64,
 }
 
 /// One unit in `/status`.
@@ -74,7 +112,8 @@ pub struct UnitReport {
     pub name: String,
     pub processor: String,
     pub partition: i32,
-    /// `leader` or `passive`.
+    /// `leader`, `passive`, or `failed` (between a failure and its
+    /// restart: holding no lease).
     pub role: &'static str,
     /// The epoch it leads at, or last led at on this host.
     pub epoch: Option<u64>,
@@ -88,6 +127,11 @@ pub struct UnitReport {
     /// Checkpoint generations this unit found unusable (corrupt, or refused
     /// by the processor's restore) and skipped, oldest first.
     pub corrupt_checkpoints: Vec<CorruptCheckpointReport>,
+    /// Times the unit failed on this host (and restarted).
+    pub failures: u64,
+    /// The last of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<FailureReport>,
 }
 
 /// An unusable checkpoint generation in `/status`.
@@ -149,7 +193,53 @@ impl HostStatus {
         if !inner.registry_read {
             return Err("the deployment registry has not been read yet".to_string());
         }
+        if let Some((processor, reason)) = inner.failed_processors.iter().next() {
+            return Err(format!(
+                "processor {processor} could not start on this host: {reason}"
+            ));
+        }
+        let units: Vec<(String, UnitStatus)> = inner
+            .units
+            .iter()
+            .map(|(name, unit)| (name.clone(), unit.clone()))
+            .collect();
+        drop(inner);
+        for (name, unit) in units {
+            let state = lock(&unit.inner);
+            if let (true, Some(failure)) = (state.failed, &state.last_failure) {
+                return Err(format!(
+                    "unit {name} failed ({} times on this host): {}; it restarts in {:.1} s",
+                    state.failures,
+                    failure.reason,
+                    failure
+                        .restart_at
+                        .saturating_duration_since(Instant::now())
+                        .as_secs_f64()
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Processor `processor` could not start on this host, for `reason`.
+    pub fn processor_failed(&self, processor: &str, reason: &str) {
+        lock(&self.inner)
+            .failed_processors
+            .insert(processor.to_string(), reason.to_string());
+    }
+
+    /// The processors listed as failed.
+    pub fn failed_processor_names(&self) -> Vec<String> {
+        lock(&self.inner)
+            .failed_processors
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Processor `processor` started, or is gone.
+    pub fn processor_ok(&self, processor: &str) {
+        lock(&self.inner).failed_processors.remove(processor);
     }
 
     /// The status entry of a unit, created passive.
@@ -159,34 +249,62 @@ impl HostStatus {
             partition,
             inner: Arc::default(),
         };
-        let name = crate::pipeline::unit::unit_name(processor, partition);
+        let name = UnitId::new(processor, partition).name();
         lock(&self.inner).units.insert(name, unit.clone());
         unit
     }
 
     pub fn forget_unit(&self, processor: &str, partition: i32) {
-        let name = crate::pipeline::unit::unit_name(processor, partition);
+        let name = UnitId::new(processor, partition).name();
         lock(&self.inner).units.remove(&name);
     }
 
     /// A snapshot of everything, for `/status`.
     pub fn report(&self) -> StatusReport {
-        let ready = self.readiness().is_ok();
-        let units: Vec<UnitStatus> = lock(&self.inner).units.values().cloned().collect();
+        let readiness = self.readiness();
+        let (units, failed_processors): (Vec<UnitStatus>, Vec<FailedProcessorReport>) = {
+            let inner = lock(&self.inner);
+            (
+                inner.units.values().cloned().collect(),
+                inner
+                    .failed_processors
+                    .iter()
+                    .map(|(processor, reason)| FailedProcessorReport {
+                        processor: processor.clone(),
+                        reason: reason.clone(),
+                    })
+                    .collect(),
+            )
+        };
         let now_ms = crate::probe::unix_micros() / 1000;
         StatusReport {
             host_id: self.host_id.clone(),
             incarnation: self.incarnation.clone(),
-            ready,
+            ready: readiness.is_ok(),
+            not_ready: readiness.err(),
+            failed_processors,
             units: units
                 .iter()
                 .map(|unit| {
                     let state = lock(&unit.inner).clone();
                     UnitReport {
-                        name: crate::pipeline::unit::unit_name(&unit.processor, unit.partition),
+                        name: UnitId::new(&unit.processor, unit.partition).name(),
                         processor: unit.processor.clone(),
                         partition: unit.partition,
-                        role: if state.leading { "leader" } else { "passive" },
+                        role: match (state.failed, state.leading) {
+                            (true, _) => "failed",
+                            (false, true) => "leader",
+                            (false, false) => "passive",
+                        },
+                        failures: state.failures,
+                        last_failure: state.last_failure.as_ref().map(|f| FailureReport {
+                            reason: f.reason.clone(),
+                            at_unix_ms: f.at_unix_ms,
+                            restart_in_seconds: f
+                                .restart_at
+                                .saturating_duration_since(Instant::now())
+                                .as_secs_f64(),
+                        }),
                         epoch: state.epoch,
                         next_offset: state.next_offset,
                         input_high_watermark: state.input_high_watermark,
@@ -222,6 +340,24 @@ impl UnitStatus {
 
     pub fn passive(&self) {
         lock(&self.inner).leading = false;
+    }
+
+    /// Failed for `reason`; restarts in `restart_in`.
+    pub fn failed(&self, reason: &str, restart_in: Duration) {
+        let mut inner = lock(&self.inner);
+        inner.leading = false;
+        inner.failed = true;
+        inner.failures += 1;
+        inner.last_failure = Some(Failure {
+            reason: reason.to_string(),
+            at_unix_ms: crate::probe::unix_micros() / 1000,
+            restart_at: Instant::now() + restart_in,
+        });
+    }
+
+    /// Restarted after a failure (the last failure stays listed).
+    pub fn restarting(&self) {
+        lock(&self.inner).failed = false;
     }
 
     pub fn progressed(&self, next_offset: i64, input_high_watermark: Option<i64>) {

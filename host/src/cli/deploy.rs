@@ -1,10 +1,17 @@
-//! `logstream deploy FILE.wasm --name NAME --input TOPIC --output TOPIC`:
-//! validate a processor module, store it and its spec in the registry.
-//! Hosts notice the new version through the registry's change counter.
+//! `logstream deploy FILE.wasm --name NAME --input TOPIC --output TOPIC
+//! [--output TOPIC …] [--reset]`: validate a processor module, store it and
+//! its spec in the registry. Hosts notice the new version through the
+//! registry's change counter.
+//!
+//! The first `--output` is the default output topic; the others are the
+//! only topics the processor may route outputs to by name.
 //!
 //! Redeploying under an existing name first checks that the new module
 //! restores the current checkpoint of every unit of the processor; if one
-//! refuses, nothing is stored and the running version keeps running.
+//! refuses, nothing is stored and the running version keeps running. A
+//! redeploy that changes the input or the default output topic is refused
+//! unless `--reset` starts a new state lineage (empty state, from the start
+//! of the input).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +20,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::{module_loader, GlobalArgs};
-use crate::store::registry::{self, BatchSettings, DeploySpec};
+use crate::store::registry::{self, BatchSettings, DeployOptions, DeploySpec};
 use crate::wasm::InstanceLimits;
 
 #[derive(Debug, Args)]
@@ -29,9 +36,17 @@ pub struct DeployArgs {
     #[arg(long)]
     pub input: String,
 
-    /// Output topic.
+    /// Output topic; repeat it for topics the processor may route outputs
+    /// to by name (the first is the default for outputs that name none).
+    #[arg(long = "output", value_name = "TOPIC", required = true)]
+    pub outputs: Vec<String>,
+
+    /// Start the processor over: empty state, from the start of the input
+    /// (a new state lineage; the old checkpoints are ignored). Needed to
+    /// change the input or the default output topic of a deployed
+    /// processor.
     #[arg(long)]
-    pub output: String,
+    pub reset: bool,
 
     /// Configuration string for the processor.
     #[arg(long, default_value = "")]
@@ -64,10 +79,12 @@ pub fn run(global: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
     let loader = module_loader(global, InstanceLimits::default())?;
     let store = crate::store::open(&args.store)
         .with_context(|| format!("opening the store {}", args.store))?;
+    let mut outputs = args.outputs.into_iter();
     let spec = DeploySpec {
         name: args.name,
         input_topic: args.input,
-        output_topic: args.output,
+        output_topic: outputs.next().expect("clap requires one --output"),
+        extra_output_topics: outputs.collect(),
         config: args.config,
         batch: BatchSettings {
             max_records: args.batch_max_records,
@@ -75,7 +92,7 @@ pub fn run(global: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
             ..BatchSettings::default()
         },
     };
-    if registry::get_spec(store.as_ref(), &spec.name)?.is_some() {
+    if !args.reset && registry::get_spec(store.as_ref(), &spec.name)?.is_some() {
         let module = loader
             .load(&bytes)
             .map_err(|e| anyhow::anyhow!("{} was not deployed: {e}", args.file.display()))?;
@@ -85,17 +102,26 @@ pub fn run(global: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
             eprintln!("the new module restores the current state of all {checked} units");
         }
     }
-    let outcome = registry::deploy(store.as_ref(), &loader, &bytes, spec)
+    let options = DeployOptions { reset: args.reset };
+    let outcome = registry::deploy(store.as_ref(), &loader, &bytes, spec, options)
         .map_err(|e| anyhow::anyhow!("{} was not deployed: {e}", args.file.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome.spec)?);
     } else {
         println!(
-            "deployed {} v{} (module {}){}",
+            "deployed {} v{} (module {}){}{}",
             outcome.spec.name,
             outcome.spec.version,
             &outcome.spec.module_sha256[..12],
-            if outcome.changed { "" } else { " (unchanged)" }
+            if outcome.changed { "" } else { " (unchanged)" },
+            if args.reset {
+                format!(
+                    "; reset: state lineage {}, from empty state at the start of the input",
+                    outcome.spec.lineage
+                )
+            } else {
+                String::new()
+            }
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -112,14 +138,14 @@ fn check_restores(
 ) -> Result<usize> {
     let mut checked = 0;
     for partition in registry::unit_partitions(store, processor)? {
-        let unit = crate::pipeline::unit::unit_name(processor, partition);
-        let Some(current) = crate::store::checkpoint::read_current(store, &unit)
+        let unit = crate::unit_id::UnitId::new(processor, partition);
+        let Some(current) = crate::store::checkpoint::read_current(store, &unit.name())
             .with_context(|| format!("reading the checkpoint of {unit}"))?
         else {
             continue;
         };
         crate::wasm::SupervisedProcessor::start_from(
-            &unit,
+            &unit.name(),
             module.clone(),
             config,
             crate::wasm::RecoveryPolicy::default(),

@@ -6,10 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 
+use super::host_config::HostFile;
 use super::{GlobalArgs, LimitArgs};
 use crate::pipeline::node::{self, HostConfig};
+use crate::unit_id::Deployment;
 
 /// Default checkpoint interval while records flow, in milliseconds.
 pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1_000;
@@ -38,6 +41,13 @@ pub struct HostArgs {
     /// This host's id [default: the hostname].
     #[arg(long, env = "LOGSTREAM_HOST_ID")]
     pub host_id: Option<String>,
+
+    /// The deployment's name, part of every id this host's units put on
+    /// the broker, so deployments sharing a broker never interfere. The
+    /// first host of a store records it there; later hosts must agree
+    /// [default: the store's; a generated one on a new store].
+    #[arg(long, env = "LOGSTREAM_DEPLOYMENT")]
+    pub deployment: Option<String>,
 
     #[command(flatten)]
     pub election: super::ElectionArgs,
@@ -85,10 +95,16 @@ pub(super) fn parse_admin_addr(text: &str) -> Result<AdminAddr, String> {
 pub fn run(global: &GlobalArgs, mut args: HostArgs, matches: &ArgMatches) -> Result<ExitCode> {
     if let Some(path) = args.config.clone() {
         let file = super::host_config::load(&path)?;
-        super::host_config::apply(file, &mut args, matches)
+        apply(file, &mut args, matches)
             .with_context(|| format!("the config file {} is invalid", path.display()))?;
     }
     let timing = args.election.timing()?;
+    let deployment = args
+        .deployment
+        .as_deref()
+        .map(Deployment::new)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let shutdown = super::shutdown_on_signals()?;
     let cache_dir: Option<PathBuf> = if global.no_cache {
         None
@@ -104,6 +120,7 @@ pub fn run(global: &GlobalArgs, mut args: HostArgs, matches: &ArgMatches) -> Res
         host_id: args
             .host_id
             .unwrap_or_else(super::probe_election::default_host_id),
+        deployment,
         timing,
         checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms),
         checkpoint_every_records: args.checkpoint_every_records.max(1),
@@ -113,4 +130,116 @@ pub fn run(global: &GlobalArgs, mut args: HostArgs, matches: &ArgMatches) -> Res
     };
     node::run(config, shutdown)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `id` was left at its built-in default (not given on the command
+/// line or in the environment), so the file may set it.
+fn defaulted(matches: &ArgMatches, id: &str) -> bool {
+    matches!(
+        matches.value_source(id),
+        None | Some(ValueSource::DefaultValue)
+    )
+}
+
+/// Fill in `args` from `file` where the command line and the environment
+/// left the default.
+fn apply(file: HostFile, args: &mut HostArgs, matches: &ArgMatches) -> Result<()> {
+    macro_rules! take {
+        ($id:literal, $from:expr => $to:expr) => {
+            if let Some(value) = $from {
+                if defaulted(matches, $id) {
+                    $to = value;
+                }
+            }
+        };
+    }
+    take!("store", file.store => args.store);
+    take!("brokers", file.brokers => args.brokers);
+    if let Some(host_id) = file.host_id {
+        if defaulted(matches, "host_id") {
+            args.host_id = Some(host_id);
+        }
+    }
+    if let Some(deployment) = file.deployment {
+        if defaulted(matches, "deployment") {
+            args.deployment = Some(deployment);
+        }
+    }
+    if let Some(text) = file.admin_addr {
+        if defaulted(matches, "admin_addr") {
+            args.admin_addr =
+                parse_admin_addr(&text).map_err(|e| anyhow::anyhow!("admin_addr: {e}"))?;
+        }
+    }
+    take!("lease_ms", file.election.lease_ms => args.election.lease_ms);
+    take!("heartbeat_ms", file.election.heartbeat_ms => args.election.heartbeat_ms);
+    take!("margin_ms", file.election.margin_ms => args.election.margin_ms);
+    take!("checkpoint_interval_ms", file.checkpoint.interval_ms => args.checkpoint_interval_ms);
+    take!("checkpoint_every_records", file.checkpoint.every_records => args.checkpoint_every_records);
+    take!("memory_limit_mib", file.limits.memory_limit_mib => args.limits.memory_limit_mib);
+    take!("call_timeout_ms", file.limits.call_timeout_ms => args.limits.call_timeout_ms);
+    take!("max_output_mib", file.limits.max_output_mib => args.limits.max_output_mib);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::host_config::parse;
+
+    /// `logstream host ARGS` parsed, with the host's matches.
+    fn parsed(args: &[&str]) -> (HostArgs, clap::ArgMatches) {
+        use clap::{CommandFactory, FromArgMatches};
+        let argv = ["logstream", "host"].iter().chain(args);
+        let matches = super::super::Cli::command().get_matches_from(argv);
+        let cli = super::super::Cli::from_arg_matches(&matches).unwrap();
+        let super::super::Command::Host(host) = cli.command else {
+            panic!("not the host command")
+        };
+        (host, matches.subcommand_matches("host").unwrap().clone())
+    }
+
+    #[test]
+    fn the_file_fills_in_only_what_the_command_line_left_at_its_default() {
+        let (mut args, matches) = parsed(&["--brokers", "from-cli:9092", "--margin-ms", "150"]);
+        let file = parse(
+            "brokers = \"from-file:9092\"\nstore = \"sqlite:from-file.db\"\n[election]\nlease_ms = 900\nmargin_ms = 300\n",
+        )
+        .unwrap();
+        apply(file, &mut args, &matches).unwrap();
+        assert_eq!(args.brokers, "from-cli:9092");
+        assert_eq!(args.store, "sqlite:from-file.db");
+        assert_eq!(args.election.lease_ms, 900);
+        assert_eq!(args.election.margin_ms, 150);
+        // Untouched by both: the built-in default.
+        assert_eq!(args.checkpoint_interval_ms, DEFAULT_CHECKPOINT_INTERVAL_MS);
+    }
+
+    #[test]
+    fn a_bad_admin_address_in_the_file_is_named() {
+        let (mut args, matches) = parsed(&[]);
+        let file = parse("admin_addr = \"everywhere\"\n").unwrap();
+        let message = format!("{:#}", apply(file, &mut args, &matches).unwrap_err());
+        assert!(message.starts_with("admin_addr: "), "{message}");
+    }
+
+    #[test]
+    fn the_deployment_comes_from_the_file_unless_given() {
+        let (mut args, matches) = parsed(&[]);
+        apply(
+            parse("deployment = \"prod\"\n").unwrap(),
+            &mut args,
+            &matches,
+        )
+        .unwrap();
+        assert_eq!(args.deployment.as_deref(), Some("prod"));
+        let (mut args, matches) = parsed(&["--deployment", "staging"]);
+        apply(
+            parse("deployment = \"prod\"\n").unwrap(),
+            &mut args,
+            &matches,
+        )
+        .unwrap();
+        assert_eq!(args.deployment.as_deref(), Some("staging"));
+    }
 }

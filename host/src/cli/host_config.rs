@@ -3,7 +3,8 @@
 //! Every key mirrors a `logstream host` option (same name, `_` for `-`),
 //! grouped in tables; see docs/configuration.md for the reference. A value
 //! comes from, in order of precedence: the command line, the option's
-//! `LOGSTREAM_…` environment variable, the file, the built-in default.
+//! `LOGSTREAM_…` environment variable, the file, the built-in default
+//! (`cli::host` applies the file).
 //!
 //! Guarantees: an unknown key, a value of the wrong type or an unreadable
 //! file is refused with one sentence naming the file and the key; nothing
@@ -12,11 +13,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use clap::parser::ValueSource;
-use clap::ArgMatches;
 use serde::Deserialize;
-
-use super::host::HostArgs;
 
 /// Largest config file read: 1 MiB (a real one is a few hundred bytes).
 pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
@@ -26,6 +23,7 @@ pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct HostFile {
     pub host_id: Option<String>,
+    pub deployment: Option<String>,
     pub store: Option<String>,
     pub brokers: Option<String>,
     /// `IP:PORT` or `off`.
@@ -123,51 +121,6 @@ fn key_on_line(text: &str, line: usize) -> Option<String> {
     })
 }
 
-/// Whether `id` was left at its built-in default (not given on the command
-/// line or in the environment), so the file may set it.
-fn defaulted(matches: &ArgMatches, id: &str) -> bool {
-    matches!(
-        matches.value_source(id),
-        None | Some(ValueSource::DefaultValue)
-    )
-}
-
-/// Fill in `args` from `file` where the command line and the environment
-/// left the default.
-pub fn apply(file: HostFile, args: &mut HostArgs, matches: &ArgMatches) -> Result<()> {
-    macro_rules! take {
-        ($id:literal, $from:expr => $to:expr) => {
-            if let Some(value) = $from {
-                if defaulted(matches, $id) {
-                    $to = value;
-                }
-            }
-        };
-    }
-    take!("store", file.store => args.store);
-    take!("brokers", file.brokers => args.brokers);
-    if let Some(host_id) = file.host_id {
-        if defaulted(matches, "host_id") {
-            args.host_id = Some(host_id);
-        }
-    }
-    if let Some(text) = file.admin_addr {
-        if defaulted(matches, "admin_addr") {
-            args.admin_addr = super::host::parse_admin_addr(&text)
-                .map_err(|e| anyhow::anyhow!("admin_addr: {e}"))?;
-        }
-    }
-    take!("lease_ms", file.election.lease_ms => args.election.lease_ms);
-    take!("heartbeat_ms", file.election.heartbeat_ms => args.election.heartbeat_ms);
-    take!("margin_ms", file.election.margin_ms => args.election.margin_ms);
-    take!("checkpoint_interval_ms", file.checkpoint.interval_ms => args.checkpoint_interval_ms);
-    take!("checkpoint_every_records", file.checkpoint.every_records => args.checkpoint_every_records);
-    take!("memory_limit_mib", file.limits.memory_limit_mib => args.limits.memory_limit_mib);
-    take!("call_timeout_ms", file.limits.call_timeout_ms => args.limits.call_timeout_ms);
-    take!("max_output_mib", file.limits.max_output_mib => args.limits.max_output_mib);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,45 +183,6 @@ max_output_mib = 16
             top.starts_with("line 1, key `brokers`: invalid type"),
             "{top}"
         );
-    }
-
-    /// `logstream host ARGS` parsed, with the host's matches.
-    fn parsed(args: &[&str]) -> (HostArgs, clap::ArgMatches) {
-        use clap::{CommandFactory, FromArgMatches};
-        let argv = ["logstream", "host"].iter().chain(args);
-        let matches = super::super::Cli::command().get_matches_from(argv);
-        let cli = super::super::Cli::from_arg_matches(&matches).unwrap();
-        let super::super::Command::Host(host) = cli.command else {
-            panic!("not the host command")
-        };
-        (host, matches.subcommand_matches("host").unwrap().clone())
-    }
-
-    #[test]
-    fn the_file_fills_in_only_what_the_command_line_left_at_its_default() {
-        let (mut args, matches) = parsed(&["--brokers", "from-cli:9092", "--margin-ms", "150"]);
-        let file = parse(
-            "brokers = \"from-file:9092\"\nstore = \"sqlite:from-file.db\"\n[election]\nlease_ms = 900\nmargin_ms = 300\n",
-        )
-        .unwrap();
-        apply(file, &mut args, &matches).unwrap();
-        assert_eq!(args.brokers, "from-cli:9092");
-        assert_eq!(args.store, "sqlite:from-file.db");
-        assert_eq!(args.election.lease_ms, 900);
-        assert_eq!(args.election.margin_ms, 150);
-        // Untouched by both: the built-in default.
-        assert_eq!(
-            args.checkpoint_interval_ms,
-            super::super::host::DEFAULT_CHECKPOINT_INTERVAL_MS
-        );
-    }
-
-    #[test]
-    fn a_bad_admin_address_in_the_file_is_named() {
-        let (mut args, matches) = parsed(&[]);
-        let file = parse("admin_addr = \"everywhere\"\n").unwrap();
-        let message = format!("{:#}", apply(file, &mut args, &matches).unwrap_err());
-        assert!(message.starts_with("admin_addr: "), "{message}");
     }
 
     #[test]

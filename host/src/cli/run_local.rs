@@ -37,6 +37,13 @@ pub struct RunLocalArgs {
     #[arg(long, default_value = "")]
     pub config: String,
 
+    /// A topic the processor may send outputs to, as `logstream deploy
+    /// --output` declares them (repeat it; the first is the default topic).
+    /// An output naming any other topic is its record's failure, as on a
+    /// host.
+    #[arg(long = "output", value_name = "TOPIC")]
+    pub outputs: Vec<String>,
+
     /// Processor name (in logs and errors) [default: the file's stem].
     #[arg(long)]
     pub name: Option<String>,

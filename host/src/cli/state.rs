@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use super::StoreArgs;
-use crate::pipeline::unit::unit_name;
 use crate::store::{checkpoint, registry};
+use crate::unit_id::UnitId;
 
 #[derive(Debug, Subcommand)]
 pub enum StateCommand {
@@ -47,7 +47,7 @@ fn export(args: ExportArgs) -> Result<ExitCode> {
     if registry::get_spec(store.as_ref(), &args.name)?.is_none() {
         anyhow::bail!("no processor named {} is deployed", args.name);
     }
-    let unit = unit_name(&args.name, args.partition);
+    let unit = UnitId::new(&args.name, args.partition).name();
     let Some(found) = checkpoint::read_current(store.as_ref(), &unit)? else {
         anyhow::bail!("unit {unit} has no checkpoint yet");
     };

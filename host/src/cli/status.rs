@@ -20,12 +20,12 @@ use serde::Serialize;
 
 use super::StoreArgs;
 use crate::pipeline::kafka;
-use crate::pipeline::unit::unit_name;
 use crate::store::checkpoint::{self, CheckpointMeta, UnusableReport};
 use crate::store::election::{read_leader, LeaderRecord};
 use crate::store::membership::{self, HostRecord};
 use crate::store::registry::{self, ProcessorSpec};
 use crate::store::{transact, KvStore, RetryPolicy};
+use crate::unit_id::UnitId;
 
 /// The version of the `--json` shape.
 pub const STATUS_JSON_VERSION: u32 = 1;
@@ -229,7 +229,7 @@ fn unit_status(
     host_of: &BTreeMap<&str, &str>,
     now_ms: i64,
 ) -> Result<UnitStatus> {
-    let unit = unit_name(&spec.name, partition);
+    let unit = UnitId::new(&spec.name, partition).name();
     let record: Option<LeaderRecord> = transact(store, policy, |txn| read_leader(txn, &unit))
         .map_err(|e| anyhow::anyhow!("reading the leader record of {unit}: {e}"))?;
     let leader = record.map(|r| LeaderStatus {

@@ -18,11 +18,11 @@ use anyhow::Result;
 use clap::Args;
 
 use super::StoreArgs;
-use crate::pipeline::unit::unit_name;
 use crate::store::election::{self, read_leader, LeaderRecord};
 use crate::store::membership;
 use crate::store::registry;
 use crate::store::{transact, KvStore, RetryPolicy};
+use crate::unit_id::UnitId;
 
 /// Default bound of `--wait`, in milliseconds.
 pub const DEFAULT_WAIT_MS: u64 = 30_000;
@@ -84,7 +84,7 @@ pub fn run(args: StepDownArgs) -> Result<ExitCode> {
     let mut asked: Vec<(String, LeaderRecord)> = Vec::new();
     for spec in &specs {
         for partition in registry::unit_partitions(store.as_ref(), &spec.name)? {
-            let unit = unit_name(&spec.name, partition);
+            let unit = UnitId::new(&spec.name, partition).name();
             let request =
                 election::request_step_down(store.as_ref(), &policy, &unit, only_holder.as_deref())
                     .map_err(|e| anyhow::anyhow!("asking {unit} to step down: {e}"))?;

@@ -74,6 +74,13 @@ const EARLIEST: i64 = -2;
 const LATEST: i64 = -1;
 /// Produce acknowledgement: all in-sync replicas.
 const ACKS_ALL: i16 = -1;
+/// The producer epoch from which a unit moves to a fresh transactional id
+/// (the next producer generation) instead of fencing its current one
+/// again: epochs are 16-bit, every takeover burns one, and Apache Kafka
+/// treats `i16::MAX - 1` as exhausted (`TransactionMetadata`
+/// `isProducerEpochExhausted`). Two below that, so the last fence of the
+/// old id still fences every earlier holder.
+pub const LAST_PRODUCER_EPOCH: i16 = i16::MAX - 3;
 
 /// Kafka error codes this producer tells apart.
 mod code {
@@ -159,6 +166,22 @@ impl FencedProducer {
         // Resolved now, while nobody waits on it.
         producer.coordinator()?;
         Ok(producer)
+    }
+
+    /// The transactional id this producer fences and produces as.
+    pub fn transactional_id(&self) -> &str {
+        &self.transactional_id
+    }
+
+    /// Produce as `transactional_id` from the next [`fence`](Self::fence)
+    /// on (the unit moved to another producer generation). Drops anything
+    /// held; the connections and metadata stay.
+    pub fn retarget(&mut self, transactional_id: &str) {
+        self.transactional_id = transactional_id.to_string();
+        self.coordinator = None;
+        self.identity = None;
+        self.sequences.clear();
+        self.held.clear();
     }
 
     /// Take the producer id over for a new epoch of the unit: from now on
@@ -401,7 +424,8 @@ impl FencedProducer {
                         if records.is_empty() {
                             self.held.remove(&tp);
                         }
-                        *self.sequences.entry(tp).or_insert(0) += count as i32;
+                        let next = self.sequences.entry(tp).or_insert(0);
+                        *next = increment_sequence(*next, count);
                     }
                     Some(code::PRODUCER_FENCED | code::INVALID_PRODUCER_EPOCH) => {
                         return Err(ProduceError::Fenced {
@@ -452,6 +476,71 @@ impl FencedProducer {
             .ok_or_else(|| anyhow!("topic {topic} does not exist"))
     }
 
+    /// The high watermarks of `partitions`, in their order: one ListOffsets
+    /// request per leader broker.
+    pub fn high_watermarks(&mut self, partitions: &[(String, i32)]) -> Result<Vec<i64>> {
+        let mut by_node: BTreeMap<i32, Vec<&(String, i32)>> = BTreeMap::new();
+        for tp in partitions {
+            by_node.entry(self.leader(tp)?).or_default().push(tp);
+        }
+        let mut answers: HashMap<TopicPartition, i64> = HashMap::new();
+        for (node, wanted) in by_node {
+            let mut topics: BTreeMap<&str, Vec<ListOffsetsPartition>> = BTreeMap::new();
+            for (topic, partition) in wanted {
+                let mut request = ListOffsetsPartition::default();
+                request.partition_index = *partition;
+                request.timestamp = LATEST;
+                request.current_leader_epoch = -1;
+                topics.entry(topic).or_default().push(request);
+            }
+            let mut request = ListOffsetsRequest::default();
+            request.replica_id = BrokerId(-1);
+            request.topics = topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    let mut topic = ListOffsetsTopic::default();
+                    topic.name = TopicName(StrBytes::from_string(name.to_string()));
+                    topic.partitions = partitions;
+                    topic
+                })
+                .collect();
+            let response = self
+                .on_node(node, |c| c.request(&request, 1..=7))
+                .context("reading the high watermarks")?;
+            for topic in &response.topics {
+                for answer in &topic.partitions {
+                    let tp = (topic.name.0.to_string(), answer.partition_index);
+                    if answer.error_code != code::NONE {
+                        // A moved leader is looked up again next time.
+                        self.leaders.remove(&tp);
+                        bail!(
+                            "listing the offsets of {}/{} failed with error code {}",
+                            tp.0,
+                            tp.1,
+                            answer.error_code
+                        );
+                    }
+                    answers.insert(tp, answer.offset);
+                }
+            }
+        }
+        partitions
+            .iter()
+            .map(|tp| {
+                answers
+                    .get(tp)
+                    .copied()
+                    .ok_or_else(|| anyhow!("no offsets for {}/{} in the answer", tp.0, tp.1))
+            })
+            .collect()
+    }
+
+    /// The low watermark (first offset) of one partition.
+    pub fn low_watermark(&mut self, topic: &str, partition: i32) -> Result<i64> {
+        self.list_offset(topic, partition, EARLIEST)
+            .context("reading the low watermark")
+    }
+
     /// Low and high watermark of one partition.
     pub fn watermarks(&mut self, topic: &str, partition: i32) -> Result<(i64, i64)> {
         let low = self
@@ -496,7 +585,7 @@ impl FencedProducer {
         Ok(answer.offset)
     }
 
-    fn leader(&mut self, tp: &TopicPartition) -> Result<i32> {
+    fn leader(&mut self, tp: &(String, i32)) -> Result<i32> {
         if let Some(leader) = self.leaders.get(tp) {
             return Ok(*leader);
         }
@@ -599,5 +688,31 @@ impl FencedProducer {
             self.connections.remove(&node);
         }
         result
+    }
+}
+
+/// The sequence after `sequence` and `count` more records: Kafka's
+/// sequences wrap from `i32::MAX` to 0 (`DefaultRecordBatch.incrementSequence`),
+/// so a producer that outlives two billion records per partition goes on.
+pub fn increment_sequence(sequence: i32, count: usize) -> i32 {
+    let count = i32::try_from(count).expect("a batch holds fewer than i32::MAX records");
+    if sequence > i32::MAX - count {
+        count - (i32::MAX - sequence) - 1
+    } else {
+        sequence + count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_wrap_at_i32_max_as_kafka_specifies() {
+        assert_eq!(increment_sequence(0, 5), 5);
+        assert_eq!(increment_sequence(i32::MAX - 5, 5), i32::MAX);
+        assert_eq!(increment_sequence(i32::MAX - 5, 6), 0);
+        assert_eq!(increment_sequence(i32::MAX, 1), 0);
+        assert_eq!(increment_sequence(i32::MAX - 1, 10), 8);
     }
 }

@@ -6,8 +6,11 @@
 //! - [`fenced`]: the unit's output producer, fenced at the broker by the
 //!   unit's epoch ([`wire`]: the protocol connection it speaks over,
 //!   [`record_batch`]: the batches it sends);
+//! - [`input`], [`tail`], [`links`]: a unit's input reader, the tail of its
+//!   output partitions, and the connections it keeps across roles;
+//! - [`position`]: where a checkpoint puts a unit (offset, output marks);
 //! - [`unit`](mod@unit): one processor on one input partition: lead, checkpoint,
-//!   hot standby, takeover with output suppression;
+//!   hot standby, takeover with output suppression, crash-only restarts;
 //! - [`node`]: a host: membership, registry polling, one thread per unit.
 
 pub mod fenced;
@@ -15,6 +18,7 @@ pub mod input;
 pub mod kafka;
 pub mod links;
 pub mod node;
+pub mod position;
 pub mod record_batch;
 pub mod tail;
 pub mod unit;

@@ -1,7 +1,18 @@
-//! A host node (`logstream host`): registers in the store, heartbeats, polls
-//! the registry, and runs one [`Unit`] thread per (deployed processor, input
-//! partition). On shutdown every unit hands over (final checkpoint, step
-//! down) and the host deregisters.
+//! A host node (`logstream host`): settles the deployment's name, registers
+//! in the store, heartbeats, polls the registry, and runs one crash-only
+//! [`Unit`] thread per (deployed processor, input partition). On shutdown
+//! every unit hands over (final checkpoint, step down) and the host
+//! deregisters.
+//!
+//! Guarantees:
+//! - **One bad processor never blocks the others.** A processor whose
+//!   module cannot be loaded or whose topics cannot be read is reported
+//!   (`/status`, `/readyz`) and tried again every [`PROCESSOR_RETRY`]; the
+//!   other processors start and run meanwhile.
+//! - **Growing topics get units.** Every [`PARTITION_RECHECK`] the host
+//!   looks at each running processor's input partition count and starts
+//!   units for new partitions; the existing units keep their output
+//!   partitions (`pipeline::position`).
 //!
 //! With an admin address, the host also serves its metrics and status over
 //! HTTP ([`crate::admin`]) from startup until it has handed over.
@@ -10,22 +21,28 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use super::kafka;
-use super::unit::{dlq_topic, Unit, UnitSettings};
+use super::unit::restarts::run_with_restarts;
+use super::unit::{Unit, UnitSettings};
 use crate::admin::{Admin, AdminServer};
 use crate::store::election::ElectionTiming;
 use crate::store::registry::{self, ProcessorSpec};
-use crate::store::{membership, KvStore, RetryPolicy};
-use crate::wasm::{CompileCache, InstanceLimits, ModuleLoader, WasmEngine};
+use crate::store::{deployment, membership, KvStore, RetryPolicy};
+use crate::unit_id::Deployment;
+use crate::wasm::{CompileCache, InstanceLimits, ModuleLoader, ProcessorModule, WasmEngine};
 
 /// How often the main loop looks at the shutdown flag while it waits.
 const SHUTDOWN_CHECK: Duration = Duration::from_millis(5);
 /// How often the registry's change counter is polled.
 pub const REGISTRY_POLL: Duration = Duration::from_millis(250);
+/// How often a processor that could not start is tried again.
+pub const PROCESSOR_RETRY: Duration = Duration::from_secs(5);
+/// How often running processors' input partition counts are looked at.
+pub const PARTITION_RECHECK: Duration = Duration::from_secs(5);
 
 /// What a host needs.
 #[derive(Debug, Clone)]
@@ -33,6 +50,9 @@ pub struct HostConfig {
     pub store_url: String,
     pub brokers: String,
     pub host_id: String,
+    /// The deployment name to settle or check (`None`: the store's, or a
+    /// generated one on a new store).
+    pub deployment: Option<Deployment>,
     pub timing: ElectionTiming,
     pub checkpoint_interval: Duration,
     pub checkpoint_every_records: u64,
@@ -42,11 +62,29 @@ pub struct HostConfig {
     pub admin_addr: Option<std::net::SocketAddr>,
 }
 
+/// One unit's thread.
 struct RunningUnit {
-    version: u64,
-    partitions: i32,
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    thread: JoinHandle<()>,
+}
+
+/// The units of one deployed processor on this host.
+struct RunningProcessor {
+    spec: ProcessorSpec,
+    module: ProcessorModule,
+    units: BTreeMap<i32, RunningUnit>,
+    partitions_checked: Instant,
+}
+
+/// What the host loop keeps between rounds.
+struct Host {
+    store: Arc<dyn KvStore>,
+    loader: ModuleLoader,
+    settings: UnitSettings,
+    admin: Admin,
+    running: BTreeMap<String, RunningProcessor>,
+    /// Processors that could not start, and when to try again.
+    failed: BTreeMap<String, Instant>,
 }
 
 /// Run a host until `shutdown` is set.
@@ -54,6 +92,7 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
     config.timing.validate().map_err(anyhow::Error::msg)?;
     let store: Arc<dyn KvStore> = crate::store::open(&config.store_url)
         .with_context(|| format!("opening the store {}", config.store_url))?;
+    let deployment = deployment::settle(store.as_ref(), config.deployment.as_ref())?;
     let engine = WasmEngine::new(config.limits.clone())?;
     let loader = ModuleLoader::new(engine, config.cache_dir.clone().map(CompileCache::new))?;
     let incarnation = crate::probe::incarnation_of(&config.host_id);
@@ -72,19 +111,27 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
         ..RetryPolicy::default()
     };
     tracing::info!(
+        %deployment,
         "host {incarnation} starting: store {}, brokers {}",
         store.describe(),
         config.brokers
     );
-    let settings = UnitSettings {
-        brokers: config.brokers.clone(),
-        host_id: config.host_id.clone(),
-        incarnation: incarnation.clone(),
-        timing: config.timing,
-        checkpoint_interval: config.checkpoint_interval,
-        checkpoint_every_records: config.checkpoint_every_records,
+    let mut host = Host {
+        store: store.clone(),
+        loader,
+        settings: UnitSettings {
+            brokers: config.brokers.clone(),
+            host_id: config.host_id.clone(),
+            incarnation: incarnation.clone(),
+            deployment,
+            timing: config.timing,
+            checkpoint_interval: config.checkpoint_interval,
+            checkpoint_every_records: config.checkpoint_every_records,
+        },
+        admin: admin.clone(),
+        running: BTreeMap::new(),
+        failed: BTreeMap::new(),
     };
-    let mut running: BTreeMap<String, RunningUnit> = BTreeMap::new();
     let mut seen_version = None;
     while !shutdown.load(Ordering::Relaxed) {
         match membership::heartbeat(
@@ -95,32 +142,41 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
             started_at,
         ) {
             Ok(_) => admin.status().heartbeat_succeeded(),
-            Err(error) => tracing::warn!("membership heartbeat failed: {error}"),
+            Err(error) => tracing::warn!(%error, "membership heartbeat failed"),
         }
         let version = registry::registry_version(store.as_ref());
         if version.is_ok() {
             admin.status().registry_read();
         }
+        let retry_due = host.failed.values().any(|at| Instant::now() >= *at);
         match version {
-            Ok(version) if Some(version) != seen_version => {
-                match reconcile(&store, &loader, &settings, &admin, &mut running) {
-                    Ok(()) => seen_version = Some(version),
-                    Err(error) => tracing::error!("applying deployments failed: {error:#}"),
+            Ok(version) if Some(version) != seen_version || retry_due => match host.reconcile() {
+                Ok(()) => seen_version = Some(version),
+                Err(error) => {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "reading the deployments failed"
+                    )
                 }
-            }
+            },
             Ok(_) => {}
-            Err(error) => tracing::warn!("reading the registry failed: {error}"),
+            Err(error) => tracing::warn!(%error, "reading the registry failed"),
         }
+        host.start_new_partitions();
         sleep_unless(&shutdown, REGISTRY_POLL.min(config.timing.heartbeat));
     }
     tracing::info!("host {incarnation} shutting down: handing over");
     // All units hand over at once: the passives' takeovers overlap.
-    let stopping: Vec<RunningUnit> = std::mem::take(&mut running).into_values().collect();
-    for unit in &stopping {
-        unit.stop.store(true, Ordering::Relaxed);
+    let stopping: Vec<RunningProcessor> = std::mem::take(&mut host.running).into_values().collect();
+    for processor in &stopping {
+        for unit in processor.units.values() {
+            unit.stop.store(true, Ordering::Relaxed);
+        }
     }
-    for unit in stopping {
-        stop_unit(unit);
+    for processor in stopping {
+        for unit in processor.units.into_values() {
+            let _ = unit.thread.join();
+        }
     }
     // The admin server stops when `_admin_server` drops, after deregistering.
     membership::deregister(store.as_ref(), &policy, &config.host_id, &incarnation)?;
@@ -130,9 +186,9 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
 /// Sleep `period`, returning early once `flag` is set: a SIGTERM starts
 /// the handover within [`SHUTDOWN_CHECK`], not a whole poll later.
 fn sleep_unless(flag: &AtomicBool, period: Duration) {
-    let deadline = std::time::Instant::now() + period;
+    let deadline = Instant::now() + period;
     while !flag.load(Ordering::Relaxed) {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return;
         }
@@ -140,87 +196,196 @@ fn sleep_unless(flag: &AtomicBool, period: Duration) {
     }
 }
 
-fn stop_unit(unit: RunningUnit) {
-    unit.stop.store(true, Ordering::Relaxed);
-    for thread in unit.threads {
-        let _ = thread.join();
+impl Host {
+    /// Start units for new or changed specs, stop those of removed or
+    /// changed ones. A processor that cannot start is reported and retried
+    /// later; the others go on.
+    fn reconcile(&mut self) -> Result<()> {
+        let specs: BTreeMap<String, ProcessorSpec> = registry::list_specs(self.store.as_ref())?
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        let gone: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(name, p)| specs.get(*name).is_none_or(|s| s.version != p.spec.version))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            tracing::info!(processor = %name, "stopping its units (undeployed or redeployed)");
+            let processor = self.running.remove(&name).expect("listed");
+            let partitions: Vec<i32> = processor.units.keys().copied().collect();
+            stop_units(processor.units.into_values().collect());
+            for partition in partitions {
+                self.admin.forget_unit(&name, partition);
+            }
+        }
+        self.failed.retain(|name, _| specs.contains_key(name));
+        for name in self.admin.status().failed_processor_names() {
+            if !specs.contains_key(&name) {
+                self.admin.processor_ok(&name);
+            }
+        }
+        for (name, spec) in specs {
+            if self.running.contains_key(&name) {
+                continue;
+            }
+            if self
+                .failed
+                .get(&name)
+                .is_some_and(|at| Instant::now() < *at)
+            {
+                continue;
+            }
+            match self.start_processor(spec) {
+                Ok(processor) => {
+                    self.failed.remove(&name);
+                    self.admin.processor_ok(&name);
+                    self.running.insert(name, processor);
+                }
+                Err(error) => {
+                    let reason = format!("{error:#}");
+                    tracing::error!(
+                        processor = %name,
+                        %reason,
+                        retry_in = ?PROCESSOR_RETRY,
+                        "could not start the processor; the others run on"
+                    );
+                    self.admin.processor_failed(&name, &reason);
+                    self.failed.insert(name, Instant::now() + PROCESSOR_RETRY);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Load a processor's module and start a unit per input partition.
+    fn start_processor(&self, spec: ProcessorSpec) -> Result<RunningProcessor> {
+        let name = spec.name.clone();
+        let bytes = registry::read_module(self.store.as_ref(), &spec.module_sha256)?
+            .with_context(|| format!("module {} is not in the store", spec.module_sha256))?;
+        let module = self
+            .loader
+            .load(&bytes)
+            .map_err(|e| anyhow::anyhow!("the stored module is {e}"))?;
+        let partitions = kafka::partition_count(&self.settings.brokers, &spec.input_topic)
+            .with_context(|| format!("reading input topic {}", spec.input_topic))?;
+        let mut processor = RunningProcessor {
+            spec,
+            module,
+            units: BTreeMap::new(),
+            partitions_checked: Instant::now(),
+        };
+        self.start_units(&mut processor, partitions)?;
+        tracing::info!(
+            processor = %name,
+            version = processor.spec.version,
+            "{partitions} units started"
+        );
+        Ok(processor)
+    }
+
+    /// Start the units of `processor` for the partitions below `partitions`
+    /// it has none for (creating its dead-letter topic to match).
+    fn start_units(&self, processor: &mut RunningProcessor, partitions: i32) -> Result<()> {
+        let dead_letters = processor.spec.dead_letter_topic();
+        kafka::ensure_topics(&self.settings.brokers, &[(&dead_letters, partitions)])?;
+        for partition in 0..partitions {
+            if processor.units.contains_key(&partition) {
+                continue;
+            }
+            let unit = self.start_unit(&processor.spec, &processor.module, partition)?;
+            processor.units.insert(partition, unit);
+        }
+        Ok(())
+    }
+
+    fn start_unit(
+        &self,
+        spec: &ProcessorSpec,
+        module: &ProcessorModule,
+        partition: i32,
+    ) -> Result<RunningUnit> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let admin = self.admin.unit(&spec.name, partition);
+        let (spec, module, store, settings) = (
+            spec.clone(),
+            module.clone(),
+            self.store.clone(),
+            self.settings.clone(),
+        );
+        let unit_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("unit-{}-{partition}", spec.name))
+            .spawn(move || {
+                let span =
+                    tracing::info_span!("unit", unit = %format!("{}/{partition}", spec.name));
+                let _entered = span.enter();
+                run_with_restarts(
+                    || {
+                        Unit::new(
+                            spec.clone(),
+                            partition,
+                            module.clone(),
+                            store.clone(),
+                            settings.clone(),
+                            admin.clone(),
+                        )
+                    },
+                    &unit_stop,
+                    &admin,
+                )
+            })
+            .context("starting a unit thread")?;
+        Ok(RunningUnit { stop, thread })
+    }
+
+    /// Start units for input partitions added since a processor started.
+    fn start_new_partitions(&mut self) {
+        let due: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, p)| p.partitions_checked.elapsed() >= PARTITION_RECHECK)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            let mut processor = self.running.remove(&name).expect("listed");
+            processor.partitions_checked = Instant::now();
+            let counted =
+                kafka::partition_count(&self.settings.brokers, &processor.spec.input_topic);
+            match counted {
+                Ok(partitions) if partitions > processor.units.len() as i32 => {
+                    let before = processor.units.len();
+                    match self.start_units(&mut processor, partitions) {
+                        Ok(()) => tracing::info!(
+                            processor = %name,
+                            "input topic grew from {before} to {partitions} partitions: units started for the new ones"
+                        ),
+                        Err(error) => tracing::warn!(
+                            processor = %name,
+                            error = format!("{error:#}"),
+                            "starting units for new partitions failed; trying again later"
+                        ),
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(
+                    processor = %name,
+                    error = format!("{error:#}"),
+                    "could not count the input partitions"
+                ),
+            }
+            self.running.insert(name, processor);
+        }
     }
 }
 
-/// Start units for new or changed specs, stop those of removed ones.
-fn reconcile(
-    store: &Arc<dyn KvStore>,
-    loader: &ModuleLoader,
-    settings: &UnitSettings,
-    admin: &Admin,
-    running: &mut BTreeMap<String, RunningUnit>,
-) -> Result<()> {
-    let specs: BTreeMap<String, ProcessorSpec> = registry::list_specs(store.as_ref())?
-        .into_iter()
-        .map(|s| (s.name.clone(), s))
-        .collect();
-    let gone: Vec<String> = running
-        .iter()
-        .filter(|(name, unit)| specs.get(*name).is_none_or(|s| s.version != unit.version))
-        .map(|(name, _)| name.clone())
-        .collect();
-    for name in gone {
-        tracing::info!("processor {name}: stopping its units (undeployed or redeployed)");
-        let unit = running.remove(&name).expect("listed");
-        let partitions = unit.partitions;
-        stop_unit(unit);
-        for partition in 0..partitions {
-            admin.forget_unit(&name, partition);
-        }
+/// Stop units (all at once, so their handovers overlap) and wait for them.
+fn stop_units(units: Vec<RunningUnit>) {
+    for unit in &units {
+        unit.stop.store(true, Ordering::Relaxed);
     }
-    for (name, spec) in specs {
-        if running.contains_key(&name) {
-            continue;
-        }
-        let bytes =
-            registry::read_module(store.as_ref(), &spec.module_sha256)?.with_context(|| {
-                format!(
-                    "processor {name}: module {} is not in the store",
-                    spec.module_sha256
-                )
-            })?;
-        let module = loader
-            .load(&bytes)
-            .map_err(|e| anyhow::anyhow!("processor {name}: the stored module is {e}"))?;
-        let partitions = kafka::partition_count(&settings.brokers, &spec.input_topic)?;
-        kafka::ensure_topics(&settings.brokers, &[(&dlq_topic(&name), partitions)])?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for partition in 0..partitions {
-            let unit = Unit::new(
-                spec.clone(),
-                partition,
-                module.clone(),
-                store.clone(),
-                settings.clone(),
-                admin.unit(&name, partition),
-            );
-            let stop = stop.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("unit-{name}-{partition}"))
-                    .spawn(move || unit.run(stop))
-                    .context("starting a unit thread")?,
-            );
-        }
-        tracing::info!(
-            "processor {name} v{}: {partitions} units started",
-            spec.version
-        );
-        running.insert(
-            name,
-            RunningUnit {
-                version: spec.version,
-                partitions,
-                stop,
-                threads,
-            },
-        );
+    for unit in units {
+        let _ = unit.thread.join();
     }
-    Ok(())
 }

@@ -10,19 +10,23 @@
 //! Guarantees: after [`OutputTail::catch_up`] returns, the set holds every id
 //! with the unit's prefix at offsets from the current marks up to the high
 //! watermarks read at that moment; ids below the marks are never returned.
+//! A catch-up makes progress however long the tail is: it has no deadline
+//! of its own (only a bound on a broker that stops answering), and what it
+//! read is kept when it fails, so the next attempt goes on from there.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::kafka::{self, FetchProfile, ID_HEADER};
 
-/// Bound on one catch-up (reading to the high watermarks).
-pub const CATCH_UP_BOUND: Duration = Duration::from_secs(30);
+/// Bound on a catch-up that receives nothing at all: the broker is not
+/// answering. (A catch-up that receives records goes on however long.)
+pub const CATCH_UP_STALL_BOUND: Duration = Duration::from_secs(30);
 /// What the tail consumer may fetch ahead of [`OutputTail::poll`].
 pub const TAIL_PREFETCH: FetchProfile = FetchProfile {
     records: 10_000,
@@ -33,6 +37,15 @@ pub const TAIL_PREFETCH: FetchProfile = FetchProfile {
 };
 /// Longest single wait for more records while catching up.
 const CATCH_UP_POLL: Duration = Duration::from_millis(100);
+
+/// One output partition to follow from a mark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowFrom {
+    pub topic: String,
+    pub partition: i32,
+    /// Ids below this offset are covered by the checkpoint.
+    pub mark: i64,
+}
 
 /// One followed partition.
 #[derive(Debug)]
@@ -61,27 +74,17 @@ pub struct OutputTail {
 }
 
 impl OutputTail {
-    /// Follow each `(topic, partition, mark)` from its mark.
-    pub fn open(brokers: &str, prefix: &str, partitions: &[(&str, i32, i64)]) -> Result<Self> {
+    /// Follow each partition from its mark.
+    pub fn open(brokers: &str, prefix: &str, partitions: &[FollowFrom]) -> Result<Self> {
         let consumer = kafka::manual_consumer(brokers, Some(TAIL_PREFETCH))?;
-        let followed = partitions
-            .iter()
-            .map(|(topic, partition, mark)| Followed {
-                topic: topic.to_string(),
-                partition: *partition,
-                mark: *mark,
-                next: *mark,
-                ids: Vec::new(),
-            })
-            .collect();
-        let tail = OutputTail {
+        let mut tail = OutputTail {
             consumer,
             watermarks: kafka::manual_consumer(brokers, None)?,
             prefix: prefix.to_string(),
-            followed,
+            followed: Vec::new(),
             paused: false,
         };
-        tail.assign()?;
+        tail.rebase(partitions)?;
         Ok(tail)
     }
 
@@ -97,23 +100,40 @@ impl OutputTail {
             .context("assigning the output partitions to follow")
     }
 
-    /// Move the marks (in the order given to [`open`](Self::open)) to a new
-    /// checkpoint's: ids below them are dropped. A mark below what was
-    /// already read (a checkpoint older than the last one) re-reads from it.
-    pub fn rebase(&mut self, marks: &[i64]) -> Result<()> {
-        let mut reread = false;
-        for (f, &mark) in self.followed.iter_mut().zip(marks) {
-            if mark < f.mark {
-                f.ids.clear();
-                f.next = mark;
-                reread = true;
-            } else {
-                f.ids.retain(|(offset, _)| *offset >= mark);
-                f.next = f.next.max(mark);
-            }
-            f.mark = mark;
+    /// Follow `partitions` from their marks (a new checkpoint's): ids below
+    /// the marks are dropped, what was read above them is kept. A mark
+    /// below what was already read (a checkpoint older than the last one)
+    /// re-reads from it; a partition not followed before is read from its
+    /// mark.
+    pub fn rebase(&mut self, partitions: &[FollowFrom]) -> Result<()> {
+        let mut reassign = self.paused || partitions.len() != self.followed.len();
+        let mut previous = std::mem::take(&mut self.followed);
+        for want in partitions {
+            let kept = previous
+                .iter()
+                .position(|f| f.topic == want.topic && f.partition == want.partition)
+                .map(|at| previous.swap_remove(at));
+            let followed = match kept {
+                Some(mut f) if want.mark >= f.mark => {
+                    f.ids.retain(|(offset, _)| *offset >= want.mark);
+                    f.next = f.next.max(want.mark);
+                    f.mark = want.mark;
+                    f
+                }
+                _ => {
+                    reassign = true;
+                    Followed {
+                        topic: want.topic.clone(),
+                        partition: want.partition,
+                        mark: want.mark,
+                        next: want.mark,
+                        ids: Vec::new(),
+                    }
+                }
+            };
+            self.followed.push(followed);
         }
-        if reread || self.paused {
+        if reassign {
             self.consumer.unassign().context("unassigning the tail")?;
             self.assign()?;
             self.paused = false;
@@ -134,9 +154,11 @@ impl OutputTail {
         Ok(())
     }
 
-    /// Take in what has arrived, waiting at most `wait` for the first record.
-    pub fn poll(&mut self, wait: Duration) -> Result<()> {
+    /// Take in what has arrived, waiting at most `wait` for the first
+    /// record; how many records of the followed partitions arrived.
+    pub fn poll(&mut self, wait: Duration) -> Result<usize> {
         let mut wait = wait;
+        let mut arrived = 0;
         while let Some(message) = self.consumer.poll(wait) {
             let message = message.context("following the output partitions")?;
             wait = Duration::ZERO;
@@ -152,6 +174,7 @@ impl OutputTail {
                 // Left over from before a re-read; already seen or below the mark.
                 continue;
             }
+            arrived += 1;
             f.next = offset + 1;
             if offset < f.mark {
                 continue;
@@ -169,30 +192,37 @@ impl OutputTail {
                 f.ids.push((offset, id));
             }
         }
-        Ok(())
+        Ok(arrived)
     }
 
     /// Read up to the current high watermarks and return the ids since the
-    /// marks.
-    pub fn catch_up(&mut self) -> Result<HashSet<String>> {
+    /// marks. Goes on as long as records arrive and `keep_going` holds;
+    /// fails after [`CATCH_UP_STALL_BOUND`] without a record, or once
+    /// `keep_going` is false (what was read stays for the next attempt).
+    pub fn catch_up(&mut self, keep_going: &dyn Fn() -> bool) -> Result<HashSet<String>> {
         let highs = self.high_watermarks()?;
-        let deadline = Instant::now() + CATCH_UP_BOUND;
+        let mut last_progress = Instant::now();
         while self.followed.iter().zip(&highs).any(|(f, &h)| f.next < h) {
-            if Instant::now() > deadline {
+            if !keep_going() {
+                bail!("stopped reading back the output partitions: no longer leading");
+            }
+            if last_progress.elapsed() > CATCH_UP_STALL_BOUND {
                 let (f, high) = self
                     .followed
                     .iter()
                     .zip(&highs)
                     .find(|(f, &h)| f.next < h)
                     .expect("one is behind");
-                return Err(anyhow!(
-                    "reading back {}/{} from {} to {high} took longer than {CATCH_UP_BOUND:?}",
+                bail!(
+                    "reading back {}/{} stalled at offset {} of {high}: nothing arrived for {CATCH_UP_STALL_BOUND:?}",
                     f.topic,
                     f.partition,
-                    f.mark
-                ));
+                    f.next
+                );
             }
-            self.poll(CATCH_UP_POLL)?;
+            if self.poll(CATCH_UP_POLL)? > 0 {
+                last_progress = Instant::now();
+            }
         }
         Ok(self
             .followed
@@ -200,10 +230,12 @@ impl OutputTail {
             .flat_map(|f| f.ids.iter().map(|(_, id)| id.clone()))
             .collect())
     }
-
     /// The high watermarks of the followed partitions, asked of the broker
     /// in one request (a ListOffsets for the latest offset of each).
     fn high_watermarks(&self) -> Result<Vec<i64>> {
+        if self.followed.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut latest = TopicPartitionList::new();
         for f in &self.followed {
             latest

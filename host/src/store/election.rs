@@ -1,16 +1,21 @@
 //! Lease election of one active host per processor, with epochs as fencing
 //! tokens (design: guarantee 1 and the timing model).
 //!
-//! The leader record at `("proc", NAME, "leader")` holds the epoch, the
+//! The leader record at `("unit", UNIT, "leader")` holds the epoch, the
 //! holder (a host *incarnation*: host id plus a per-process nonce, so a
 //! restarted process never mistakes an old epoch for its own) and a renewal
 //! counter the leader bumps every heartbeat.
 //!
 //! - A contender reads the record every heartbeat and decides the leader is
-//!   dead when `(epoch, renewal)` has not changed for `lease`, measured on
-//!   its **own monotonic clock** from when it first saw that value. It then
-//!   claims `epoch + 1` in the same serialisable transaction as the read,
-//!   which makes the claim a compare-and-set.
+//!   dead when `(epoch, renewal)` has not changed for the lease, measured on
+//!   its **own monotonic clock** from when it first saw that value — a clock
+//!   reading taken *after* the read returned, so a read delayed by the store
+//!   (a lock wait, throttling) never dates the value earlier than it was
+//!   seen. It then claims `epoch + 1` in the same serialisable transaction
+//!   as the read, which makes the claim a compare-and-set.
+//! - The lease a contender waits is the longer of its own and the one the
+//!   record's holder wrote into it (`lease_ms`): hosts with different
+//!   timings never depose a leader that renews within its own lease.
 //! - The leader may act only until `start of its last successful renewal +
 //!   lease - margin` ([`Election::acting_epoch`]); it is quiet before any
 //!   contender can have waited out the lease.
@@ -30,6 +35,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::clock::Clock;
 use super::keys;
 use super::kv::{transact, KvStore, KvTxn, RetryPolicy, StoreError, TransactError, TxnAbort};
 
@@ -113,6 +119,10 @@ pub struct LeaderRecord {
     /// claim (a new epoch) drops it, so a stale request never applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_down_requested_epoch: Option<u64>,
+    /// The holder's lease, in milliseconds: contenders wait at least this
+    /// long (see the module docs). Absent in records of older hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
 }
 
 impl LeaderRecord {
@@ -218,6 +228,14 @@ impl Election {
         }
     }
 
+    /// Until when (this contender's clock) it may act, while it leads.
+    pub fn acting_until(&self) -> Option<Duration> {
+        match self.role {
+            Role::Leader { valid_until, .. } => Some(valid_until),
+            Role::Follower => None,
+        }
+    }
+
     /// The epoch it believes it holds, acting or not.
     pub fn held_epoch(&self) -> Option<u64> {
         match self.role {
@@ -231,12 +249,15 @@ impl Election {
         self.step_down_requested = true;
     }
 
-    /// Decide a round, given the record read in a transaction that started
-    /// at `started`. `preferred_alive` says whether the record's preferred
-    /// host (if any, and not us) is alive.
+    /// Decide a round, given the record read in a transaction whose read
+    /// returned at `read_at` (this contender's clock): a contender dates what
+    /// it saw by it, the conservative side (a leader counts its validity
+    /// from the start of the transaction instead, in [`Election::apply`]).
+    /// `preferred_alive` says whether the record's preferred host (if any,
+    /// and not us) is alive.
     pub fn decide(
         &mut self,
-        started: Duration,
+        read_at: Duration,
         current: Option<&LeaderRecord>,
         preferred_alive: bool,
     ) -> Decision {
@@ -257,6 +278,7 @@ impl Election {
             }
             return Decision::Renew(LeaderRecord {
                 renewal: current.renewal + 1,
+                lease_ms: Some(self.lease_ms()),
                 ..current.clone()
             });
         }
@@ -268,11 +290,15 @@ impl Election {
                 self.observed = Some(Observed {
                     epoch: seen.0,
                     renewal: seen.1,
-                    since: started,
+                    since: read_at,
                 });
-                started
+                read_at
             }
         };
+        let lease = self
+            .timing
+            .lease
+            .max(Duration::from_millis(current.lease_ms.unwrap_or(0)));
         let other_preferred = current
             .preferred_host
             .as_ref()
@@ -284,9 +310,9 @@ impl Election {
         };
         let own_release = current.released && current.holder == self.incarnation;
         let claimable = if current.released && !own_release {
-            started >= since + delay
+            read_at >= since + delay
         } else {
-            started >= since + self.timing.lease + delay
+            read_at >= since + lease + delay
         };
         if claimable && !self.step_down_requested {
             Decision::Claim(self.claim_record(current.epoch, current.preferred_host.clone()))
@@ -303,7 +329,12 @@ impl Election {
             released: false,
             preferred_host,
             step_down_requested_epoch: None,
+            lease_ms: Some(self.lease_ms()),
         }
+    }
+
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.timing.lease.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Apply the outcome of the round's commit. `committed` is false when
@@ -396,22 +427,25 @@ pub struct StepOutcome {
     pub record: Option<LeaderRecord>,
 }
 
-/// Run one round for `processor`: read the record, decide, write, apply.
-/// `started` is the clock reading taken just before the transaction
-/// began; `preferred_alive` as in [`Election::decide`]. A store failure
-/// leaves the role as it was (validity runs out by itself) and is returned.
+/// Run one round for `processor`: read the record, decide, write, apply,
+/// reading `clock` just before the transaction begins and again right
+/// after the record was read (see [`Election::decide`]); `preferred_alive`
+/// as there. A store failure leaves the role as it was (validity runs out
+/// by itself) and is returned.
 pub fn step(
     store: &dyn KvStore,
     policy: &RetryPolicy,
     election: &mut Election,
     processor: &str,
-    started: Duration,
+    clock: &dyn Clock,
     preferred_alive: bool,
 ) -> Result<StepOutcome, ElectionError> {
     let key = keys::leader(processor);
+    let started = clock.now();
     let result = transact(store, policy, |txn| {
         let current = read_leader(txn, processor)?;
-        let decision = election.decide(started, current.as_ref(), preferred_alive);
+        let read_at = clock.now();
+        let decision = election.decide(read_at, current.as_ref(), preferred_alive);
         if let Some(record) = decision.record() {
             let value = serde_json::to_vec(record).expect("a leader record always serialises");
             txn.set(&key, &value)?;
@@ -444,6 +478,7 @@ pub fn set_preferred_host(
             released: true,
             preferred_host: None,
             step_down_requested_epoch: None,
+            lease_ms: None,
         });
         let record = LeaderRecord {
             preferred_host: host_id.map(str::to_string),
@@ -563,15 +598,7 @@ mod tests {
         }
 
         fn round(&self, election: &mut Election) -> StepOutcome {
-            step(
-                &self.store,
-                &self.policy,
-                election,
-                P,
-                self.clock.now(),
-                false,
-            )
-            .unwrap()
+            step(&self.store, &self.policy, election, P, &self.clock, false).unwrap()
         }
 
         fn tick(&self) {
@@ -766,6 +793,7 @@ mod tests {
             released: false,
             preferred_host: None,
             step_down_requested_epoch: None,
+            lease_ms: None,
         };
         let later = t0 + DEFAULT_HEARTBEAT;
         let observe = a.decide(later, Some(&other), false);
@@ -839,15 +867,7 @@ mod tests {
         set_preferred_host(&world.store, &world.policy, P, Some("b")).unwrap();
         // a yields to b, which is alive.
         world.tick();
-        let outcome = step(
-            &world.store,
-            &world.policy,
-            &mut a,
-            P,
-            world.clock.now(),
-            true,
-        )
-        .unwrap();
+        let outcome = step(&world.store, &world.policy, &mut a, P, &world.clock, true).unwrap();
         assert_eq!(outcome.event, Some(ElectionEvent::SteppedDown { epoch: 1 }));
         // c, not preferred, waits; b claims at once.
         assert_eq!(world.round(&mut c).event, None);
@@ -867,16 +887,258 @@ mod tests {
             released: false,
             preferred_host: Some("b".into()),
             step_down_requested_epoch: None,
+            lease_ms: None,
         };
         let t0 = Duration::from_secs(1);
         assert_eq!(c.decide(t0, Some(&record), false), Decision::Observe);
-        assert_eq!(
-            c.decide(t0 + DEFAULT_LEASE, Some(&record), false),
-            Decision::Observe
-        );
+        let at_lease = t0 + DEFAULT_LEASE;
+        assert_eq!(c.decide(at_lease, Some(&record), false), Decision::Observe);
         let later = t0 + DEFAULT_LEASE + ElectionTiming::default().preference_delay();
         assert!(
             matches!(c.decide(later, Some(&record), false), Decision::Claim(r) if r.epoch == 4)
         );
+    }
+
+    #[test]
+    fn a_contender_dates_what_it_saw_by_when_its_read_returned() {
+        let mut a = contender("a");
+        let mut b = contender("b");
+        let t0 = Duration::from_secs(10);
+        let claim = a.decide(t0, None, false);
+        a.apply(t0, None, &claim, true);
+        let record = claim.record().cloned().unwrap();
+        // b's transaction starts at t0 but its read waits 300 ms on the
+        // store (say, behind a's lock) and sees a's fresh record.
+        let read_at = t0 + Duration::from_millis(300);
+        assert_eq!(b.decide(read_at, Some(&record), false), Decision::Observe);
+        // a acts until t0 + lease - margin by its own reckoning...
+        assert!(a
+            .acting_epoch(t0 + DEFAULT_LEASE - DEFAULT_MARGIN - Duration::from_millis(1))
+            .is_some());
+        // ...and b, dating the record by its read, may not claim before
+        // read_at + lease, even in a round that started earlier.
+        let just_before = read_at + DEFAULT_LEASE - Duration::from_millis(1);
+        assert_eq!(
+            b.decide(just_before, Some(&record), false),
+            Decision::Observe
+        );
+        let at = read_at + DEFAULT_LEASE;
+        assert!(matches!(
+            b.decide(at, Some(&record), false),
+            Decision::Claim(r) if r.epoch == 2
+        ));
+    }
+
+    #[test]
+    fn a_contender_waits_out_the_holders_longer_lease() {
+        let slow = ElectionTiming {
+            lease: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(1),
+            margin: Duration::from_secs(1),
+        };
+        let mut a = Election::new("a", "a#1", slow);
+        let mut b = contender("b");
+        let t0 = Duration::from_secs(10);
+        let claim = a.decide(t0, None, false);
+        a.apply(t0, None, &claim, true);
+        let record = claim.record().cloned().unwrap();
+        assert_eq!(record.lease_ms, Some(5_000));
+        assert_eq!(b.decide(t0, Some(&record), false), Decision::Observe);
+        // b's own lease (500 ms) has long passed, a's has not: a renews
+        // every second and must not be deposed between renewals.
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(b.decide(later, Some(&record), false), Decision::Observe);
+        let after = t0 + Duration::from_secs(5);
+        assert!(matches!(
+            b.decide(after, Some(&record), false),
+            Decision::Claim(_)
+        ));
+    }
+
+    /// Lease exclusivity under arbitrary store delays: two contenders whose
+    /// rounds start every heartbeat (plus random pauses), whose reads and
+    /// commits are each delayed by up to 400 ms, over a store with
+    /// optimistic commits, and whose clocks run at rates up to 20 % apart
+    /// (the bound is lease / (lease - margin) = 1.25 with the defaults).
+    /// At no real instant may both consider themselves acting.
+    mod exclusivity {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Real time, in microseconds.
+        type Micros = u64;
+
+        #[derive(Debug, Clone)]
+        struct Round {
+            /// Extra wait before this round starts (a pause), µs.
+            pause: Micros,
+            read_delay: Micros,
+            commit_delay: Micros,
+        }
+
+        fn round() -> impl Strategy<Value = Round> {
+            // Long store delays and leader pauses often: the interleavings
+            // where a delayed read could misdate a record need both.
+            (
+                prop_oneof![3 => Just(0u64), 1 => 0u64..2_000_000],
+                prop_oneof![1 => 0u64..50_000, 1 => 100_000u64..400_000],
+                0u64..400_000,
+            )
+                .prop_map(|(pause, read_delay, commit_delay)| Round {
+                    pause,
+                    read_delay,
+                    commit_delay,
+                })
+        }
+
+        struct Contender {
+            election: Election,
+            /// Clock rate: own-clock µs per real µs, in permille.
+            rate_permille: u64,
+            rounds: std::vec::IntoIter<Round>,
+            /// Acting intervals so far, in real time.
+            acting: Vec<(Micros, Micros)>,
+        }
+
+        impl Contender {
+            fn clock(&self, real: Micros) -> Duration {
+                Duration::from_micros(real * self.rate_permille / 1000)
+            }
+
+            /// The real time at which own-clock time `at` is reached.
+            fn real(&self, at: Duration) -> Micros {
+                (at.as_micros() as u64 * 1000).div_ceil(self.rate_permille)
+            }
+
+            /// Record the acting interval that starts (or goes on) now.
+            fn note_acting(&mut self, now: Micros) {
+                let own_now = self.clock(now);
+                if let Some(epoch) = self.election.acting_epoch(own_now) {
+                    let _ = epoch;
+                    let Role::Leader { valid_until, .. } = self.election.role else {
+                        unreachable!()
+                    };
+                    self.acting.push((now, self.real(valid_until)));
+                }
+            }
+
+            /// A role change at `now` ends any interval after it.
+            fn cut_acting(&mut self, now: Micros) {
+                if self.election.acting_epoch(self.clock(now)).is_none() {
+                    for interval in &mut self.acting {
+                        interval.1 = interval.1.min(now.max(interval.0));
+                    }
+                }
+            }
+        }
+
+        /// A round in flight: its start, and what its read saw.
+        struct InFlight {
+            start: Micros,
+            seen: Option<LeaderRecord>,
+            seen_version: u64,
+            decision: Decision,
+        }
+
+        /// Run both contenders' rounds against one record with optimistic
+        /// commits, event by event in real-time order (a read sees the
+        /// commits before it; a commit fails if a write landed since its
+        /// read); returns both acting histories.
+        fn simulate(mut contenders: [Contender; 2]) -> [Vec<(Micros, Micros)>; 2] {
+            use std::cmp::Reverse;
+            use std::collections::BinaryHeap;
+            #[derive(PartialEq, Eq, PartialOrd, Ord)]
+            enum Event {
+                Start,
+                Read,
+                Commit,
+            }
+            let heartbeat = DEFAULT_HEARTBEAT.as_micros() as u64;
+            let mut record: Option<LeaderRecord> = None;
+            let mut version = 0u64;
+            let mut in_flight: [Option<InFlight>; 2] = [None, None];
+            let mut current: [Option<Round>; 2] = [None, None];
+            let mut events = BinaryHeap::new();
+            events.push(Reverse((0u64, 0usize, Event::Start)));
+            events.push(Reverse((heartbeat / 3, 1usize, Event::Start)));
+            while let Some(Reverse((now, who, event))) = events.pop() {
+                let c = &mut contenders[who];
+                match event {
+                    Event::Start => {
+                        let Some(round) = c.rounds.next() else {
+                            continue;
+                        };
+                        let start = now + round.pause;
+                        events.push(Reverse((start + round.read_delay, who, Event::Read)));
+                        in_flight[who] = Some(InFlight {
+                            start,
+                            seen: None,
+                            seen_version: 0,
+                            decision: Decision::Observe,
+                        });
+                        current[who] = Some(round);
+                    }
+                    Event::Read => {
+                        let round = current[who].as_ref().expect("a round in flight");
+                        let flight = in_flight[who].as_mut().expect("a round in flight");
+                        flight.seen = record.clone();
+                        flight.seen_version = version;
+                        flight.decision = c.election.decide(c.clock(now), record.as_ref(), false);
+                        events.push(Reverse((now + round.commit_delay, who, Event::Commit)));
+                    }
+                    Event::Commit => {
+                        let flight = in_flight[who].take().expect("a round in flight");
+                        let committed = flight.seen_version == version;
+                        if committed {
+                            if let Some(written) = flight.decision.record() {
+                                record = Some(written.clone());
+                                version += 1;
+                            }
+                        }
+                        c.election.apply(
+                            c.clock(flight.start),
+                            flight.seen.as_ref(),
+                            &flight.decision,
+                            committed,
+                        );
+                        c.cut_acting(now);
+                        c.note_acting(now);
+                        let next = now.max(flight.start + heartbeat);
+                        events.push(Reverse((next, who, Event::Start)));
+                    }
+                }
+            }
+            contenders.map(|c| c.acting)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+            #[test]
+            fn no_two_contenders_act_at_the_same_instant(
+                a_rounds in proptest::collection::vec(round(), 50..200),
+                b_rounds in proptest::collection::vec(round(), 50..200),
+                a_rate in 900u64..=1_000,
+                b_rate in 900u64..=1_080,
+            ) {
+                let make = |name: &str, rate, rounds: Vec<Round>| Contender {
+                    election: contender(name),
+                    rate_permille: rate,
+                    rounds: rounds.into_iter(),
+                    acting: Vec::new(),
+                };
+                let [a, b] = simulate([
+                    make("a", a_rate, a_rounds),
+                    make("b", b_rate, b_rounds),
+                ]);
+                for &(a_from, a_until) in &a {
+                    for &(b_from, b_until) in &b {
+                        prop_assert!(
+                            a_until <= b_from || b_until <= a_from,
+                            "a acts {a_from}..{a_until} µs, b acts {b_from}..{b_until} µs"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

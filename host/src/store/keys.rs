@@ -4,29 +4,56 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `("proc", NAME, "leader")` | the processor's leader record (election) |
-//! | `("proc", NAME, "ckpt", "current")` | pointer to the current checkpoint generation |
-//! | `("proc", NAME, "ckpt", "gen", GEN, …)` | one checkpoint generation: metadata and chunks |
+//! | `("meta", "deployment")` | the deployment's name (`store::deployment`) |
+//! | `("unit", UNIT, "leader")` | a unit's leader record (election) |
+//! | `("unit", UNIT, "ckpt", "current")` | pointer to the current checkpoint generation |
+//! | `("unit", UNIT, "ckpt", "gen", GEN, …)` | one checkpoint generation: metadata and chunks |
+//! | `("unit", UNIT, "producer")` | the unit's producer generation (`pipeline::fenced`) |
 //! | `("proc", NAME, "spec")` | the deployed processor spec |
 //! | `("module", SHA256, …)` | module bytes, content-addressed, chunked |
 //! | `("registry", "version")` | change counter of specs (hosts poll it) |
 //! | `("host", HOST_ID)` | host membership record |
+//!
+//! `UNIT` is a unit's name, `PROCESSOR/PARTITION` ([`crate::unit_id`]):
+//! what is elected and checkpointed. Processors (specs) and units live in
+//! separate subspaces, so listing either never walks the other.
 
 use foundationdb_tuple::{pack, Subspace};
 
-/// The subspace of everything about one processor.
+/// The subspace of everything about one processor's deployment.
 pub fn processor(name: &str) -> Subspace {
     Subspace::from(("proc", name))
 }
 
-/// The leader record of a processor.
-pub fn leader(name: &str) -> Vec<u8> {
-    processor(name).pack(&"leader")
+/// The subspace of all units (to list them).
+pub fn units() -> Subspace {
+    Subspace::from("unit")
 }
 
-/// The subspace of a processor's checkpoints.
+/// The subspace of everything about one unit (what is elected and
+/// checkpointed, by name).
+pub fn unit(name: &str) -> Subspace {
+    units().subspace(&name)
+}
+
+/// The leader record of a unit.
+pub fn leader(name: &str) -> Vec<u8> {
+    unit(name).pack(&"leader")
+}
+
+/// The subspace of a unit's checkpoints.
 pub fn checkpoints(name: &str) -> Subspace {
-    processor(name).subspace(&"ckpt")
+    unit(name).subspace(&"ckpt")
+}
+
+/// A unit's producer generation.
+pub fn producer(name: &str) -> Vec<u8> {
+    unit(name).pack(&"producer")
+}
+
+/// The deployment's name.
+pub fn deployment() -> Vec<u8> {
+    pack(&("meta", "deployment"))
 }
 
 /// The deployed spec of a processor.
@@ -64,11 +91,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_of_one_processor_share_its_prefix_and_not_anothers() {
-        let a = processor("a");
-        assert!(leader("a").starts_with(a.bytes()));
-        assert!(spec("a").starts_with(a.bytes()));
-        assert!(!leader("ab").starts_with(a.bytes()));
-        assert!(checkpoints("a").bytes().starts_with(a.bytes()));
+    fn keys_of_one_unit_share_its_prefix_and_not_anothers() {
+        let a = unit("a/1");
+        assert!(leader("a/1").starts_with(a.bytes()));
+        assert!(checkpoints("a/1").bytes().starts_with(a.bytes()));
+        assert!(producer("a/1").starts_with(a.bytes()));
+        assert!(!leader("a/11").starts_with(a.bytes()));
+        assert!(!spec("a").starts_with(units().bytes()));
+        assert!(!leader("a/1").starts_with(processors().bytes()));
     }
 }

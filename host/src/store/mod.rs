@@ -7,16 +7,20 @@
 //! - [`keys`]: the key layout (FoundationDB tuple encoding);
 //! - [`clock`]: injectable monotonic time;
 //! - [`election`]: lease election with epoch fencing;
+//! - [`deployment`]: the deployment's name, one per store;
 //! - [`membership`]: host registration, heartbeats and liveness;
 //! - [`checkpoint`]: fenced, chunked checkpoints of processor state;
+//! - [`producer_generation`]: which transactional id a unit produces as;
 //! - [`registry`]: content-addressed modules and processor specs.
 
 pub mod checkpoint;
 pub mod clock;
+pub mod deployment;
 pub mod election;
 pub mod keys;
 pub mod kv;
 pub mod membership;
+pub mod producer_generation;
 pub mod registry;
 pub mod sqlite;
 

@@ -37,6 +37,7 @@ use super::keys;
 use super::kv::{
     prefix_end, transact, KvStore, KvTxn, RetryPolicy, TransactError, TxnAbort, TxnResult,
 };
+use crate::unit_id::UnitId;
 use crate::wasm::{ModuleError, ModuleLoader, ProcessorModule};
 
 /// Largest module accepted: 64 MiB (our components are hundreds of kB).
@@ -56,6 +57,10 @@ pub const MAX_BATCH_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Default and upper bound of the wait for a batch to fill: 5 ms and 10 s.
 pub const DEFAULT_BATCH_LINGER_MS: u64 = 5;
 pub const MAX_BATCH_LINGER_MS: u64 = 10_000;
+/// Most topics a processor may write outputs to: its default output topic
+/// and up to 15 more it routes outputs to by name. Each costs the unit a
+/// followed partition and a checkpoint mark.
+pub const MAX_OUTPUT_TOPICS: usize = 16;
 /// Processors examined per transaction when listing specs.
 const LIST_PROCESSORS_PER_TXN: usize = 100;
 /// Most units [`unit_partitions`] lists for one processor (partitions of
@@ -93,7 +98,13 @@ impl Default for BatchSettings {
 pub struct DeploySpec {
     pub name: String,
     pub input_topic: String,
+    /// The default output topic: where outputs go that name no topic.
     pub output_topic: String,
+    /// More topics the processor may route outputs to by name (the WIT
+    /// `output-record.topic`); an output naming any other topic is the
+    /// record's failure (dead-lettered), never produced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_output_topics: Vec<String>,
     /// The processor's configuration, passed to it as is.
     #[serde(default)]
     pub config: String,
@@ -109,15 +120,39 @@ pub struct ProcessorSpec {
     pub module_sha256: String,
     pub input_topic: String,
     pub output_topic: String,
+    /// See [`DeploySpec::extra_output_topics`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_output_topics: Vec<String>,
     #[serde(default)]
     pub config: String,
     #[serde(default)]
     pub batch: BatchSettings,
     /// 1 for the first deploy, +1 for each changing deploy.
     pub version: u64,
+    /// The state lineage: 1 at the first deploy, +1 at each deploy with
+    /// `reset` ([`DeployOptions::reset`]). Units take state and offsets
+    /// only from checkpoints of their own lineage: a new lineage starts
+    /// from empty state at the start of the input.
+    #[serde(default = "first_lineage")]
+    pub lineage: u64,
+}
+
+fn first_lineage() -> u64 {
+    1
 }
 
 impl ProcessorSpec {
+    /// Every topic the processor may write outputs to, the default first.
+    pub fn output_topics(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.output_topic.as_str())
+            .chain(self.extra_output_topics.iter().map(String::as_str))
+    }
+
+    /// The processor's dead-letter topic.
+    pub fn dead_letter_topic(&self) -> String {
+        dead_letter_topic(&self.name)
+    }
+
     /// Everything but the version is the same.
     fn same_deployment(&self, other: &ProcessorSpec) -> bool {
         ProcessorSpec {
@@ -166,12 +201,26 @@ pub enum RegistryError {
     ModuleMissing { sha256: String },
     #[error("stored module {sha256} is corrupt: {reason}")]
     CorruptModule { sha256: String, reason: String },
+    /// A redeploy whose change the existing checkpoints cannot carry over
+    /// (one sentence saying what to do); nothing was stored.
+    #[error("{0}")]
+    IncompatibleRedeploy(String),
     /// A stored record is not in the expected format.
     #[error("the {record} is malformed: {reason}")]
     BadRecord { record: String, reason: String },
     /// The coordination store failed (after retries).
     #[error("the coordination store failed: {0}")]
     Store(#[source] TransactError),
+}
+
+/// How a deploy treats the processor's existing units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeployOptions {
+    /// Start a new state lineage ([`ProcessorSpec::lineage`]): the units
+    /// start from empty state at the start of the input, whatever the old
+    /// checkpoints hold. Needed to change the input or the default output
+    /// topic of a deployed processor.
+    pub reset: bool,
 }
 
 /// Why a deploy was refused.
@@ -258,17 +307,41 @@ fn invalid(message: String) -> Result<(), RegistryError> {
     Err(RegistryError::InvalidSpec(message))
 }
 
+/// The dead-letter topic of processor `name`.
+pub fn dead_letter_topic(name: &str) -> String {
+    format!("{name}.dlq")
+}
+
 impl DeploySpec {
     /// Check every field; the error is one sentence naming what is wrong.
     pub fn validate(&self) -> Result<(), RegistryError> {
         validate_processor_name(&self.name)?;
         validate_topic("input", &self.input_topic)?;
-        validate_topic("output", &self.output_topic)?;
-        if self.input_topic == self.output_topic {
+        let outputs: Vec<&String> = std::iter::once(&self.output_topic)
+            .chain(&self.extra_output_topics)
+            .collect();
+        if outputs.len() > MAX_OUTPUT_TOPICS {
             return invalid(format!(
-                "the input and output topic are both {:?}; a processor may not consume its own output",
-                self.input_topic
+                "{} output topics are given; a processor may write to at most {MAX_OUTPUT_TOPICS}",
+                outputs.len()
             ));
+        }
+        let dead_letters = dead_letter_topic(&self.name);
+        for (i, topic) in outputs.iter().enumerate() {
+            validate_topic("output", topic)?;
+            if **topic == self.input_topic {
+                return invalid(format!(
+                    "the input and output topic are both {topic:?}; a processor may not consume its own output"
+                ));
+            }
+            if **topic == dead_letters {
+                return invalid(format!(
+                    "the output topic {topic:?} is the processor's dead-letter topic, which only the host writes"
+                ));
+            }
+            if outputs[..i].contains(topic) {
+                return invalid(format!("the output topic {topic:?} is given twice"));
+            }
         }
         if self.config.len() > MAX_CONFIG_BYTES {
             return invalid(format!(
@@ -554,12 +627,12 @@ pub fn list_specs(store: &dyn KvStore) -> Result<Vec<ProcessorSpec>, RegistryErr
 
 /// The input partitions of `processor` that have units with stored keys
 /// (a leader record or checkpoints), ascending. Units are named
-/// `PROCESSOR/PARTITION` (see `pipeline::unit`), and a processor name never
-/// contains `/`, so they are the keys under `("proc", "PROCESSOR/…")`.
+/// `PROCESSOR/PARTITION` ([`crate::unit_id::UnitId`]), and a processor name
+/// never contains `/`, so they are the keys under `("unit", "PROCESSOR/…")`.
 /// Skips from unit to unit (one key-value read each, never chunks), at most
 /// [`MAX_UNITS_LISTED`] of them.
 pub fn unit_partitions(store: &dyn KvStore, processor: &str) -> Result<Vec<i32>, RegistryError> {
-    let all = keys::processors();
+    let all = keys::units();
     let prefix = format!("{processor}/");
     // A tuple-encoded string is 0x02, its UTF-8 bytes, then 0x00: every
     // unit key of the processor starts with 0x02 followed by `prefix`.
@@ -583,10 +656,11 @@ pub fn unit_partitions(store: &dyn KvStore, processor: &str) -> Result<Vec<i32>,
                 });
             match unit {
                 Some(unit) => {
-                    from = keys::processor(&unit).range().1;
+                    from = keys::unit(&unit).range().1;
                     partitions.extend(
-                        unit.strip_prefix(&prefix)
-                            .and_then(|p| p.parse::<i32>().ok()),
+                        UnitId::parse_name(&unit)
+                            .filter(|u| u.processor() == processor)
+                            .map(|u| u.partition()),
                     );
                 }
                 None => {
@@ -631,6 +705,7 @@ pub fn deploy(
     loader: &ModuleLoader,
     bytes: &[u8],
     request: DeploySpec,
+    options: DeployOptions,
 ) -> Result<DeployOutcome, DeployError> {
     // The spec checks are cheap and the load compiles: check them first.
     request.validate()?;
@@ -645,10 +720,17 @@ pub fn deploy(
         module_sha256: module.sha256().to_string(),
         input_topic: request.input_topic,
         output_topic: request.output_topic,
+        extra_output_topics: request.extra_output_topics,
         config: request.config,
         batch: request.batch,
         version: 0,
+        lineage: first_lineage(),
     };
+    if let Some(previous) = get_spec(store, &wanted.name)? {
+        if let (Some(change), false) = (incompatible_change(&previous, &wanted), options.reset) {
+            return Err(RegistryError::IncompatibleRedeploy(change).into());
+        }
+    }
     // The version an earlier attempt of this call wrote, so a retry after an
     // applied commit still reports the deploy as a change.
     let mut written_version = None;
@@ -659,12 +741,33 @@ pub fn deploy(
             }));
         }
         let previous = read_spec(txn, &wanted.name)?;
-        if let Some(previous) = previous.as_ref().filter(|p| p.same_deployment(&wanted)) {
-            let ours = written_version == Some(previous.version);
+        let ours = previous
+            .as_ref()
+            .is_some_and(|p| written_version == Some(p.version));
+        // Unchanged: the same spec (in the same lineage) is deployed, or
+        // this is a retry of our own applied commit.
+        if let Some(previous) = previous.as_ref().filter(|p| {
+            ours || (!options.reset
+                && p.same_deployment(&ProcessorSpec {
+                    lineage: p.lineage,
+                    ..wanted.clone()
+                }))
+        }) {
             return Ok((previous.clone(), ours, read_counter(txn)?));
         }
+        if let (Some(previous), false) = (&previous, options.reset) {
+            // Deployed by someone else since the check above.
+            if let Some(change) = incompatible_change(previous, &wanted) {
+                return Err(abort(RegistryError::IncompatibleRedeploy(change)));
+            }
+        }
         let spec = ProcessorSpec {
-            version: previous.map_or(1, |p| p.version + 1),
+            version: previous.as_ref().map_or(1, |p| p.version + 1),
+            lineage: match &previous {
+                Some(p) if options.reset => p.lineage + 1,
+                Some(p) => p.lineage,
+                None => first_lineage(),
+            },
             ..wanted.clone()
         };
         let json = serde_json::to_vec(&spec).expect("spec serialises");
@@ -688,6 +791,27 @@ pub fn deploy(
         changed,
         registry_version,
     })
+}
+
+/// Why `wanted` cannot take over `previous`'s checkpoints, if it cannot:
+/// their offsets belong to the input topic, and their output marks to the
+/// default output topic. Routed topics may be added (a unit takes a mark of
+/// a new topic before its first output there) or removed.
+fn incompatible_change(previous: &ProcessorSpec, wanted: &ProcessorSpec) -> Option<String> {
+    let name = &wanted.name;
+    if previous.input_topic != wanted.input_topic {
+        return Some(format!(
+            "processor {name} reads {:?}, and its checkpointed offsets belong to that topic; to read {:?} instead, deploy with --reset (empty state, from the start of the new topic) or under another name",
+            previous.input_topic, wanted.input_topic
+        ));
+    }
+    if previous.output_topic != wanted.output_topic {
+        return Some(format!(
+            "processor {name} writes to {:?}, and its checkpoints mark what it wrote there; to write to {:?} instead, deploy with --reset (empty state, from the start of the input) or under another name",
+            previous.output_topic, wanted.output_topic
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -720,6 +844,7 @@ mod tests {
             name: name.to_string(),
             input_topic: "logs".to_string(),
             output_topic: "logs.out".to_string(),
+            extra_output_topics: Vec::new(),
             config: String::new(),
             batch: BatchSettings::default(),
         }
@@ -735,13 +860,99 @@ mod tests {
     }
 
     #[test]
+    fn a_redeploy_that_changes_the_input_or_default_output_needs_a_reset() {
+        let store = TestStore::new();
+        let loader = loader();
+        let bytes = component(PASSTHROUGH);
+        let first = deploy(
+            &store,
+            &loader,
+            &bytes,
+            request("p"),
+            DeployOptions::default(),
+        )
+        .unwrap()
+        .spec;
+        assert_eq!(first.lineage, 1);
+        let before = store.dump();
+        for (input, output, named) in [("logs2", "logs.out", "logs2"), ("logs", "out2", "out2")] {
+            let changed = DeploySpec {
+                input_topic: input.into(),
+                output_topic: output.into(),
+                ..request("p")
+            };
+            let error = deploy(&store, &loader, &bytes, changed, DeployOptions::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(named) && error.contains("--reset"),
+                "{error}"
+            );
+            assert_eq!(store.dump(), before);
+        }
+        // Routed topics may come and go within the lineage.
+        let routed = DeploySpec {
+            extra_output_topics: vec!["alerts".into()],
+            ..request("p")
+        };
+        let second = deploy(&store, &loader, &bytes, routed, DeployOptions::default())
+            .unwrap()
+            .spec;
+        assert_eq!((second.version, second.lineage), (2, 1));
+        // A reset starts a new lineage, even for an unchanged spec.
+        let moved = DeploySpec {
+            input_topic: "logs2".into(),
+            ..request("p")
+        };
+        let reset = DeployOptions { reset: true };
+        let third = deploy(&store, &loader, &bytes, moved.clone(), reset).unwrap();
+        assert!(third.changed);
+        assert_eq!((third.spec.version, third.spec.lineage), (3, 2));
+        let again = deploy(&store, &loader, &bytes, moved, reset).unwrap().spec;
+        assert_eq!((again.version, again.lineage), (4, 3));
+    }
+
+    #[test]
+    fn output_topics_are_validated() {
+        let spec = |outputs: &[&str]| DeploySpec {
+            output_topic: outputs[0].into(),
+            extra_output_topics: outputs[1..].iter().map(|t| t.to_string()).collect(),
+            ..request("p")
+        };
+        spec(&["out", "alerts"]).validate().unwrap();
+        for (outputs, says) in [
+            (&["out", "out"][..], "given twice"),
+            (&["out", "logs"][..], "may not consume its own output"),
+            (&["out", "p.dlq"][..], "dead-letter topic"),
+            (&["out", "bad topic"][..], "contains ' '"),
+        ] {
+            let error = spec(outputs).validate().unwrap_err().to_string();
+            assert!(error.contains(says), "{outputs:?}: {error}");
+        }
+        let many: Vec<String> = (0..=MAX_OUTPUT_TOPICS).map(|i| format!("t{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(spec(&many)
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("at most"));
+    }
+
+    #[test]
     fn deploying_a_valid_module_stores_it_and_bumps_the_version() {
         let store = TestStore::new();
         let loader = loader();
         let bytes = component(PASSTHROUGH);
         assert_eq!(registry_version(&store).unwrap(), 0);
 
-        let first = deploy(&store, &loader, &bytes, request("p")).unwrap();
+        let first = deploy(
+            &store,
+            &loader,
+            &bytes,
+            request("p"),
+            DeployOptions::default(),
+        )
+        .unwrap();
         assert!(first.module_stored && first.changed);
         assert_eq!((first.spec.version, first.registry_version), (1, 1));
         assert_eq!(
@@ -760,13 +971,20 @@ mod tests {
             config: r#"{"level":"warn"}"#.to_string(),
             ..request("p")
         };
-        let second = deploy(&store, &loader, &bytes, changed.clone()).unwrap();
+        let second = deploy(
+            &store,
+            &loader,
+            &bytes,
+            changed.clone(),
+            DeployOptions::default(),
+        )
+        .unwrap();
         assert!(!second.module_stored && second.changed);
         assert_eq!((second.spec.version, second.registry_version), (2, 2));
 
         // The identical spec again changes nothing.
         let before = store.dump();
-        let third = deploy(&store, &loader, &bytes, changed).unwrap();
+        let third = deploy(&store, &loader, &bytes, changed, DeployOptions::default()).unwrap();
         assert!(!third.module_stored && !third.changed);
         assert_eq!(third.spec, second.spec);
         assert_eq!(third.registry_version, 2);
@@ -778,7 +996,14 @@ mod tests {
         let store = TestStore::new();
         let loader = loader();
         let valid = component(PASSTHROUGH);
-        deploy(&store, &loader, &valid, request("existing")).unwrap();
+        deploy(
+            &store,
+            &loader,
+            &valid,
+            request("existing"),
+            DeployOptions::default(),
+        )
+        .unwrap();
         let before = store.dump();
 
         let mut random = vec![0u8; 100_000];
@@ -799,7 +1024,13 @@ mod tests {
         for (what, bytes) in cases {
             // Deploying over the existing processor must not damage it either.
             for name in ["new", "existing"] {
-                match deploy(&store, &loader, &bytes, request(name)) {
+                match deploy(
+                    &store,
+                    &loader,
+                    &bytes,
+                    request(name),
+                    DeployOptions::default(),
+                ) {
                     Err(DeployError::InvalidModule(error)) => {
                         let message = DeployError::InvalidModule(error).to_string();
                         assert!(!message.contains('\n'), "{what}: {message}");
@@ -809,7 +1040,14 @@ mod tests {
                 assert!(store.dump() == before, "{what} changed the store");
             }
         }
-        let core = deploy(&store, &loader, b"\0asm\x01\0\0\0", request("new")).unwrap_err();
+        let core = deploy(
+            &store,
+            &loader,
+            b"\0asm\x01\0\0\0",
+            request("new"),
+            DeployOptions::default(),
+        )
+        .unwrap_err();
         assert!(
             matches!(core, DeployError::InvalidModule(ModuleError::CoreModule)),
             "{core:?}"
@@ -821,10 +1059,24 @@ mod tests {
         let store = TestStore::new();
         let loader = loader();
         let bytes = component(PASSTHROUGH);
-        let first = deploy(&store, &loader, &bytes, request("a")).unwrap();
+        let first = deploy(
+            &store,
+            &loader,
+            &bytes,
+            request("a"),
+            DeployOptions::default(),
+        )
+        .unwrap();
         let stored = module_keys(&store, &first.spec.module_sha256);
 
-        let second = deploy(&store, &loader, &bytes, request("b")).unwrap();
+        let second = deploy(
+            &store,
+            &loader,
+            &bytes,
+            request("b"),
+            DeployOptions::default(),
+        )
+        .unwrap();
         assert!(first.module_stored);
         assert!(!second.module_stored);
         assert_eq!(second.spec.module_sha256, first.spec.module_sha256);
@@ -957,7 +1209,7 @@ mod tests {
             ),
         ];
         for (spec, expected) in cases {
-            match deploy(&store, &loader, &bytes, spec) {
+            match deploy(&store, &loader, &bytes, spec, DeployOptions::default()) {
                 Err(DeployError::Registry(RegistryError::InvalidSpec(message))) => {
                     assert!(message.contains(expected), "{message:?} lacks {expected:?}");
                     assert!(!message.contains('\n'));
@@ -997,8 +1249,24 @@ mod tests {
         let store = TestStore::new();
         let loader = loader();
         let bytes = component(PASSTHROUGH);
-        let b = deploy(&store, &loader, &bytes, request("b")).unwrap().spec;
-        let a = deploy(&store, &loader, &bytes, request("a")).unwrap().spec;
+        let b = deploy(
+            &store,
+            &loader,
+            &bytes,
+            request("b"),
+            DeployOptions::default(),
+        )
+        .unwrap()
+        .spec;
+        let a = deploy(
+            &store,
+            &loader,
+            &bytes,
+            request("a"),
+            DeployOptions::default(),
+        )
+        .unwrap()
+        .spec;
         // Other keys of a processor (leader record, checkpoint chunks) and a
         // processor without a spec are skipped.
         set_leader(&store, "a", 1);
@@ -1029,7 +1297,14 @@ mod tests {
         let store = TestStore::flaky(2);
         let loader = loader();
         let bytes = component(PASSTHROUGH);
-        let outcome = deploy(&store, &loader, &bytes, request("p")).unwrap();
+        let outcome = deploy(
+            &store,
+            &loader,
+            &bytes,
+            request("p"),
+            DeployOptions::default(),
+        )
+        .unwrap();
         assert!(outcome.changed);
         assert_eq!((outcome.spec.version, outcome.registry_version), (1, 1));
         assert_eq!(registry_version(&store).unwrap(), 1);

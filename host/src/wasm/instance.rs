@@ -6,7 +6,10 @@
 //! - a trap, a timeout, a memory-limit hit or an oversized result marks the
 //!   instance dead ([`GuestError::is_fatal`]): every later call fails at once
 //!   without entering the guest, and the owner must start a new instance;
-//! - an error the processor *returns* (`processor-error`) leaves it alive.
+//! - an error the processor *returns* (`processor-error`) leaves it alive;
+//! - an output naming a topic the instance was not given
+//!   ([`ProcessorInstance::route_to`]) fails the batch: untrusted code
+//!   writes only to the topics its deployer declared.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +53,8 @@ pub struct ProcessorInstance {
     store: Store<SandboxState>,
     bindings: LogProcessor,
     limits: InstanceLimits,
+    /// Topics outputs may name (besides naming none: the default topic).
+    output_topics: Arc<[String]>,
     dead: bool,
 }
 
@@ -76,8 +81,14 @@ impl ProcessorInstance {
             store,
             bindings,
             limits: limits.clone(),
+            output_topics: Arc::from([]),
             dead: false,
         })
+    }
+
+    /// Let outputs name these topics (and no other).
+    pub fn route_to(&mut self, topics: Arc<[String]>) {
+        self.output_topics = topics;
     }
 
     pub fn name(&self) -> &str {
@@ -158,7 +169,7 @@ impl ProcessorInstance {
             b.logstream_processor_processor()
                 .call_process_batch(s, &batch)
         })?;
-        check_batch_result(&result, records.len())
+        check_batch_result(&result, records.len(), &self.output_topics)
             .map_err(|e| GuestError::Returned(ProcessorError::Failed(e)))?;
         Ok(result)
     }
@@ -179,9 +190,30 @@ impl ProcessorInstance {
 
 /// Every output and rejection must name a record of the batch: the host
 /// derives ids and dead letters from that index, so a garbage one is the
-/// guest's failure, not a panic of the host. And every output must fit in
-/// one Kafka record ([`MAX_OUTPUT_RECORD_BYTES`]).
-fn check_batch_result(result: &BatchResult, records: usize) -> Result<(), String> {
+/// guest's failure, not a panic of the host. Every output must fit in
+/// one Kafka record ([`MAX_OUTPUT_RECORD_BYTES`]), and name no topic or
+/// one of `output_topics`.
+fn check_batch_result(
+    result: &BatchResult,
+    records: usize,
+    output_topics: &[String],
+) -> Result<(), String> {
+    if let Some((output, topic)) = result.outputs.iter().find_map(|o| {
+        o.topic
+            .as_ref()
+            .filter(|t| !output_topics.contains(t))
+            .map(|t| (o, t))
+    }) {
+        let declared = if output_topics.is_empty() {
+            "none were declared".to_string()
+        } else {
+            format!("it may write to {}", output_topics.join(", "))
+        };
+        return Err(format!(
+            "the processor sent an output of record {} to topic {topic:?}, which it was not deployed to write to ({declared}; `logstream deploy --output` declares more)",
+            output.input_index
+        ));
+    }
     if let Some(output) = result
         .outputs
         .iter()
@@ -269,7 +301,7 @@ mod tests {
                 reason: "no".into(),
             }],
         };
-        assert_eq!(check_batch_result(&result, 3), Ok(()));
+        assert_eq!(check_batch_result(&result, 3, &[]), Ok(()));
     }
 
     #[test]
@@ -279,7 +311,7 @@ mod tests {
             rejections: Vec::new(),
         };
         assert_eq!(
-            check_batch_result(&result, 3),
+            check_batch_result(&result, 3, &[]),
             Err("the processor returned a result for record 3 of a 3-record batch".into())
         );
         let rejected = BatchResult {
@@ -289,7 +321,7 @@ mod tests {
                 reason: "no".into(),
             }],
         };
-        assert!(check_batch_result(&rejected, 3).is_err());
+        assert!(check_batch_result(&rejected, 3, &[]).is_err());
     }
 
     #[test]
@@ -301,7 +333,7 @@ mod tests {
             outputs: vec![output(0), big],
             rejections: Vec::new(),
         };
-        let error = check_batch_result(&result, 2).unwrap_err();
+        let error = check_batch_result(&result, 2, &[]).unwrap_err();
         assert!(
             error.contains("output record of 1000001 bytes for record 1"),
             "{error}"
@@ -312,6 +344,26 @@ mod tests {
             outputs: vec![at_limit],
             rejections: Vec::new(),
         };
-        assert_eq!(check_batch_result(&fits, 1), Ok(()));
+        assert_eq!(check_batch_result(&fits, 1, &[]), Ok(()));
+    }
+
+    #[test]
+    fn an_output_to_an_undeclared_topic_is_the_guests_failure() {
+        let mut routed = output(1);
+        routed.topic = Some("alerts".into());
+        let result = BatchResult {
+            outputs: vec![output(0), routed],
+            rejections: Vec::new(),
+        };
+        let error = check_batch_result(&result, 2, &[]).unwrap_err();
+        assert!(
+            error.contains("output of record 1 to topic \"alerts\"")
+                && error.contains("none were declared"),
+            "{error}"
+        );
+        let declared = ["out".to_string(), "alerts".to_string()];
+        assert_eq!(check_batch_result(&result, 2, &declared), Ok(()));
+        let error = check_batch_result(&result, 2, &declared[..1]).unwrap_err();
+        assert!(error.contains("it may write to out"), "{error}");
     }
 }

@@ -91,6 +91,8 @@ pub struct SupervisedProcessor {
     module: ProcessorModule,
     config: String,
     policy: RecoveryPolicy,
+    /// Topics outputs may name ([`SupervisedProcessor::route_to`]).
+    output_topics: Arc<[String]>,
     instance: Option<ProcessorInstance>,
     base_snapshot: Option<Vec<u8>>,
     journal: Vec<Vec<LogRecord>>,
@@ -122,6 +124,7 @@ impl SupervisedProcessor {
             module,
             config: config.to_string(),
             policy,
+            output_topics: Arc::from([]),
             instance: None,
             base_snapshot: snapshot,
             journal: Vec::new(),
@@ -135,6 +138,16 @@ impl SupervisedProcessor {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Let outputs name these topics and no other (none by default: an
+    /// output naming a topic is then its record's failure). Outputs that
+    /// name no topic go to the caller's default topic either way.
+    pub fn route_to(&mut self, topics: impl IntoIterator<Item = String>) {
+        self.output_topics = topics.into_iter().collect();
+        if let Some(instance) = &mut self.instance {
+            instance.route_to(self.output_topics.clone());
+        }
     }
 
     pub fn module(&self) -> &ProcessorModule {
@@ -311,6 +324,7 @@ impl SupervisedProcessor {
                     name: name.clone(),
                     reason: format!("{e:#}"),
                 })?;
+        instance.route_to(self.output_topics.clone());
         instance
             .configure(&self.config)
             .map_err(|error| SupervisorError::Configure {

@@ -35,6 +35,11 @@ impl Hosts {
 
     /// Start host `id`, logging at info level to a fresh file.
     pub fn start(&mut self, id: &str) {
+        self.start_with(id, &[]);
+    }
+
+    /// [`Hosts::start`] with more environment variables (e.g. `FAILPOINTS`).
+    pub fn start_with(&mut self, id: &str, env: &[(&str, &str)]) {
         self.starts += 1;
         let log = std::fs::File::create(self.dir.join(format!("host-{id}-{}.log", self.starts)))
             .expect("creating a host log");
@@ -46,6 +51,7 @@ impl Hosts {
             .args(&self.extra_args)
             .env("LOGSTREAM_LOG", "info")
             .env("LOGSTREAM_CACHE_DIR", self.dir.join("cache"))
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()

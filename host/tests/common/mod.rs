@@ -12,6 +12,7 @@ pub mod records;
 pub mod reliability;
 pub mod verify;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -98,4 +99,54 @@ pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("bad output line {line:?}: {e}"))
         })
         .collect()
+}
+
+/// Every row of every table of a SQLite store, as text (empty when the file
+/// does not exist): what "the store is unchanged" is checked against.
+pub fn store_dump(path: &Path) -> BTreeMap<String, String> {
+    let mut dump = BTreeMap::new();
+    if !path.exists() {
+        return dump;
+    }
+    let connection =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let tables: Vec<String> = connection
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for table in tables {
+        let mut statement = connection
+            .prepare(&format!("SELECT * FROM \"{table}\""))
+            .unwrap();
+        let columns = statement.column_count();
+        let rows = statement
+            .query_map([], |row| {
+                (0..columns)
+                    .map(|i| row.get::<_, rusqlite::types::Value>(i))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap();
+        for row in rows {
+            let row = row.unwrap();
+            // The first column is the key (the kv table's primary key).
+            dump.insert(format!("{table}:{:?}", row[0]), format!("{:?}", &row[1..]));
+        }
+    }
+    dump
+}
+
+/// Hold the SQLite store's write lock for `held`, as another process
+/// would: every renewal, claim and checkpoint waits or fails meanwhile.
+pub fn lock_store(store_path: &Path, held: std::time::Duration) {
+    let connection = rusqlite::Connection::open(store_path).unwrap();
+    connection
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    connection.execute_batch("BEGIN IMMEDIATE").unwrap();
+    std::thread::sleep(held);
+    connection.execute_batch("ROLLBACK").unwrap();
 }

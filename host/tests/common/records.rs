@@ -11,6 +11,7 @@ use base64::Engine as _;
 use logstream_host::pipeline::kafka::ID_HEADER;
 use logstream_host::pipeline::unit::ERROR_HEADER;
 use logstream_host::record::LogRecord;
+use logstream_host::unit_id::OutputId;
 use serde_json::{json, Value};
 
 /// One header, as bytes.
@@ -177,11 +178,12 @@ fn take_id(record: &LogRecord, unit: &str) -> (i64, String, Vec<HeaderBytes>) {
         .position(|(key, _)| key == ID_HEADER)
         .expect("every record a host produces has an id");
     let id = String::from_utf8(headers.remove(at).1).unwrap();
-    let rest = id
-        .strip_prefix(&format!("{unit}/"))
-        .unwrap_or_else(|| panic!("foreign id {id}"));
-    let (offset, slot) = rest.split_once('/').unwrap();
-    (offset.parse().unwrap(), slot.to_string(), headers)
+    let parsed = OutputId::parse(&id).unwrap_or_else(|| panic!("malformed id {id}"));
+    assert_eq!(parsed.unit.name(), unit, "foreign id {id}");
+    let slot = parsed
+        .index
+        .map_or_else(|| "dlq".to_string(), |index| index.to_string());
+    (parsed.offset, slot, headers)
 }
 
 /// An output partition's records as the host produced them for `unit`.

@@ -8,8 +8,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use logstream_host::pipeline::kafka::{self, PartitionReader, ID_HEADER};
 use logstream_host::record::LogRecord;
+use logstream_host::unit_id::OutputId;
 
 /// One output as the check compares it: source offset, index among that
 /// record's outputs, value.
@@ -69,6 +72,63 @@ pub fn run_local_from(
     dir: &Path,
     name: &str,
 ) -> (Vec<OutputRow>, Vec<u8>) {
+    let (mut by_topic, state) = run_local_general(
+        logstream,
+        component,
+        config,
+        &[],
+        state_in,
+        records,
+        dir,
+        name,
+    );
+    (by_topic.remove("").unwrap_or_default(), state)
+}
+
+/// [`run_local`] of a processor deployed with output topics `outputs` (the
+/// first the default): the outputs by the topic they go to, and the final
+/// state.
+pub fn run_local_routed(
+    logstream: &Path,
+    component: &Path,
+    config: &str,
+    outputs: &[&str],
+    records: &[LogRecord],
+    dir: &Path,
+    name: &str,
+) -> (BTreeMap<String, Vec<OutputRow>>, Vec<u8>) {
+    let (mut by_topic, state) = run_local_general(
+        logstream, component, config, outputs, None, records, dir, name,
+    );
+    if let Some(default) = by_topic.remove("") {
+        by_topic
+            .entry(outputs[0].to_string())
+            .or_default()
+            .extend(default);
+        by_topic
+            .get_mut(outputs[0])
+            .unwrap()
+            .sort_by_key(|(offset, index, _)| (*offset, *index));
+    }
+    for topic in outputs {
+        by_topic.entry(topic.to_string()).or_default();
+    }
+    (by_topic, state)
+}
+
+/// run-local with `--output` for each of `outputs`; outputs keyed by the
+/// topic they name ("" for none).
+#[allow(clippy::too_many_arguments)]
+fn run_local_general(
+    logstream: &Path,
+    component: &Path,
+    config: &str,
+    outputs: &[&str],
+    state_in: Option<&Path>,
+    records: &[LogRecord],
+    dir: &Path,
+    name: &str,
+) -> (BTreeMap<String, Vec<OutputRow>>, Vec<u8>) {
     let input = dir.join(format!("{name}.jsonl"));
     let lines: Vec<String> = records
         .iter()
@@ -92,6 +152,9 @@ pub fn run_local_from(
         .arg(&input)
         .args(["--config", config, "--state-out"])
         .arg(&state);
+    for topic in outputs {
+        command.args(["--output", topic]);
+    }
     if let Some(state_in) = state_in {
         command.arg("--state-in").arg(state_in);
     }
@@ -101,41 +164,47 @@ pub fn run_local_from(
         "run-local failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let outputs = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("index").is_some())
-        .map(|v| {
-            (
-                v["offset"].as_i64().unwrap(),
-                v["index"].as_u64().unwrap(),
-                v["value"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    (outputs, std::fs::read(state).unwrap())
+    let mut by_topic: BTreeMap<String, Vec<OutputRow>> = BTreeMap::new();
+    for line in String::from_utf8(output.stdout).unwrap().lines() {
+        let v = serde_json::from_str::<serde_json::Value>(line).unwrap();
+        if v.get("index").is_none() {
+            continue;
+        }
+        let topic = v.get("topic").and_then(|t| t.as_str()).unwrap_or("");
+        by_topic.entry(topic.to_string()).or_default().push((
+            v["offset"].as_i64().unwrap(),
+            v["index"].as_u64().unwrap(),
+            v["value"].as_str().unwrap().to_string(),
+        ));
+    }
+    (by_topic, std::fs::read(state).unwrap())
+}
+
+/// The id of a record a host produced; panics on a record without one.
+pub fn id_of(record: &LogRecord) -> OutputId {
+    let id = record
+        .headers
+        .iter()
+        .find(|h| h.key == ID_HEADER)
+        .expect("every output has an id");
+    let id = String::from_utf8(id.value.clone()).unwrap();
+    OutputId::parse(&id).unwrap_or_else(|| panic!("malformed id {id}"))
 }
 
 /// An output partition's records as rows, in topic order, decoding the ids
-/// `UNIT/OFFSET/INDEX` of `unit`; panics on a record without one.
+/// (`DEPLOYMENT/PROCESSOR/PARTITION/OFFSET/INDEX`) of `unit`
+/// (`PROCESSOR/PARTITION`); panics on a record without one or of another
+/// unit.
 pub fn output_rows(records: Vec<LogRecord>, unit: &str) -> Vec<OutputRow> {
     records
         .into_iter()
         .map(|r| {
-            let id = r
-                .headers
-                .iter()
-                .find(|h| h.key == ID_HEADER)
-                .expect("every output has an id");
-            let id = String::from_utf8(id.value.clone()).unwrap();
-            let rest = id
-                .strip_prefix(&format!("{unit}/"))
-                .unwrap_or_else(|| panic!("foreign id {id}"));
-            let (offset, index) = rest.split_once('/').unwrap();
+            let id = id_of(&r);
+            assert_eq!(id.unit.name(), unit, "foreign id {id:?}");
+            let index = id.index.unwrap_or_else(|| panic!("a dead letter: {id:?}"));
             (
-                offset.parse().unwrap(),
-                index.parse().unwrap(),
+                id.offset,
+                u64::from(index),
                 String::from_utf8(r.value).unwrap(),
             )
         })

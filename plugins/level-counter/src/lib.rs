@@ -7,10 +7,20 @@
 //! counts as `"unknown"`. A value that is not a JSON object is rejected (it
 //! goes to the dead-letter topic) and is not counted.
 //!
-//! Configuration: empty (meaning `every=1000`) or `every=N` with `N >= 1`.
+//! Configuration: `key=value` pairs, all optional:
+//! - `every=N` (`N >= 1`, default 1000): the summary period;
+//! - `alerts=TOPIC`: also forward every accepted record whose level is the
+//!   alert level to `TOPIC` — a topic the processor *routes* outputs to, so
+//!   it must be deployed with it (`logstream deploy … --output OUT --output
+//!   TOPIC`); an undeclared one makes each alert record fail (dead letter);
+//! - `alert_level=LEVEL` (default `error`): the level that alerts.
 //!
-//! Output: when the total number of accepted records reaches a multiple of N,
-//! the record that reached it gets one output with key `summary` and value
+//! Outputs, in this order per record:
+//! - with `alerts`, an accepted record at the alert level gets an output to
+//!   `TOPIC` with key its service and value the record's value, as is;
+//! - when the total number of accepted records reaches a multiple of N,
+//!   the record that reached it gets one output to the default output topic
+//!   with key `summary` and value
 //!
 //! ```json
 //! {"records":2000,"counts":{"api":{"error":3,"info":12},"db":{"warn":1}}}
@@ -39,10 +49,16 @@ pub const DEFAULT_EVERY: u64 = 1000;
 /// Key of every summary output.
 pub const SUMMARY_KEY: &[u8] = b"summary";
 
-/// The processor: its configuration only (the summary period).
+/// Level that alerts when `alerts` is set and `alert_level` is not.
+pub const DEFAULT_ALERT_LEVEL: &str = "error";
+
+/// The processor: its configuration only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LevelCounter {
     every: u64,
+    /// Where records at `alert_level` are forwarded, if anywhere.
+    alerts: Option<String>,
+    alert_level: String,
 }
 
 impl LevelCounter {
@@ -85,8 +101,20 @@ impl Processor for LevelCounter {
     fn configure(config: &str) -> Result<Self, String> {
         let mut settings = Settings::parse(config, "level-counter")?;
         let every = settings.take_u64("every", DEFAULT_EVERY, 1)?;
+        let alerts = settings.take_str("alerts");
+        if alerts.as_deref() == Some("") {
+            return Err("`alerts` must name a topic".to_string());
+        }
+        let alert_level = settings
+            .take_str("alert_level")
+            .map(|level| level.to_lowercase())
+            .unwrap_or_else(|| DEFAULT_ALERT_LEVEL.to_string());
         settings.finish()?;
-        Ok(LevelCounter { every })
+        Ok(LevelCounter {
+            every,
+            alerts,
+            alert_level,
+        })
     }
 
     fn process(
@@ -109,6 +137,15 @@ impl Processor for LevelCounter {
             })
             .unwrap_or(Cow::Borrowed(UNKNOWN));
 
+        if let Some(topic) = &self.alerts {
+            if level == self.alert_level.as_str() {
+                out.emit(
+                    Output::new(record.value.to_vec())
+                        .key(service.as_bytes().to_vec())
+                        .topic(topic.clone()),
+                );
+            }
+        }
         let levels = match state.counts.get_mut(service.as_ref()) {
             Some(levels) => levels,
             None => state.counts.entry(service.into_owned()).or_default(),
@@ -435,6 +472,57 @@ mod tests {
         let total: u64 = rt.state().counts.values().flat_map(BTreeMap::values).sum();
         assert_eq!(total, rt.state().records);
         assert_eq!(rt.state().records as usize, accepted);
+    }
+
+    #[test]
+    fn alerts_forward_records_at_the_alert_level_to_their_topic() {
+        let input = records(&[
+            r#"{"service":"api","level":"ERROR","msg":"a"}"#,
+            r#"{"service":"db","level":"info"}"#,
+            r#"{"service":"db","level":"error"}"#,
+            r#"{"service":"db","level":"warn"}"#,
+        ]);
+        let mut rt = runtime("every=2,alerts=alerts");
+        let out = run_in_batches(&mut rt, &input, &[4]);
+        let routed: Vec<(u32, Option<&str>, Option<&[u8]>, &[u8])> = out
+            .outputs
+            .iter()
+            .map(|(i, o)| (*i, o.topic.as_deref(), o.key.as_deref(), &o.value[..]))
+            .collect();
+        assert_eq!(
+            routed,
+            vec![
+                (
+                    0,
+                    Some("alerts"),
+                    Some(&b"api"[..]),
+                    input[0].value.as_slice()
+                ),
+                (
+                    1,
+                    None,
+                    Some(SUMMARY_KEY),
+                    out.outputs[1].1.value.as_slice()
+                ),
+                (
+                    2,
+                    Some("alerts"),
+                    Some(&b"db"[..]),
+                    input[2].value.as_slice()
+                ),
+                (
+                    3,
+                    None,
+                    Some(SUMMARY_KEY),
+                    out.outputs[3].1.value.as_slice()
+                ),
+            ]
+        );
+        let mut warn = runtime("alerts=pager,alert_level=WARN");
+        let out = run_in_batches(&mut warn, &input, &[1]);
+        assert_eq!(out.outputs.len(), 1);
+        assert_eq!(out.outputs[0].0, 3);
+        assert!(LevelCounter::configure("alerts=").is_err());
     }
 
     #[test]

@@ -1,15 +1,15 @@
 //! Checkpoints of processor state: fenced, chunked, checksummed, with the
 //! last few generations kept to fall back on.
 //!
-//! This module owns the `("proc", NAME, "ckpt", …)` keys:
+//! This module owns the `("unit", UNIT, "ckpt", …)` keys:
 //!
 //! | key | value |
 //! |---|---|
-//! | `("proc", NAME, "ckpt", "current")` | JSON pointer: the current generation and the older kept ones, newest first |
-//! | `("proc", NAME, "ckpt", "next-gen")` | the next generation id to allocate, u64 big-endian |
-//! | `("proc", NAME, "ckpt", "gen", GEN)` | JSON [`CheckpointMeta`] of the generation with a checksum of itself ([`encode_meta`]), written when it becomes current |
-//! | `("proc", NAME, "ckpt", "gen", GEN, I)` | chunk `I` of the generation's state, at most [`CHUNK_BYTES`] |
-//! | `("proc", NAME, "ckpt", "gen", GEN, "unusable")` | JSON [`UnusableReport`]: a host found the generation unusable (diagnostic) |
+//! | `("unit", UNIT, "ckpt", "current")` | JSON pointer: the current generation and the older kept ones, newest first |
+//! | `("unit", UNIT, "ckpt", "next-gen")` | the next generation id to allocate, u64 big-endian |
+//! | `("unit", UNIT, "ckpt", "gen", GEN)` | JSON [`CheckpointMeta`] of the generation with a checksum of itself ([`encode_meta`]), written when it becomes current |
+//! | `("unit", UNIT, "ckpt", "gen", GEN, I)` | chunk `I` of the generation's state, at most [`CHUNK_BYTES`] |
+//! | `("unit", UNIT, "ckpt", "gen", GEN, "unusable")` | JSON [`UnusableReport`]: a host found the generation unusable (diagnostic) |
 //!
 //! Guarantees:
 //! - **One writer.** Every transaction that writes (allocation, chunks,
@@ -233,7 +233,7 @@ fn describe_epoch(epoch: &Option<u64>) -> String {
 
 impl CheckpointError {
     /// Recover our own error from a transaction body's abort.
-    fn from_transact(error: TransactError) -> Self {
+    pub(crate) fn from_transact(error: TransactError) -> Self {
         error.into_typed(CheckpointError::Store)
     }
 }
@@ -336,7 +336,7 @@ pub fn read_leader_epoch(txn: &mut dyn KvTxn, name: &str) -> TxnResult<Option<u6
 }
 
 /// Refuse unless the leader record holds the fence's epoch.
-fn check_fence(txn: &mut dyn KvTxn, fence: &Fence) -> TxnResult<()> {
+pub(crate) fn check_fence(txn: &mut dyn KvTxn, fence: &Fence) -> TxnResult<()> {
     let current_epoch = read_leader_epoch(txn, &fence.processor)?;
     if current_epoch == Some(fence.epoch) {
         return Ok(());

@@ -227,6 +227,22 @@ pub fn restore_newest<T, E>(
     store: &dyn KvStore,
     policy: &RetryPolicy,
     name: &str,
+    restore: impl FnMut(&CheckpointMeta, Vec<u8>) -> Result<T, RestoreFailure<E>>,
+) -> Result<Option<Restored<T>>, RestoreError<E>> {
+    restore_newest_where(store, policy, name, |_| true, restore)
+}
+
+/// [`restore_newest`] among the newest generations that `accept` takes. The
+/// search ends at the first intact generation it does not take (the older
+/// ones belong to the same past): with `Ok(None)` when no generation before
+/// it was either, with [`CheckpointError::Unusable`] when the ones before it
+/// were all unusable. (A unit keeps to its own state lineage this way: a
+/// corrupt generation of its lineage must not make it start over.)
+pub fn restore_newest_where<T, E>(
+    store: &dyn KvStore,
+    policy: &RetryPolicy,
+    name: &str,
+    accept: impl Fn(&CheckpointMeta) -> bool,
     mut restore: impl FnMut(&CheckpointMeta, Vec<u8>) -> Result<T, RestoreFailure<E>>,
 ) -> Result<Option<Restored<T>>, RestoreError<E>> {
     'restart: for _ in 0..MAX_READ_RESTARTS {
@@ -242,6 +258,12 @@ pub fn restore_newest<T, E>(
         {
             let (kind, reason) = match meta {
                 Err(reason) => (FaultKind::Corrupt, reason),
+                Ok(meta) if !accept(&meta) => {
+                    if unusable.is_empty() {
+                        return Ok(None);
+                    }
+                    break;
+                }
                 Ok(meta) => match read_state(store, policy, name, &meta) {
                     Err(ReadFailure::Vanished) => continue 'restart,
                     Err(ReadFailure::Failed(error)) => return Err(error.into()),

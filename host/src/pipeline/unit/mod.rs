@@ -1,0 +1,484 @@
+//! One pipeline unit: a deployed processor on one input partition
+//! ([`UnitId`]). Units are what hosts elect a leader for, checkpoint and
+//! fail over: the unit's state is one processor instance's state, its
+//! checkpoint records the partition's next offset and a mark on every output
+//! partition it writes ([`Position`]).
+//!
+//! A unit is always in one [`Role`]:
+//! - **Active** (it holds the acting epoch): polls a batch from its
+//!   partition (bounded by the spec's records, bytes and linger), runs it
+//!   through the processor, produces the outputs — to the default output
+//!   topic or to a topic the processor names among those it was deployed
+//!   with — and dead letters with deterministic ids ([`emit`]), waits for the
+//!   broker to acknowledge them, and every checkpoint interval or N records
+//!   checkpoints state + next offset + the output partitions' high
+//!   watermarks, fenced by its epoch. A checkpoint is therefore never ahead
+//!   of delivered outputs.
+//! - **Passive**: a hot standby. The module stays compiled and an instance
+//!   stays restored from the latest checkpoint, refreshed when a new one
+//!   lands; the input is read ahead and the output tail followed.
+//!
+//! On takeover ([`takeover`]) it restores the last checkpoint of its state
+//! lineage (only if the standby does not already hold it), fences the
+//! previous leader's producer at the broker (see [`super::fenced`]), marks
+//! any output partition the checkpoint does not cover yet in a checkpoint of
+//! its own, reads back the ids the output partitions received since the
+//! marks, seeks the input to the checkpointed offset, and replays,
+//! suppressing outputs that already reached the topic (guarantee 2 without
+//! Kafka transactions).
+//!
+//! Crash-only: a unit whose step fails (an error it cannot ride out, or a
+//! panic) is dropped whole — its elector stops and releases the lease
+//! ([`elector`]) — and the host starts it again after a backoff
+//! ([`restarts`]).
+
+mod checkpointing;
+pub mod elector;
+mod emit;
+pub mod restarts;
+mod takeover;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::fenced::ProduceError;
+use super::links::UnitLinks;
+use super::position::Position;
+use crate::admin::{BatchFigures, UnitAdmin};
+use crate::store::checkpoint::CheckpointMeta;
+use crate::store::election::ElectionTiming;
+use crate::store::registry::ProcessorSpec;
+use crate::store::KvStore;
+use crate::unit_id::{Deployment, UnitId};
+use crate::wasm::{ProcessorModule, SupervisedProcessor};
+use elector::Elector;
+
+pub use emit::{ERROR_HEADER, MAX_DEAD_LETTER_REASON_BYTES};
+
+/// Pause before reading the input again after a failed read (the broker
+/// unreachable, say), while leading.
+const INPUT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// How often a passive unit checks whether it became the leader (it follows
+/// the output tail meanwhile).
+const STANDBY_POLL: Duration = Duration::from_millis(5);
+
+/// How units run; shared by all units of a host.
+#[derive(Debug, Clone)]
+pub struct UnitSettings {
+    pub brokers: String,
+    pub host_id: String,
+    pub incarnation: String,
+    /// The deployment every id on the broker carries.
+    pub deployment: Deployment,
+    pub timing: ElectionTiming,
+    /// Checkpoint at least this often while records flow.
+    pub checkpoint_interval: Duration,
+    /// ... and after this many records.
+    pub checkpoint_every_records: u64,
+}
+
+/// A warm instance at a checkpoint (`None`: at no checkpoint, empty state).
+struct Standby {
+    generation: Option<u64>,
+    processor: SupervisedProcessor,
+}
+
+/// What a leader holds.
+struct Active {
+    epoch: u64,
+    processor: SupervisedProcessor,
+    links: UnitLinks,
+    /// The next input offset to process.
+    next_offset: i64,
+    /// Ids found on the output partitions at takeover, not to produce again.
+    suppressed: HashSet<String>,
+    records_since_checkpoint: u64,
+    last_checkpoint: Instant,
+    took_over_at: Instant,
+    first_output_logged: bool,
+    /// Since when reading the input fails (`None`: it does not).
+    input_failing_since: Option<Instant>,
+}
+
+/// What a unit is doing; see the module docs.
+enum Role {
+    Passive {
+        standby: Option<Standby>,
+        /// Connections kept open while passive (`None` until opened, or
+        /// after they failed).
+        links: Option<UnitLinks>,
+        /// When the standby is next refreshed (unit clock).
+        next_refresh: Instant,
+    },
+    Active(Box<Active>),
+}
+
+impl Role {
+    fn passive(links: Option<UnitLinks>) -> Role {
+        Role::Passive {
+            standby: None,
+            links,
+            next_refresh: Instant::now(),
+        }
+    }
+}
+
+/// How a unit's run ended.
+#[derive(Debug)]
+pub enum UnitExit {
+    /// Stopped on request, after handing over.
+    Stopped,
+    /// Failed; the unit's lease is released. The host starts it again.
+    Failed(anyhow::Error),
+}
+
+/// One unit; see the module docs.
+pub struct Unit {
+    id: UnitId,
+    spec: ProcessorSpec,
+    module: ProcessorModule,
+    store: Arc<dyn KvStore>,
+    settings: UnitSettings,
+    elector: Elector,
+    role: Role,
+    /// Metrics and `/status` entry of the unit.
+    admin: UnitAdmin,
+}
+
+impl Unit {
+    /// A unit of `spec` on input `partition`, contending for its lease
+    /// from now on (until dropped).
+    pub fn new(
+        spec: ProcessorSpec,
+        partition: i32,
+        module: ProcessorModule,
+        store: Arc<dyn KvStore>,
+        settings: UnitSettings,
+        admin: UnitAdmin,
+    ) -> Self {
+        let id = UnitId::new(&spec.name, partition);
+        let elector = Elector::start(
+            store.clone(),
+            &id.name(),
+            &settings.host_id,
+            &settings.incarnation,
+            settings.timing,
+        );
+        Unit {
+            id,
+            spec,
+            module,
+            store,
+            settings,
+            elector,
+            role: Role::passive(None),
+            admin,
+        }
+    }
+
+    /// Run until `stop` is set, then hand over (final checkpoint, release);
+    /// or until a step fails, then give the unit up (see [`UnitExit`]).
+    pub fn run(mut self, stop: &AtomicBool) -> UnitExit {
+        while !stop.load(Ordering::Relaxed) {
+            if let Err(error) = self.step() {
+                // Dropping `self` releases the lease.
+                return UnitExit::Failed(error);
+            }
+        }
+        self.hand_over();
+        UnitExit::Stopped
+    }
+
+    /// One step of the role the unit is in.
+    fn step(&mut self) -> Result<()> {
+        // Test hook: FAILPOINTS=unit-panic=return(UNIT) makes that unit's
+        // worker panic while it leads (the crash-only tests).
+        #[cfg(feature = "failpoints")]
+        if let Some(Some(target)) = fail::eval("unit-panic", |target| target) {
+            if target == self.id.name() && self.is_active() {
+                panic!(
+                    "failpoint unit-panic: unit {} panics while leading",
+                    self.id
+                );
+            }
+        }
+        match self.elector.acting_epoch() {
+            Some(epoch) if self.elector.step_down_asked(epoch) => {
+                self.step_down(epoch);
+                Ok(())
+            }
+            Some(epoch) => self.lead(epoch),
+            None => {
+                if self.is_active() {
+                    tracing::info!("not (or no longer) the acting leader; going passive");
+                    self.demote();
+                }
+                self.stand_by();
+                Ok(())
+            }
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        matches!(self.role, Role::Active(_))
+    }
+
+    /// Whether this host may still act for `epoch`.
+    fn acting(&self, epoch: u64) -> bool {
+        self.elector.acting_epoch() == Some(epoch)
+    }
+
+    /// One batch as leader (taking over first if needed).
+    fn lead(&mut self, epoch: u64) -> Result<()> {
+        if !matches!(&self.role, Role::Active(active) if active.epoch == epoch) {
+            self.take_over(epoch)?;
+        }
+        let Role::Active(active) = &mut self.role else {
+            return Ok(());
+        };
+        let batch_settings = self.spec.batch;
+        // The first batch after a takeover takes what the standby's reader
+        // prefetched without lingering for more: it is on the failover path.
+        let linger = if active.first_output_logged {
+            Duration::from_millis(batch_settings.linger_ms)
+        } else {
+            Duration::ZERO
+        };
+        let poll_started = Instant::now();
+        let polled = active.links.input.poll_batch(
+            batch_settings.max_records as usize,
+            batch_settings.max_bytes as usize,
+            self.settings.timing.heartbeat / 2,
+            linger,
+        );
+        // Nothing was taken in yet, so a failed read loses nothing: keep the
+        // state and the epoch, and read again (librdkafka reconnects by
+        // itself, e.g. while the broker restarts). Going passive would
+        // restore and replay from the checkpoint for nothing.
+        let mut records = match polled {
+            Ok(records) => {
+                if let Some(since) = active.input_failing_since.take() {
+                    tracing::info!(after = ?since.elapsed(), "reading the input again");
+                }
+                records
+            }
+            Err(error) => {
+                if active.input_failing_since.is_none() {
+                    active.input_failing_since = Some(Instant::now());
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "reading the input failed; retrying every {INPUT_RETRY_BACKOFF:?} while leading"
+                    );
+                }
+                std::thread::sleep(INPUT_RETRY_BACKOFF);
+                return Ok(());
+            }
+        };
+        // A reader restarted at an offset delivers nothing before it; this
+        // guards the exactly-once accounting should it ever do so.
+        records.retain(|r| r.offset >= active.next_offset);
+        if let Some(last) = records.last() {
+            let next = last.offset + 1;
+            let count = records.len() as u64;
+            let first_offset = records[0].offset;
+            // The supervisor keeps the records (its replay journal); the
+            // dead letters need their bytes too.
+            let kept = records.clone();
+            let polled_at = Instant::now();
+            let result = active.processor.process_batch(records)?;
+            // A leader that knows it lost the lease drops the batch here.
+            // (One paused past its lease after this check is refused by the
+            // broker: the successor fenced its producer epoch.)
+            if !self.still_acting(epoch) {
+                return Ok(());
+            }
+            let Role::Active(active) = &mut self.role else {
+                unreachable!("still acting");
+            };
+            let sent = emit::emit(
+                active,
+                &self.id,
+                &self.settings.deployment,
+                &self.spec,
+                &kept,
+                &result,
+            )?;
+            let emitted_at = Instant::now();
+            // Sends the held outputs and waits for the acknowledgements.
+            if !self.flushed()? {
+                return Ok(());
+            }
+            let Role::Active(active) = &mut self.role else {
+                unreachable!("flushed");
+            };
+            active.next_offset = next;
+            active.records_since_checkpoint += count;
+            self.admin.batch_done(BatchFigures {
+                records_in: count,
+                records_out: sent.outputs,
+                dead_letters: sent.dead_letters,
+                guest_failures: result.failures.len() as u64,
+                elapsed: polled_at.elapsed(),
+                next_offset: next,
+                input_high_watermark: active.links.input.cached_high_watermark(),
+            });
+            if !active.first_output_logged {
+                active.first_output_logged = true;
+                tracing::info!(
+                    "takeover phase first-output done in {:?} after takeover start (first batch of {count} records from offset {first_offset}: last poll {:?}, process and send {:?}, delivery {:?})",
+                    active.took_over_at.elapsed(),
+                    polled_at - poll_started,
+                    emitted_at - polled_at,
+                    emitted_at.elapsed(),
+                );
+            }
+        }
+        let Role::Active(active) = &self.role else {
+            return Ok(());
+        };
+        let due = active.records_since_checkpoint >= self.settings.checkpoint_every_records
+            || (active.records_since_checkpoint > 0
+                && active.last_checkpoint.elapsed() >= self.settings.checkpoint_interval);
+        if due {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Send the held outputs and wait for the broker; `false` (and passive)
+    /// if the broker refused them because a newer leader fenced this one.
+    fn flushed(&mut self) -> Result<bool> {
+        let Role::Active(active) = &mut self.role else {
+            return Ok(false);
+        };
+        match active.links.producer.flush() {
+            Ok(()) => Ok(true),
+            Err(ProduceError::Fenced { epoch, .. }) => {
+                self.admin.batch_fenced();
+                tracing::warn!(
+                    producer_epoch = epoch,
+                    "the broker refused our outputs (producer epoch fenced by a newer leader); dropping the batch and going passive"
+                );
+                self.demote();
+                Ok(false)
+            }
+            Err(ProduceError::Other(error)) => Err(error.context("producing outputs")),
+        }
+    }
+
+    /// Whether `epoch` is still the acting one; if not, go passive (the
+    /// producer's held records are dropped).
+    fn still_acting(&mut self, epoch: u64) -> bool {
+        if self.acting(epoch) {
+            return true;
+        }
+        tracing::warn!(
+            epoch,
+            "epoch {epoch} is no longer ours to act on; dropping the batch and going passive"
+        );
+        self.demote();
+        false
+    }
+
+    /// Passive: keep the standby fresh and the connections reading.
+    fn stand_by(&mut self) {
+        let due = matches!(&self.role, Role::Passive { next_refresh, .. } if Instant::now() >= *next_refresh);
+        if due {
+            if let Role::Passive { next_refresh, .. } = &mut self.role {
+                *next_refresh = Instant::now() + self.settings.timing.heartbeat;
+            }
+            if let Err(error) = self.refresh_standby() {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "refreshing the standby failed"
+                );
+            }
+        }
+        // Poll for leadership often: takeover latency is this pause plus the
+        // lease. Meanwhile follow the outputs.
+        let Role::Passive { links, .. } = &mut self.role else {
+            return;
+        };
+        match links {
+            Some(open) => {
+                if let Err(error) = open.follow(STANDBY_POLL) {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "following the output tail failed"
+                    );
+                    *links = None;
+                    std::thread::sleep(STANDBY_POLL);
+                }
+            }
+            None => std::thread::sleep(STANDBY_POLL),
+        }
+    }
+
+    fn demote(&mut self) {
+        // The active instance's state is ahead of the last checkpoint; the
+        // standby is rebuilt from the store. The connections are kept and
+        // put back at the checkpoint by the next standby refresh.
+        if let Role::Active(active) = std::mem::replace(&mut self.role, Role::passive(None)) {
+            let mut links = active.links;
+            // Whatever it has not sent yet is not its to send any more.
+            links.producer.abandon();
+            self.role = Role::passive(Some(links));
+            self.admin.went_passive();
+        }
+    }
+
+    /// An operator's step-down of `epoch`: what [`Unit::hand_over`] does
+    /// without stopping. Final checkpoint, release the leadership (the other
+    /// hosts claim a released record at once), go passive. The election
+    /// does not claim back its own released record before a lease has
+    /// passed, which leaves the claim to another host if one is there.
+    fn step_down(&mut self, epoch: u64) {
+        tracing::info!(epoch, "stepping down from epoch {epoch} on request");
+        if matches!(&self.role, Role::Active(active) if active.epoch == epoch) {
+            if let Err(error) = self.checkpoint() {
+                tracing::warn!(error = format!("{error:#}"), "final checkpoint failed");
+            }
+        }
+        self.elector.release(Some(epoch));
+        self.demote();
+    }
+
+    /// Graceful stop: final checkpoint, then release leadership at once.
+    fn hand_over(&mut self) {
+        if let Role::Active(active) = &self.role {
+            if self.acting(active.epoch) {
+                if let Err(error) = self.checkpoint() {
+                    tracing::warn!(error = format!("{error:#}"), "final checkpoint failed");
+                }
+            }
+        }
+        self.elector.release(None);
+    }
+}
+
+/// Whether checkpoint `meta` belongs to the state lineage of `spec` (one
+/// that names no lineage is of the first).
+fn in_lineage(meta: &CheckpointMeta, spec: &ProcessorSpec) -> bool {
+    match Position::deployment_of(meta).0 {
+        0 => spec.lineage == 1,
+        lineage => lineage == spec.lineage,
+    }
+}
+
+/// The position a unit of `spec` may act on in checkpoint `meta`: that of
+/// its own state lineage, or the start when `meta` is of another (`None`
+/// meta: the start too).
+fn position_in_lineage(
+    meta: Option<&CheckpointMeta>,
+    spec: &ProcessorSpec,
+    partition: i32,
+) -> Result<Position> {
+    match meta {
+        Some(meta) if in_lineage(meta, spec) => Position::of(Some(meta), partition),
+        _ => Ok(Position::default()),
+    }
+}
