@@ -92,6 +92,9 @@ pub fn run(global: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
             ..BatchSettings::default()
         },
     };
+    let options = DeployOptions { reset: args.reset };
+    registry::check_redeploy(store.as_ref(), &spec, options)
+        .map_err(|e| anyhow::anyhow!("{} was not deployed: {e}", args.file.display()))?;
     if !args.reset && registry::get_spec(store.as_ref(), &spec.name)?.is_some() {
         let module = loader
             .load(&bytes)
@@ -102,7 +105,6 @@ pub fn run(global: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
             eprintln!("the new module restores the current state of all {checked} units");
         }
     }
-    let options = DeployOptions { reset: args.reset };
     let outcome = registry::deploy(store.as_ref(), &loader, &bytes, spec, options)
         .map_err(|e| anyhow::anyhow!("{} was not deployed: {e}", args.file.display()))?;
     if args.json {

@@ -102,6 +102,7 @@ pub fn run(global: &GlobalArgs, args: RunLocalArgs) -> Result<ExitCode> {
         RecoveryPolicy::default(),
         initial_state,
     )?;
+    processor.route_to(args.outputs.iter().cloned());
 
     let input: Box<dyn BufRead> = if args.input.as_os_str() == "-" {
         Box::new(BufReader::new(std::io::stdin()))

@@ -709,6 +709,7 @@ pub fn deploy(
 ) -> Result<DeployOutcome, DeployError> {
     // The spec checks are cheap and the load compiles: check them first.
     request.validate()?;
+    check_redeploy(store, &request, options)?;
     if bytes.len() > MAX_MODULE_BYTES {
         return Err(RegistryError::ModuleTooLarge { bytes: bytes.len() }.into());
     }
@@ -726,11 +727,6 @@ pub fn deploy(
         version: 0,
         lineage: first_lineage(),
     };
-    if let Some(previous) = get_spec(store, &wanted.name)? {
-        if let (Some(change), false) = (incompatible_change(&previous, &wanted), options.reset) {
-            return Err(RegistryError::IncompatibleRedeploy(change).into());
-        }
-    }
     // The version an earlier attempt of this call wrote, so a retry after an
     // applied commit still reports the deploy as a change.
     let mut written_version = None;
@@ -757,7 +753,9 @@ pub fn deploy(
         }
         if let (Some(previous), false) = (&previous, options.reset) {
             // Deployed by someone else since the check above.
-            if let Some(change) = incompatible_change(previous, &wanted) {
+            if let Some(change) =
+                incompatible_change(previous, &wanted.input_topic, &wanted.output_topic)
+            {
                 return Err(abort(RegistryError::IncompatibleRedeploy(change)));
             }
         }
@@ -793,22 +791,42 @@ pub fn deploy(
     })
 }
 
+/// Refuse deploying `wanted` over the deployed spec of its name when its
+/// checkpoints cannot carry over (see [`DeployOptions::reset`]); callers
+/// may check this before costlier checks of their own.
+pub fn check_redeploy(
+    store: &dyn KvStore,
+    wanted: &DeploySpec,
+    options: DeployOptions,
+) -> Result<(), RegistryError> {
+    if options.reset {
+        return Ok(());
+    }
+    match get_spec(store, &wanted.name)? {
+        Some(previous) => match incompatible_change(&previous, &wanted.input_topic, &wanted.output_topic) {
+            Some(change) => Err(RegistryError::IncompatibleRedeploy(change)),
+            None => Ok(()),
+        },
+        None => Ok(()),
+    }
+}
+
 /// Why `wanted` cannot take over `previous`'s checkpoints, if it cannot:
 /// their offsets belong to the input topic, and their output marks to the
 /// default output topic. Routed topics may be added (a unit takes a mark of
 /// a new topic before its first output there) or removed.
-fn incompatible_change(previous: &ProcessorSpec, wanted: &ProcessorSpec) -> Option<String> {
-    let name = &wanted.name;
-    if previous.input_topic != wanted.input_topic {
+fn incompatible_change(previous: &ProcessorSpec, input: &str, output: &str) -> Option<String> {
+    let name = &previous.name;
+    if previous.input_topic != input {
         return Some(format!(
             "processor {name} reads {:?}, and its checkpointed offsets belong to that topic; to read {:?} instead, deploy with --reset (empty state, from the start of the new topic) or under another name",
-            previous.input_topic, wanted.input_topic
+            previous.input_topic, input
         ));
     }
-    if previous.output_topic != wanted.output_topic {
+    if previous.output_topic != output {
         return Some(format!(
             "processor {name} writes to {:?}, and its checkpoints mark what it wrote there; to write to {:?} instead, deploy with --reset (empty state, from the start of the input) or under another name",
-            previous.output_topic, wanted.output_topic
+            previous.output_topic, output
         ));
     }
     None
