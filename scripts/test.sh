@@ -6,11 +6,13 @@ cd "$(dirname "$0")/.."
 scripts/build-plugins.sh
 # Default targets: libraries, binaries, integration and doc tests. The
 # benchmarks (harness = false) are compiled by clippy in CI, not run here.
-cargo test --workspace "$@"
+# The host is built with its fault-injection points (`failpoints`, armed only
+# by the FAILPOINTS variable) so the crash-only tests can make a unit panic.
+cargo test --workspace --features logstream-host/failpoints "$@"
 # The decoders of untrusted bytes (record batches from the host, stored
 # checkpoints) fuzzed at a larger case count than the default 256, bounded
 # to about a minute on 2 cores; `FUZZ_CASES` scales it.
 cases=${FUZZ_CASES:-10000}
 PROPTEST_CASES=$((cases * 2)) cargo test -p logstream-sdk --lib fuzz
-PROPTEST_CASES=$cases cargo test -p logstream-host --lib store::checkpoint::tests::fuzz
-PROPTEST_CASES=$cases cargo test -p logstream-host --lib pipeline::record_batch
+PROPTEST_CASES=$cases cargo test -p logstream-host --features failpoints --lib store::checkpoint::tests::fuzz
+PROPTEST_CASES=$cases cargo test -p logstream-host --features failpoints --lib pipeline::record_batch
