@@ -27,7 +27,7 @@ fn main() {
         &RetryPolicy::default(),
         &mut election,
         "bench/0",
-        Default::default(),
+        &logstream_host::store::clock::SystemClock::default(),
         false,
     )
     .unwrap();

@@ -1,7 +1,7 @@
 //! The failover demo behind `scripts/demo.sh`: a real Kafka-compatible
 //! broker (tansu, `sqlite://` storage), two `logstream host` processes on
 //! the embedded SQLite store, and `level-counter` deployed over a 3-partition
-//! topic. A stream of realistic log lines is produced at a steady rate with
+//! topic, routing error lines to a second topic as alerts. A stream of realistic log lines is produced at a steady rate with
 //! a progress bar; part-way through, the active host is killed with kill -9
 //! (and restarted as the passive). At the end it prints a report: records in
 //! and out, the failover time of each unit, and the check that every output
@@ -18,6 +18,8 @@
 mod broker;
 #[path = "../tests/common/hosts.rs"]
 mod hosts;
+// Shared with the tests, which use more of it than the demo.
+#[allow(dead_code)]
 #[path = "../tests/common/verify.rs"]
 mod verify;
 
@@ -40,8 +42,11 @@ use logstream_host::store::{transact, RetryPolicy, SqliteStore};
 const PARTITIONS: i32 = 3;
 const PROCESSOR: &str = "levels";
 const INPUT_TOPIC: &str = "logs";
-/// level-counter emits a summary every this many records of a partition.
-const CONFIG: &str = "every=100";
+/// The topic level-counter routes error lines to.
+const ALERTS_TOPIC: &str = "levels-alerts";
+/// level-counter emits a summary every this many records of a partition,
+/// and forwards every error line to the alerts topic.
+const CONFIG: &str = "every=100,alerts=levels-alerts";
 /// Bound on each wait of the demo (hosts leading, checkpoints catching up).
 const WAIT_BOUND: Duration = Duration::from_secs(300);
 /// Records produced between flushes (and rate checks).
@@ -165,7 +170,11 @@ fn run() -> Result<bool, String> {
     let store_url = format!("sqlite:{}", store_path.display());
     kafka::ensure_topics(
         &broker.address,
-        &[(INPUT_TOPIC, PARTITIONS), (PROCESSOR, PARTITIONS)],
+        &[
+            (INPUT_TOPIC, PARTITIONS),
+            (PROCESSOR, PARTITIONS),
+            (ALERTS_TOPIC, PARTITIONS),
+        ],
     )
     .map_err(|e| format!("{e:#}"))?;
     let deployed = Command::new(&binary)
@@ -178,6 +187,8 @@ fn run() -> Result<bool, String> {
             INPUT_TOPIC,
             "--output",
             PROCESSOR,
+            "--output",
+            ALERTS_TOPIC,
         ])
         .args(["--config", CONFIG, "--store", &store_url])
         .env("LOGSTREAM_CACHE_DIR", dir.path().join("cache"))
@@ -326,29 +337,34 @@ fn run() -> Result<bool, String> {
     // uninterrupted run over the same input partition.
     println!("checking against an uninterrupted run (logstream run-local)...");
     let mut ok = true;
-    let (mut total_in, mut total_out, mut lost, mut duplicated) = (0usize, 0usize, 0usize, 0usize);
+    let (mut total_in, mut lost, mut duplicated) = (0usize, 0usize, 0usize);
+    let mut total_out: BTreeMap<&str, usize> = BTreeMap::new();
     let mut states_equal = true;
     for (p, unit) in units().iter().enumerate() {
         let input = verify::read_partition(&broker.address, INPUT_TOPIC, p as i32, WAIT_BOUND);
-        let (want, want_state) = verify::run_local(
+        let (mut by_topic, want_state) = verify::run_local_routed(
             &binary,
             &component(),
             CONFIG,
+            &[PROCESSOR, ALERTS_TOPIC],
             &input,
             dir.path(),
             &format!("levels-{p}"),
         );
-        let got = verify::output_rows(
-            verify::read_partition(&broker.address, PROCESSOR, p as i32, WAIT_BOUND),
-            unit,
-        );
         total_in += input.len();
-        total_out += got.len();
-        let got_set: HashSet<_> = got.iter().collect();
-        lost += want.iter().filter(|row| !got_set.contains(row)).count();
-        duplicated += got.len() - got_set.len();
-        if got != want {
-            ok = false;
+        for topic in [PROCESSOR, ALERTS_TOPIC] {
+            let want = by_topic.remove(topic).unwrap_or_default();
+            let got = verify::output_rows(
+                verify::read_partition(&broker.address, topic, p as i32, WAIT_BOUND),
+                unit,
+            );
+            *total_out.entry(topic).or_default() += got.len();
+            let got_set: HashSet<_> = got.iter().collect();
+            lost += want.iter().filter(|row| !got_set.contains(row)).count();
+            duplicated += got.len() - got_set.len();
+            if got != want {
+                ok = false;
+            }
         }
         let state = checkpoint::read_current(&store, unit)
             .map_err(|e| e.to_string())?
@@ -363,7 +379,11 @@ fn run() -> Result<bool, String> {
     println!();
     println!("LogStream failover demo");
     println!("  records in:   {total_in} log lines over {PARTITIONS} partitions, ~{rate}/s");
-    println!("  records out:  {total_out} level-counter summaries ({CONFIG})");
+    println!(
+        "  records out:  {} level-counter summaries to {PROCESSOR}, {} error lines routed to {ALERTS_TOPIC} ({CONFIG})",
+        total_out.get(PROCESSOR).copied().unwrap_or(0),
+        total_out.get(ALERTS_TOPIC).copied().unwrap_or(0),
+    );
     println!("  failover:     host {victim} killed with kill -9 at {kill_at} % of the stream");
     for (unit, from, to, first_ms) in &failovers {
         match first_ms {

@@ -188,9 +188,15 @@ fn an_output_to_an_undeclared_topic_is_dead_lettered_and_never_produced() {
             dead.reason
         );
     }
-    assert!(world.read("lc-alerts", 0).is_empty(), "an undeclared topic got outputs");
+    assert!(
+        world.read("lc-alerts", 0).is_empty(),
+        "an undeclared topic got outputs"
+    );
     let dead = common::records::dead_letters_of(&world.read("lc.dlq", 0), "lc/0");
-    assert_eq!(dead, local.dead_letters, "dead letters differ from run-local's refusals");
+    assert_eq!(
+        dead, local.dead_letters,
+        "dead letters differ from run-local's refusals"
+    );
     let errors = routed.len();
     // The failed records were not counted: outputs and state equal
     // run-local's.
@@ -202,7 +208,10 @@ fn an_output_to_an_undeclared_topic_is_dead_lettered_and_never_produced() {
     );
     let got = verify::output_rows(world.read("lc-out", 0), "lc/0");
     assert_eq!(got, want);
-    let state = checkpoint::read_current(&store, "lc/0").unwrap().unwrap().state;
+    let state = checkpoint::read_current(&store, "lc/0")
+        .unwrap()
+        .unwrap()
+        .state;
     assert!(state == want_state, "final state differs from run-local");
     Row {
         scenario: "output to an undeclared topic",

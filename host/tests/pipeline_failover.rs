@@ -396,7 +396,7 @@ fn outputs_and_state_survive_kill_9_failovers_exactly_once() {
             faults.hosts.start(&victim);
         }
         Injected {
-            what: format!("kill -9 of the host leading most units, restarted as the passive; {records} records"),
+            what: format!("kill -9 of the host leading most units, restarted as the passive; {records} records; every topic compared, lc-alerts (routed to by name) included"),
             times: kills,
             fails_over: true,
         }
@@ -426,7 +426,7 @@ fn a_leader_paused_past_its_lease_is_fenced_and_nothing_is_duplicated() {
         signal(zombie_pid, "-CONT");
         paused_host = zombie;
         Injected {
-            what: format!("SIGSTOP of the host leading most units until the other leads every unit, then SIGCONT; {records} records"),
+            what: format!("SIGSTOP of the host leading most units until the other leads every unit, then SIGCONT; {records} records; every topic compared, lc-alerts (routed to by name) included"),
             times: 1,
             fails_over: true,
         }

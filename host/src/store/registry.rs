@@ -803,10 +803,12 @@ pub fn check_redeploy(
         return Ok(());
     }
     match get_spec(store, &wanted.name)? {
-        Some(previous) => match incompatible_change(&previous, &wanted.input_topic, &wanted.output_topic) {
-            Some(change) => Err(RegistryError::IncompatibleRedeploy(change)),
-            None => Ok(()),
-        },
+        Some(previous) => {
+            match incompatible_change(&previous, &wanted.input_topic, &wanted.output_topic) {
+                Some(change) => Err(RegistryError::IncompatibleRedeploy(change)),
+                None => Ok(()),
+            }
+        }
         None => Ok(()),
     }
 }

@@ -484,7 +484,9 @@ mod tests {
         ]);
         let mut rt = runtime("every=2,alerts=alerts");
         let out = run_in_batches(&mut rt, &input, &[4]);
-        let routed: Vec<(u32, Option<&str>, Option<&[u8]>, &[u8])> = out
+        /// (input index, topic, key, value) of an output.
+        type Routed<'a> = (u32, Option<&'a str>, Option<&'a [u8]>, &'a [u8]);
+        let routed: Vec<Routed> = out
             .outputs
             .iter()
             .map(|(i, o)| (*i, o.topic.as_deref(), o.key.as_deref(), &o.value[..]))

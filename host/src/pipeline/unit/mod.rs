@@ -104,7 +104,9 @@ struct Active {
     input_failing_since: Option<Instant>,
 }
 
-/// What a unit is doing; see the module docs.
+/// What a unit is doing; see the module docs. (One per unit, replaced at
+/// role changes only: the variants' sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
 enum Role {
     Passive {
         standby: Option<Standby>,
@@ -114,7 +116,7 @@ enum Role {
         /// When the standby is next refreshed (unit clock).
         next_refresh: Instant,
     },
-    Active(Box<Active>),
+    Active(Active),
 }
 
 impl Role {

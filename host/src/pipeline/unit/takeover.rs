@@ -95,7 +95,7 @@ impl Unit {
             if warm_links { "kept from standby" } else { "opened" },
             if marks_needed { ", new marks checkpointed" } else { "" },
         );
-        self.role = Role::Active(Box::new(Active {
+        self.role = Role::Active(Active {
             epoch,
             processor,
             links,
@@ -106,7 +106,7 @@ impl Unit {
             took_over_at: started,
             first_output_logged: false,
             input_failing_since: None,
-        }));
+        });
         self.admin.took_over(epoch, Some(next_offset));
         Ok(())
     }
