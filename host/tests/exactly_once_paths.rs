@@ -56,7 +56,12 @@ impl World {
     fn new(prefix: &str) -> Self {
         World {
             broker: Broker::start(),
-            dir: tempfile::Builder::new().prefix(prefix).tempdir().unwrap(),
+            // LOGSTREAM_KEEP_TEST_DIR=1 keeps the stores and host logs.
+            dir: tempfile::Builder::new()
+                .prefix(prefix)
+                .disable_cleanup(std::env::var_os("LOGSTREAM_KEEP_TEST_DIR").is_some())
+                .tempdir()
+                .unwrap(),
         }
     }
 
@@ -548,4 +553,87 @@ fn two_deployments_on_one_broker_never_interfere() {
         duplicated: counts.duplicated,
     }
     .write();
+}
+
+/// `count` sample records onto `topic` of the broker at `brokers`.
+fn produce_to(brokers: &str, topic: &str, count: u64) {
+    let output = Command::new(env!("CARGO_BIN_EXE_logstream"))
+        .args([
+            "gen-logs",
+            "--count",
+            &count.to_string(),
+            "--partitions",
+            "1",
+        ])
+        .args(["--topic", topic, "--brokers", brokers])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+/// A processor's hosts pointed at another Kafka cluster whose topics have
+/// the same names (a migration, or topics deleted and created again): the
+/// input's offsets start over below the checkpoint's. (tansu 0.6.0 cannot
+/// delete one topic: its `topic_delete_by.sql` removes every topic of the
+/// cluster, so a new broker stands in for recreated topics.)
+#[test]
+fn an_input_topic_that_starts_over_stops_the_unit_until_a_reset() {
+    let _exclusive = exclusive();
+    let world = World::new("recreated-topic-");
+    kafka::ensure_topics(&world.broker.address, &[("logs", 1), ("pt-out", 1)]).unwrap();
+    let url = world.store_url("s");
+    let pt = |reset: bool| {
+        let mut args = vec![
+            "--name", "pt", "--input", "logs", "--output", "pt-out", "--store", &url,
+        ];
+        if reset {
+            args.push("--reset");
+        }
+        let out = deploy("passthrough", &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    pt(false);
+    let mut hosts = world.hosts("s");
+    hosts.start("a");
+    world.produce("logs", 1_000, 1);
+    let store = SqliteStore::open(world.store_path("s")).unwrap();
+    wait_for_checkpoint(&store, "pt/0", 0, 1_000);
+    hosts.stop_all();
+
+    let other = Broker::start();
+    kafka::ensure_topics(&other.address, &[("logs", 1), ("pt-out", 1)]).unwrap();
+    produce_to(&other.address, "logs", 300);
+    hosts.brokers = other.address.clone();
+    hosts.start("a");
+    let admin = common::admin::admin_address(&hosts.dir, "a", RUN_BOUND);
+    wait_until("pt/0 to refuse the input that starts over", || {
+        let (_, status) = common::admin::get(admin, "/status").unwrap();
+        status.contains("the topic was deleted and recreated")
+    });
+    let read = |topic| verify::read_partition(&other.address, topic, 0, RUN_BOUND);
+    assert!(
+        read("pt-out").is_empty(),
+        "outputs were produced from the new input"
+    );
+    pt(true);
+    wait_for_checkpoint(&store, "pt/0", 0, 300);
+    hosts.stop_all();
+    let got = verify::output_rows(read("pt-out"), "pt/0");
+    let (want, _) = run_local(world.dir.path(), "passthrough", "", &read("logs"));
+    let counts = Counts::of(&want, &got);
+    Row {
+        scenario: "input topic that starts over",
+        injected: "the hosts pointed at a cluster whose input topic's offsets start below the checkpoint's (as after deleting and creating the topic again), then a deploy with --reset",
+        times: 1,
+        outcome: if counts.clean() {
+            "the unit refused to lead (failed, in /status: deploy with --reset), producing nothing; after --reset, outputs identical to an uninterrupted run over the new topic"
+        } else {
+            "DIFFERS after --reset"
+        },
+        lost: counts.lost,
+        out_of: counts.out_of,
+        duplicated: counts.duplicated,
+    }
+    .write();
+    assert_eq!(got, want);
 }

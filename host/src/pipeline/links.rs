@@ -93,13 +93,28 @@ impl UnitLinks {
     /// The marks of every output partition at their current high
     /// watermarks (one request per broker).
     pub fn marks_now(&mut self) -> Result<BTreeMap<String, OutputMark>> {
-        let partitions = self.target_partitions();
-        let highs = self.producer.high_watermarks(&partitions)?;
-        Ok(partitions
+        Ok(self.watermarks_now(None)?.1)
+    }
+
+    /// The high watermark of input partition `input` (when given) and the
+    /// marks of every output partition now, in one request per broker.
+    pub fn watermarks_now(
+        &mut self,
+        input: Option<(&str, i32)>,
+    ) -> Result<(Option<i64>, BTreeMap<String, OutputMark>)> {
+        let mut partitions = self.target_partitions();
+        if let Some((topic, partition)) = input {
+            partitions.push((topic.to_string(), partition));
+        }
+        let mut highs = self.producer.high_watermarks(&partitions)?;
+        let input_high = input.and_then(|_| highs.pop());
+        partitions.truncate(highs.len());
+        let marks = partitions
             .into_iter()
             .zip(highs)
             .map(|((topic, partition), offset)| (topic, OutputMark { partition, offset }))
-            .collect())
+            .collect();
+        Ok((input_high, marks))
     }
 
     /// Put the reader and the tail at `position` (no-op if already there).
@@ -137,11 +152,20 @@ impl UnitLinks {
     }
 
     /// Read the ids of the unit's outputs and dead letters since the marks,
-    /// up to the current high watermarks, while `keep_going` holds. Call it
-    /// after the producer's fence: once the fence is in, nothing of an
-    /// earlier epoch can be appended, so the read-back sees all of it.
-    pub fn read_back(&mut self, keep_going: &dyn Fn() -> bool) -> Result<HashSet<String>> {
-        self.tail.catch_up(keep_going)
+    /// up to `highs` (from [`UnitLinks::watermarks_now`]), while
+    /// `keep_going` holds. Read the watermarks after the producer's fence:
+    /// once the fence is in, nothing of an earlier epoch can be appended, so
+    /// the read-back sees all of it.
+    pub fn read_back(
+        &mut self,
+        highs: &BTreeMap<String, OutputMark>,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<HashSet<String>> {
+        let highs = highs
+            .iter()
+            .map(|(topic, mark)| (topic.clone(), mark.offset))
+            .collect();
+        self.tail.catch_up(&highs, keep_going)
     }
 
     /// Start leading from the last rebase: the input moves on from its

@@ -14,7 +14,7 @@
 //! of its own (only a bound on a broker that stops answering), and what it
 //! read is kept when it fails, so the next attempt goes on from there.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -64,10 +64,6 @@ struct Followed {
 /// ids that start with a unit's prefix.
 pub struct OutputTail {
     consumer: BaseConsumer,
-    /// Asks for the high watermarks. Not `consumer`: a broker answers a
-    /// connection's requests in order, so a ListOffsets would wait behind
-    /// the consumer's long-polling fetch.
-    watermarks: BaseConsumer,
     prefix: String,
     followed: Vec<Followed>,
     paused: bool,
@@ -79,7 +75,6 @@ impl OutputTail {
         let consumer = kafka::manual_consumer(brokers, Some(TAIL_PREFETCH))?;
         let mut tail = OutputTail {
             consumer,
-            watermarks: kafka::manual_consumer(brokers, None)?,
             prefix: prefix.to_string(),
             followed: Vec::new(),
             paused: false,
@@ -195,14 +190,39 @@ impl OutputTail {
         Ok(arrived)
     }
 
-    /// Read up to the current high watermarks and return the ids since the
-    /// marks. Goes on as long as records arrive and `keep_going` holds;
-    /// fails after [`CATCH_UP_STALL_BOUND`] without a record, or once
-    /// `keep_going` is false (what was read stays for the next attempt).
-    pub fn catch_up(&mut self, keep_going: &dyn Fn() -> bool) -> Result<HashSet<String>> {
-        let highs = self.high_watermarks()?;
+    /// Read up to `highs` — the high watermark of each followed partition,
+    /// asked of the broker after the previous leader was fenced — and return
+    /// the ids since the marks. Goes on as long as records arrive and
+    /// `keep_going` holds; fails after [`CATCH_UP_STALL_BOUND`] without a
+    /// record, or once `keep_going` is false (what was read stays for the
+    /// next attempt). A high watermark below a mark means the topic was
+    /// recreated since the checkpoint: an error naming it.
+    pub fn catch_up(
+        &mut self,
+        highs: &BTreeMap<String, i64>,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<HashSet<String>> {
+        let mut wanted = Vec::with_capacity(self.followed.len());
+        for f in &self.followed {
+            let high = *highs.get(&f.topic).ok_or_else(|| {
+                anyhow!(
+                    "no high watermark of {}/{} to read back to",
+                    f.topic,
+                    f.partition
+                )
+            })?;
+            if high < f.mark {
+                bail!(
+                    "the output partition {}/{} ends at offset {high}, before the checkpoint's mark {}: the topic was deleted and recreated (or truncated); deploy the processor again with --reset to start it over",
+                    f.topic,
+                    f.partition,
+                    f.mark
+                );
+            }
+            wanted.push(high);
+        }
         let mut last_progress = Instant::now();
-        while self.followed.iter().zip(&highs).any(|(f, &h)| f.next < h) {
+        while self.followed.iter().zip(&wanted).any(|(f, &h)| f.next < h) {
             if !keep_going() {
                 bail!("stopped reading back the output partitions: no longer leading");
             }
@@ -210,7 +230,7 @@ impl OutputTail {
                 let (f, high) = self
                     .followed
                     .iter()
-                    .zip(&highs)
+                    .zip(&wanted)
                     .find(|(f, &h)| f.next < h)
                     .expect("one is behind");
                 bail!(
@@ -229,43 +249,5 @@ impl OutputTail {
             .iter()
             .flat_map(|f| f.ids.iter().map(|(_, id)| id.clone()))
             .collect())
-    }
-    /// The high watermarks of the followed partitions, asked of the broker
-    /// in one request (a ListOffsets for the latest offset of each).
-    fn high_watermarks(&self) -> Result<Vec<i64>> {
-        if self.followed.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut latest = TopicPartitionList::new();
-        for f in &self.followed {
-            latest
-                .add_partition_offset(&f.topic, f.partition, Offset::End)
-                .context("building the watermark request")?;
-        }
-        let answered = self
-            .watermarks
-            .offsets_for_times(latest, kafka::REQUEST_TIMEOUT)
-            .context("reading the high watermarks of the output partitions")?;
-        self.followed
-            .iter()
-            .map(|f| {
-                let element = answered
-                    .find_partition(&f.topic, f.partition)
-                    .ok_or_else(|| anyhow!("no watermark for {}/{}", f.topic, f.partition))?;
-                element.error().with_context(|| {
-                    format!("reading the watermark of {}/{}", f.topic, f.partition)
-                })?;
-                match element.offset() {
-                    Offset::Offset(high) => Ok(high),
-                    // No record yet.
-                    Offset::End | Offset::Beginning | Offset::Invalid => Ok(0),
-                    other => Err(anyhow!(
-                        "unexpected watermark {other:?} for {}/{}",
-                        f.topic,
-                        f.partition
-                    )),
-                }
-            })
-            .collect()
     }
 }

@@ -57,7 +57,11 @@ pub fn run_with_restarts(start: impl Fn() -> Unit, stop: &AtomicBool, admin: &Un
         if started.elapsed() >= HEALTHY_RUN {
             delays = restart_delays();
         }
-        let delay = delays.next().unwrap_or(MAX_RESTART_DELAY);
+        // (The jitter may add up to the delay again: keep to the bound.)
+        let delay = delays
+            .next()
+            .unwrap_or(MAX_RESTART_DELAY)
+            .min(MAX_RESTART_DELAY);
         tracing::error!(
             %reason,
             restart_in = ?delay,

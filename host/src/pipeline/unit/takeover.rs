@@ -29,7 +29,7 @@ use anyhow::{bail, Context, Result};
 use super::{in_lineage, position_in_lineage, Active, Role, Standby, Unit};
 use crate::pipeline::fenced::LAST_PRODUCER_EPOCH;
 use crate::pipeline::links::UnitLinks;
-use crate::pipeline::position::Position;
+use crate::pipeline::position::{OutputMark, Position};
 use crate::store::checkpoint::{self, CheckpointError, CheckpointMeta, Fence, KeptGeneration};
 use crate::store::{producer_generation, RetryPolicy};
 use crate::wasm::{RecoveryPolicy, SupervisedProcessor};
@@ -67,11 +67,30 @@ impl Unit {
         let warm_links = links.is_some();
         let mut links = self.links_at(links, &position)?;
         self.fence_producer(&mut links, epoch)?;
+        // After the fence: nothing of an earlier leader can land above these.
+        let (input_high, highs) =
+            links.watermarks_now(Some((&self.spec.input_topic, self.id.partition())))?;
+        let input_high = input_high.expect("asked for");
+        if let Some(next) = position.next_offset.filter(|next| *next > input_high) {
+            bail!(
+                "the input partition {}/{} ends at offset {input_high}, before the checkpoint's next offset {next}: the topic was deleted and recreated (or truncated); deploy the processor again with --reset to start it over",
+                self.spec.input_topic,
+                self.id.partition()
+            );
+        }
         let marks_needed = meta.is_none()
             || position.next_offset.is_none()
             || !position.covers(links.targets.keys().map(String::as_str));
         if marks_needed {
-            match self.mark_outputs(epoch, &mut links, &mut processor, position, meta.is_none())? {
+            let marked = self.mark_outputs(
+                epoch,
+                &mut links,
+                &mut processor,
+                position,
+                &highs,
+                meta.is_none(),
+            )?;
+            match marked {
                 Some(marked) => position = marked,
                 None => {
                     self.role = Role::passive(Some(links));
@@ -84,7 +103,7 @@ impl Unit {
             .expect("a marked position has an offset");
         links.input_from(&position)?;
         let suppressed = links
-            .read_back(&|| self.acting(epoch))
+            .read_back(&highs, &|| self.acting(epoch))
             .context("reading back the outputs since the checkpoint")?;
         links.start_leading()?;
         tracing::info!(
@@ -205,10 +224,10 @@ impl Unit {
         links: &mut UnitLinks,
         processor: &mut SupervisedProcessor,
         position: Position,
+        high: &BTreeMap<String, OutputMark>,
         fresh: bool,
     ) -> Result<Option<Position>> {
         let started = Instant::now();
-        let high = links.marks_now()?;
         let next_offset = match (fresh, position.next_offset) {
             (false, Some(offset)) => offset,
             _ => links
@@ -221,7 +240,7 @@ impl Unit {
             position.marks
         };
         for (topic, mark) in high {
-            marks.entry(topic).or_insert(mark);
+            marks.entry(topic.clone()).or_insert(*mark);
         }
         let marked = Position {
             next_offset: Some(next_offset),
