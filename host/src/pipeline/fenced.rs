@@ -691,6 +691,12 @@ impl FencedProducer {
     }
 }
 
+/// Whether a unit fenced in at `epoch` must move to its next producer
+/// generation (see [`LAST_PRODUCER_EPOCH`]).
+pub fn epochs_used_up(epoch: i16) -> bool {
+    epoch >= LAST_PRODUCER_EPOCH
+}
+
 /// The sequence after `sequence` and `count` more records: Kafka's
 /// sequences wrap from `i32::MAX` to 0 (`DefaultRecordBatch.incrementSequence`),
 /// so a producer that outlives two billion records per partition goes on.
@@ -706,6 +712,18 @@ pub fn increment_sequence(sequence: i32, count: usize) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unit_moves_on_before_kafka_calls_its_epochs_exhausted() {
+        assert!(!epochs_used_up(0));
+        assert!(!epochs_used_up(32_763));
+        assert!(epochs_used_up(32_764));
+        assert!(epochs_used_up(i16::MAX));
+    }
+
+    // Apache Kafka's TransactionMetadata treats Short.MAX_VALUE - 1 as
+    // exhausted: the last fence under the old id happens before it.
+    const _: () = assert!(LAST_PRODUCER_EPOCH < i16::MAX - 1);
 
     #[test]
     fn sequences_wrap_at_i32_max_as_kafka_specifies() {

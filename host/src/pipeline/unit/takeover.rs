@@ -27,7 +27,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use super::{in_lineage, position_in_lineage, Active, Role, Standby, Unit};
-use crate::pipeline::fenced::LAST_PRODUCER_EPOCH;
+use crate::pipeline::fenced::epochs_used_up;
 use crate::pipeline::links::UnitLinks;
 use crate::pipeline::position::{OutputMark, Position};
 use crate::store::checkpoint::{self, CheckpointError, CheckpointMeta, Fence, KeptGeneration};
@@ -178,7 +178,7 @@ impl Unit {
 
     /// Fence the previous leader's producer under the unit's current
     /// transactional id; move to the next producer generation when its
-    /// epochs are used up (see [`LAST_PRODUCER_EPOCH`]).
+    /// epochs are used up (see [`epochs_used_up`]).
     fn fence_producer(&self, links: &mut UnitLinks, epoch: u64) -> Result<()> {
         let name = self.id.name();
         let deployment = &self.settings.deployment;
@@ -191,7 +191,7 @@ impl Unit {
             .producer
             .fence()
             .context("fencing the previous leader's producer")?;
-        if identity.epoch >= LAST_PRODUCER_EPOCH {
+        if epochs_used_up(identity.epoch) {
             // The fence above was the old id's last: every earlier holder of
             // it is fenced for good. Later leaders produce as the next one.
             let next = producer_generation::advance(
