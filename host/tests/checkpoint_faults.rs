@@ -552,6 +552,13 @@ fn a_redeploy_with_an_incompatible_state_version_is_refused_and_the_old_version_
             .unwrap()
             .unwrap();
         let leader = pipeline.leader().ok_or("no leader")?;
+        // The generation the refusal names: the current one (the unit
+        // checkpoints only when records flow, and none do now).
+        let current = checkpoint::read_current_meta(&pipeline.store, UNIT)
+            .unwrap()
+            .ok_or("no checkpoint")?
+            .generation;
+        let names_generation = format!("(checkpoint generation {current}, state version 1)");
 
         let out = run(logstream().arg("deploy").arg(plugin("state_v2")).args([
             "--name",
@@ -581,7 +588,7 @@ fn a_redeploy_with_an_incompatible_state_version_is_refused_and_the_old_version_
         for needed in [
             "was not deployed",
             "refuses the state of lc/0",
-            "(checkpoint generation 1, state version 1)",
+            &names_generation,
             "incompatible state (the snapshot has state version 1, this module reads state version 2): \
              this module reads state version 2 and has no migration from version 1",
             "the deployed version keeps running",

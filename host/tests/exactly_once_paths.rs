@@ -337,13 +337,15 @@ fn a_processor_that_cannot_start_never_blocks_the_others() {
     let world = World::new("broken-beside-healthy-");
     kafka::ensure_topics(
         &world.broker.address,
-        &[("logs", 1), ("pt-out", 1), ("lc-out", 1)],
+        &[("logs", 1), ("pt-out", 1), ("lc-out", 1), ("rd-out", 1)],
     )
     .unwrap();
     let url = world.store_url("s");
-    // lc reads a topic that does not exist yet; pt is healthy.
+    // lc reads a topic that does not exist yet; rd's stored module gets
+    // damaged; pt is healthy.
     for (component, name, input, output) in [
         ("level_counter", "lc", "later", "lc-out"),
+        ("redactor", "rd", "logs", "rd-out"),
         ("passthrough", "pt", "logs", "pt-out"),
     ] {
         let out = deploy(
@@ -354,24 +356,55 @@ fn a_processor_that_cannot_start_never_blocks_the_others() {
         );
         assert!(out.status.success(), "{}", stderr(&out));
     }
+    let store = SqliteStore::open(world.store_path("s")).unwrap();
+    let rd_module = registry::get_spec(&store, "rd")
+        .unwrap()
+        .unwrap()
+        .module_sha256;
+    damage_module(&store, &rd_module);
     let mut hosts = world.hosts("s");
     hosts.start("a");
     world.produce("logs", 500, 1);
-    let store = SqliteStore::open(world.store_path("s")).unwrap();
     wait_for_checkpoint(&store, "pt/0", 0, 500);
     let admin = common::admin::admin_address(&hosts.dir, "a", RUN_BOUND);
     let (code, body) = common::admin::get(admin, "/readyz").unwrap();
     assert_eq!(code, 503, "{body}");
-    assert!(
-        body.contains("processor lc could not start") && body.contains("later"),
-        "{body}"
-    );
+    assert!(body.contains("could not start on this host"), "{body}");
     let (_, status) = common::admin::get(admin, "/status").unwrap();
-    assert!(status.contains("\"failed_processors\""), "{status}");
-    // Once its topic exists, lc starts on the next retry.
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let failed: Vec<(String, String)> = status["failed_processors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["processor"].as_str().unwrap().into(),
+                f["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(
+        failed[0].0 == "lc" && failed[0].1.contains("later"),
+        "{failed:?}"
+    );
+    assert!(
+        failed[1].0 == "rd" && failed[1].1.contains("corrupt"),
+        "{failed:?}"
+    );
+    // Once its topic exists, lc starts on the next retry; deploying rd's
+    // module again stores its bytes again, and rd starts too.
     kafka::ensure_topics(&world.broker.address, &[("later", 1)]).unwrap();
     world.produce("later", 300, 1);
+    let out = deploy(
+        "redactor",
+        &[
+            "--name", "rd", "--input", "logs", "--output", "rd-out", "--store", &url,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
     wait_for_checkpoint(&store, "lc/0", 0, 300);
+    wait_for_checkpoint(&store, "rd/0", 0, 500);
     let (code, body) = common::admin::get(admin, "/readyz").unwrap();
     assert_eq!(code, 200, "{body}");
     hosts.stop_all();
@@ -379,11 +412,11 @@ fn a_processor_that_cannot_start_never_blocks_the_others() {
     let (want, _) = run_local(world.dir.path(), "passthrough", "", &world.read("logs", 0));
     let counts = Counts::of(&want, &got);
     Row {
-        scenario: "broken processor beside a healthy one",
-        injected: "a processor over a missing input topic deployed beside a healthy one; the topic created later",
-        times: 1,
+        scenario: "broken processors beside a healthy one",
+        injected: "beside a healthy processor, one whose stored module is damaged and one over a missing input topic; then the module deployed again and the topic created",
+        times: 2,
         outcome: if counts.clean() {
-            "the healthy one ran from the start (outputs identical to run-local); the broken one reported in /readyz and /status, then started once its topic existed"
+            "the healthy one ran from the start (outputs identical to run-local); the broken ones were reported in /readyz and /status, and started once repaired"
         } else {
             "DIFFERS"
         },
@@ -393,6 +426,19 @@ fn a_processor_that_cannot_start_never_blocks_the_others() {
     }
     .write();
     assert_eq!(got, want);
+}
+
+/// Flip a byte of the first chunk of a stored module.
+fn damage_module(store: &SqliteStore, sha256: &str) {
+    use logstream_host::store::{keys, transact, RetryPolicy};
+    let chunk = keys::module(sha256).pack(&0u64);
+    transact(store, &RetryPolicy::default(), |txn| {
+        let mut bytes = txn.get(&chunk)?.expect("the module's first chunk");
+        bytes[100] ^= 0xff;
+        txn.set(&chunk, &bytes)?;
+        Ok(())
+    })
+    .unwrap();
 }
 
 #[test]

@@ -93,16 +93,24 @@ pub fn run(global: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
         },
     };
     let options = DeployOptions { reset: args.reset };
-    registry::check_redeploy(store.as_ref(), &spec, options)
-        .map_err(|e| anyhow::anyhow!("{} was not deployed: {e}", args.file.display()))?;
-    if !args.reset && registry::get_spec(store.as_ref(), &spec.name)?.is_some() {
+    let refused = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!("{} was not deployed: {e:#}", args.file.display())
+    };
+    if registry::get_spec(store.as_ref(), &spec.name)?.is_some() {
+        // A redeploy: the file first (is it a processor at all?), then the
+        // topics (do the checkpoints carry over?), then the state (does the
+        // module restore it?).
         let module = loader
             .load(&bytes)
             .map_err(|e| anyhow::anyhow!("{} was not deployed: {e}", args.file.display()))?;
-        let checked = check_restores(store.as_ref(), module, &spec.name, &spec.config)
-            .map_err(|e| anyhow::anyhow!("{} was not deployed: {e:#}", args.file.display()))?;
-        if checked > 0 {
-            eprintln!("the new module restores the current state of all {checked} units");
+        registry::check_redeploy(store.as_ref(), &spec, options).map_err(|e| refused(&e))?;
+        // (A reset starts a new lineage: the old state is not restored.)
+        if !args.reset {
+            let checked = check_restores(store.as_ref(), module, &spec.name, &spec.config)
+                .map_err(|e| refused(&e))?;
+            if checked > 0 {
+                eprintln!("the new module restores the current state of all {checked} units");
+            }
         }
     }
     let outcome = registry::deploy(store.as_ref(), &loader, &bytes, spec, options)
