@@ -109,6 +109,7 @@ pub fn run(store: Arc<dyn KvStore>, config: ProbeConfig, shutdown: Arc<AtomicBoo
                 &config.host_id,
                 &incarnation,
                 started_at_unix_ms,
+                None,
             ) {
                 tracing::warn!("membership heartbeat failed: {error}");
             }

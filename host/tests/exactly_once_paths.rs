@@ -15,122 +15,19 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::broker::Broker;
-use common::hosts::Hosts;
 use common::reliability::{Counts, Row};
-use common::verify::{self, OutputRow};
-use common::{logstream, plugin, run, stderr, stdout};
+use common::verify;
+use common::world::{
+    deploy, exclusive, run_local, wait_for_checkpoint, wait_until, World, RUN_BOUND,
+};
+use common::{plugin, stderr, stdout};
 use logstream_host::pipeline::kafka;
 use logstream_host::record::LogRecord;
 use logstream_host::store::SqliteStore;
 use logstream_host::store::{checkpoint, registry};
-
-/// Bound on every wait (liveness, not performance).
-const RUN_BOUND: Duration = Duration::from_secs(300);
-
-/// The tests of this file run one at a time (each runs a broker and hosts;
-/// see pipeline_failover.rs).
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + RUN_BOUND;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A broker, a store and a test directory.
-struct World {
-    broker: Broker,
-    dir: tempfile::TempDir,
-}
-
-impl World {
-    fn new(prefix: &str) -> Self {
-        World {
-            broker: Broker::start(),
-            // LOGSTREAM_KEEP_TEST_DIR=1 keeps the stores and host logs.
-            dir: tempfile::Builder::new()
-                .prefix(prefix)
-                .disable_cleanup(std::env::var_os("LOGSTREAM_KEEP_TEST_DIR").is_some())
-                .tempdir()
-                .unwrap(),
-        }
-    }
-
-    fn store_path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(format!("{name}.db"))
-    }
-
-    fn store_url(&self, name: &str) -> String {
-        format!("sqlite:{}", self.store_path(name).display())
-    }
-
-    fn hosts(&self, store: &str) -> Hosts {
-        let mut hosts = Hosts::new(
-            env!("CARGO_BIN_EXE_logstream").into(),
-            self.store_url(store),
-            self.broker.address.clone(),
-            self.dir.path().join(store),
-        );
-        std::fs::create_dir_all(&hosts.dir).unwrap();
-        hosts.extra_args = vec!["--checkpoint-interval-ms".into(), "200".into()];
-        hosts
-    }
-
-    /// `count` sample records onto `topic` (spread over its partitions).
-    fn produce(&self, topic: &str, count: u64, partitions: i32) {
-        let output = Command::new(env!("CARGO_BIN_EXE_logstream"))
-            .args(["gen-logs", "--count", &count.to_string()])
-            .args(["--partitions", &partitions.to_string()])
-            .args(["--topic", topic, "--brokers", &self.broker.address])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", stderr(&output));
-    }
-
-    fn read(&self, topic: &str, partition: i32) -> Vec<LogRecord> {
-        verify::read_partition(&self.broker.address, topic, partition, RUN_BOUND)
-    }
-}
-
-/// `logstream deploy` with `args`; the output.
-fn deploy(component: &str, args: &[&str]) -> std::process::Output {
-    run(logstream().arg("deploy").arg(plugin(component)).args(args))
-}
-
-/// Wait until unit `unit` of the store checkpointed up to `offset`.
-fn wait_for_checkpoint(store: &SqliteStore, unit: &str, partition: i32, offset: i64) {
-    wait_until(&format!("{unit} to checkpoint offset {offset}"), || {
-        checkpoint::read_current_meta(store, unit)
-            .unwrap()
-            .and_then(|m| m.offsets.get(&partition).copied())
-            == Some(offset)
-    });
-}
-
-fn run_local(
-    dir: &Path,
-    component: &str,
-    config: &str,
-    input: &[LogRecord],
-) -> (Vec<OutputRow>, Vec<u8>) {
-    verify::run_local(
-        Path::new(env!("CARGO_BIN_EXE_logstream")),
-        &plugin(component),
-        config,
-        input,
-        dir,
-        &format!("{component}-{}", input.len()),
-    )
-}
 
 #[test]
 fn an_output_to_an_undeclared_topic_is_dead_lettered_and_never_produced() {

@@ -48,6 +48,9 @@ pub struct Metrics {
     input_lag: IntGaugeVec,
     epoch: IntGaugeVec,
     role: IntGaugeVec,
+    max_units: IntGauge,
+    units_running: IntGauge,
+    units_waiting: IntGauge,
 }
 
 impl Metrics {
@@ -80,7 +83,26 @@ impl Metrics {
                 .expect("metric names are unique");
             family
         };
+        let host_gauge = |name: &str, help: &str| -> IntGauge {
+            let gauge = IntGauge::new(name, help).expect("a valid gauge definition");
+            registry
+                .register(Box::new(gauge.clone()))
+                .expect("metric names are unique");
+            gauge
+        };
         Metrics {
+            max_units: host_gauge(
+                "logstream_max_units",
+                "Most units this host runs (`--max-units`).",
+            ),
+            units_running: host_gauge(
+                "logstream_units_running",
+                "Units this host runs (each a leader or a passive).",
+            ),
+            units_waiting: host_gauge(
+                "logstream_units_waiting",
+                "Units of deployed processors this host does not run for lack of capacity (it does not contend for their leases).",
+            ),
             records_in: counter(
                 "logstream_records_in_total",
                 "Input records run through the processor while leading.",
@@ -187,6 +209,15 @@ impl Metrics {
         let _ = self.input_lag.remove_label_values(&labels);
         let _ = self.epoch.remove_label_values(&labels);
         let _ = self.role.remove_label_values(&labels);
+    }
+
+    /// The host's unit capacity and use.
+    pub fn capacity(&self, max_units: u32, running: usize, waiting: usize) {
+        self.max_units.set(i64::from(max_units));
+        self.units_running
+            .set(i64::try_from(running).unwrap_or(i64::MAX));
+        self.units_waiting
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     /// Every family in the Prometheus text exposition format.

@@ -49,6 +49,13 @@ impl Admin {
         &self.status
     }
 
+    /// The host runs `running` units of at most `max_units`; `waiting`
+    /// (unit names) do not fit.
+    pub fn capacity(&self, max_units: u32, running: usize, waiting: &[String]) {
+        self.metrics.capacity(max_units, running, waiting.len());
+        self.status.capacity(max_units, running, waiting);
+    }
+
     /// A processor this host could not start (its module or its topics):
     /// its units do not run here until a later attempt succeeds.
     pub fn processor_failed(&self, processor: &str, reason: &str) {

@@ -40,6 +40,7 @@ struct HostInner {
     units: BTreeMap<String, UnitStatus>,
     /// Processors this host could not start, with why.
     failed_processors: BTreeMap<String, String>,
+    capacity: Option<CapacityReport>,
 }
 
 /// The shared status of one unit (cheap to clone).
@@ -86,7 +87,24 @@ pub struct StatusReport {
     /// Processors this host could not start, with why (it retries).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failed_processors: Vec<FailedProcessorReport>,
+    /// Units it may run, runs, and cannot run (absent before the first
+    /// registry read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacityReport>,
 }
+
+/// A host's unit capacity, in `/status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CapacityReport {
+    pub max_units: u32,
+    pub running: usize,
+    /// Units of deployed processors this host does not run for lack of
+    /// room (it does not contend for their leases).
+    pub waiting: Vec<String>,
+}
+
+/// Units named in a readiness reason, at most.
+const MAX_UNITS_NAMED: usize = 5;
 
 /// A processor a host could not start, in `/status`.
 #[derive(Debug, Clone, Serialize)]
@@ -193,6 +211,26 @@ impl HostStatus {
         if !inner.registry_read {
             return Err("the deployment registry has not been read yet".to_string());
         }
+        if let Some(capacity) = inner.capacity.as_ref().filter(|c| !c.waiting.is_empty()) {
+            let named: Vec<&str> = capacity
+                .waiting
+                .iter()
+                .take(MAX_UNITS_NAMED)
+                .map(String::as_str)
+                .collect();
+            return Err(format!(
+                "at capacity: {} units cannot run on this host (max_units {}, running {}): {}{}",
+                capacity.waiting.len(),
+                capacity.max_units,
+                capacity.running,
+                named.join(", "),
+                if capacity.waiting.len() > named.len() {
+                    ", …"
+                } else {
+                    ""
+                }
+            ));
+        }
         if let Some((processor, reason)) = inner.failed_processors.iter().next() {
             return Err(format!(
                 "processor {processor} could not start on this host: {reason}"
@@ -226,6 +264,15 @@ impl HostStatus {
         lock(&self.inner)
             .failed_processors
             .insert(processor.to_string(), reason.to_string());
+    }
+
+    /// The host's unit capacity and use.
+    pub fn capacity(&self, max_units: u32, running: usize, waiting: &[String]) {
+        lock(&self.inner).capacity = Some(CapacityReport {
+            max_units,
+            running,
+            waiting: waiting.to_vec(),
+        });
     }
 
     /// The processors listed as failed.
@@ -262,10 +309,10 @@ impl HostStatus {
     /// A snapshot of everything, for `/status`.
     pub fn report(&self) -> StatusReport {
         let readiness = self.readiness();
-        let (units, failed_processors): (Vec<UnitStatus>, Vec<FailedProcessorReport>) = {
+        let (units, failed_processors, capacity) = {
             let inner = lock(&self.inner);
             (
-                inner.units.values().cloned().collect(),
+                inner.units.values().cloned().collect::<Vec<UnitStatus>>(),
                 inner
                     .failed_processors
                     .iter()
@@ -273,7 +320,8 @@ impl HostStatus {
                         processor: processor.clone(),
                         reason: reason.clone(),
                     })
-                    .collect(),
+                    .collect::<Vec<_>>(),
+                inner.capacity.clone(),
             )
         };
         let now_ms = crate::probe::unix_micros() / 1000;
@@ -283,6 +331,7 @@ impl HostStatus {
             ready: readiness.is_ok(),
             not_ready: readiness.err(),
             failed_processors,
+            capacity,
             units: units
                 .iter()
                 .map(|unit| {

@@ -60,6 +60,11 @@ pub struct DeployArgs {
     #[arg(long, default_value_t = registry::DEFAULT_BATCH_LINGER_MS)]
     pub batch_linger_ms: u64,
 
+    /// Kafka bootstrap servers: when given, the deploy checks the input
+    /// topic and warns when its units fit on no registered host.
+    #[arg(long, env = "LOGSTREAM_BROKERS")]
+    pub brokers: Option<String>,
+
     /// Coordination store URL.
     #[arg(
         long,
@@ -113,8 +118,14 @@ pub fn run(global: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
             }
         }
     }
+    let new_processor = registry::get_spec(store.as_ref(), &spec.name)?.is_none();
     let outcome = registry::deploy(store.as_ref(), &loader, &bytes, spec, options)
         .map_err(|e| anyhow::anyhow!("{} was not deployed: {e}", args.file.display()))?;
+    if let (Some(brokers), true) = (&args.brokers, new_processor) {
+        if let Some(warning) = capacity_warning(store.as_ref(), brokers, &outcome.spec) {
+            eprintln!("warning: {warning}");
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome.spec)?);
     } else {
@@ -171,4 +182,53 @@ fn check_restores(
         checked += 1;
     }
     Ok(checked)
+}
+
+/// Why the units of a newly deployed `spec` may not run anywhere yet: its
+/// input topic is missing, or no registered host has room for all of them
+/// (`None`: they fit, or nothing is known about the hosts' capacity).
+fn capacity_warning(
+    store: &dyn crate::store::KvStore,
+    brokers: &str,
+    spec: &crate::store::registry::ProcessorSpec,
+) -> Option<String> {
+    let units = match crate::pipeline::kafka::partition_count(brokers, &spec.input_topic) {
+        Ok(units) => units,
+        Err(error) => {
+            return Some(format!(
+                "the input topic {} cannot be read ({error:#}); processor {} starts on each host once it can",
+                spec.input_topic, spec.name
+            ))
+        }
+    };
+    let hosts =
+        crate::store::membership::list_hosts(store, &crate::store::RetryPolicy::default()).ok()?;
+    let rooms: Vec<(String, u32, u32)> = hosts
+        .iter()
+        .filter_map(|h| {
+            let c = h.capacity?;
+            Some((
+                h.host_id.clone(),
+                c.max_units.saturating_sub(c.units),
+                c.max_units,
+            ))
+        })
+        .collect();
+    if rooms.is_empty()
+        || rooms
+            .iter()
+            .any(|(_, free, _)| *free as i64 >= i64::from(units))
+    {
+        return None;
+    }
+    let listed: Vec<String> = rooms
+        .iter()
+        .map(|(host, free, max)| format!("{host}: {free} of {max} free"))
+        .collect();
+    Some(format!(
+        "processor {} has {units} units (one per partition of {}), more than any registered host has room for ({}); the units that do not fit wait until room frees up: raise --max-units or add hosts",
+        spec.name,
+        spec.input_topic,
+        listed.join(", ")
+    ))
 }

@@ -63,6 +63,12 @@ pub struct HostArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
 
+    /// Most units this host runs: it starts no more (they wait, reported in
+    /// /status and /readyz) and never contends for their leases. Sizes the
+    /// instance pool (one instance per unit).
+    #[arg(long, default_value_t = crate::wasm::limits::DEFAULT_MAX_UNITS)]
+    pub max_units: u32,
+
     /// Serve the admin HTTP endpoints (/metrics, /healthz, /readyz,
     /// /status) on this address; `off` to not serve them. Port 0 picks a
     /// free port (the log says which).
@@ -124,7 +130,11 @@ pub fn run(global: &GlobalArgs, mut args: HostArgs, matches: &ArgMatches) -> Res
         timing,
         checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms),
         checkpoint_every_records: args.checkpoint_every_records.max(1),
-        limits: args.limits.instance_limits(),
+        limits: crate::wasm::InstanceLimits {
+            max_instances: crate::wasm::limits::instances_for_units(args.max_units),
+            ..args.limits.instance_limits()
+        },
+        max_units: args.max_units,
         cache_dir,
         admin_addr: args.admin_addr.0,
     };
@@ -179,6 +189,7 @@ fn apply(file: HostFile, args: &mut HostArgs, matches: &ArgMatches) -> Result<()
     take!("memory_limit_mib", file.limits.memory_limit_mib => args.limits.memory_limit_mib);
     take!("call_timeout_ms", file.limits.call_timeout_ms => args.limits.call_timeout_ms);
     take!("max_output_mib", file.limits.max_output_mib => args.limits.max_output_mib);
+    take!("max_units", file.limits.max_units => args.max_units);
     Ok(())
 }
 

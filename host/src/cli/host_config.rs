@@ -57,6 +57,7 @@ pub struct LimitsTable {
     pub memory_limit_mib: Option<u64>,
     pub call_timeout_ms: Option<u64>,
     pub max_output_mib: Option<u64>,
+    pub max_units: Option<u32>,
 }
 
 /// Read and parse `path`.

@@ -13,6 +13,11 @@
 //!   looks at each running processor's input partition count and starts
 //!   units for new partitions; the existing units keep their output
 //!   partitions (`pipeline::position`).
+//! - **Capacity is explicit.** A host runs at most `max_units` units (its
+//!   instance pool is sized for that many); the units beyond it are not
+//!   started — so it never contends for their leases, and a host with room
+//!   leads them — and are reported as waiting (`/status`, `/readyz`,
+//!   `logstream_units_waiting`) until room frees up.
 //!
 //! With an admin address, the host also serves its metrics and status over
 //! HTTP ([`crate::admin`]) from startup until it has handed over.
@@ -30,9 +35,10 @@ use super::unit::restarts::run_with_restarts;
 use super::unit::{Unit, UnitSettings};
 use crate::admin::{Admin, AdminServer};
 use crate::store::election::ElectionTiming;
+use crate::store::membership::HostCapacity;
 use crate::store::registry::{self, ProcessorSpec};
 use crate::store::{deployment, membership, KvStore, RetryPolicy};
-use crate::unit_id::Deployment;
+use crate::unit_id::{Deployment, UnitId};
 use crate::wasm::{CompileCache, InstanceLimits, ModuleLoader, ProcessorModule, WasmEngine};
 
 /// How often the main loop looks at the shutdown flag while it waits.
@@ -57,6 +63,9 @@ pub struct HostConfig {
     pub checkpoint_interval: Duration,
     pub checkpoint_every_records: u64,
     pub limits: InstanceLimits,
+    /// Most units this host runs (`limits.max_instances` must allow one
+    /// instance each).
+    pub max_units: u32,
     pub cache_dir: Option<std::path::PathBuf>,
     /// Where to serve the admin HTTP endpoints (`None`: not served).
     pub admin_addr: Option<std::net::SocketAddr>,
@@ -73,7 +82,17 @@ struct RunningProcessor {
     spec: ProcessorSpec,
     module: ProcessorModule,
     units: BTreeMap<i32, RunningUnit>,
+    /// The input's partition count as last read: units below it that are
+    /// not running wait for capacity.
+    partitions: i32,
     partitions_checked: Instant,
+}
+
+impl RunningProcessor {
+    /// Partitions with no unit running here.
+    fn waiting(&self) -> impl Iterator<Item = i32> + '_ {
+        (0..self.partitions).filter(|p| !self.units.contains_key(p))
+    }
 }
 
 /// What the host loop keeps between rounds.
@@ -82,6 +101,7 @@ struct Host {
     loader: ModuleLoader,
     settings: UnitSettings,
     admin: Admin,
+    max_units: u32,
     running: BTreeMap<String, RunningProcessor>,
     /// Processors that could not start, and when to try again.
     failed: BTreeMap<String, Instant>,
@@ -90,6 +110,13 @@ struct Host {
 /// Run a host until `shutdown` is set.
 pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
     config.timing.validate().map_err(anyhow::Error::msg)?;
+    if config.max_units == 0 || config.limits.max_instances < config.max_units {
+        anyhow::bail!(
+            "max_units is {} and the instance pool holds {}; a host needs at least one unit and one instance per unit",
+            config.max_units,
+            config.limits.max_instances
+        );
+    }
     let store: Arc<dyn KvStore> = crate::store::open(&config.store_url)
         .with_context(|| format!("opening the store {}", config.store_url))?;
     let deployment = deployment::settle(store.as_ref(), config.deployment.as_ref())?;
@@ -129,17 +156,23 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
             checkpoint_every_records: config.checkpoint_every_records,
         },
         admin: admin.clone(),
+        max_units: config.max_units,
         running: BTreeMap::new(),
         failed: BTreeMap::new(),
     };
     let mut seen_version = None;
     while !shutdown.load(Ordering::Relaxed) {
+        let capacity = HostCapacity {
+            max_units: host.max_units,
+            units: host.running_units() as u32,
+        };
         match membership::heartbeat(
             store.as_ref(),
             &policy,
             &config.host_id,
             &incarnation,
             started_at,
+            Some(capacity),
         ) {
             Ok(_) => admin.status().heartbeat_succeeded(),
             Err(error) => tracing::warn!(%error, "membership heartbeat failed"),
@@ -163,6 +196,7 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
             Err(error) => tracing::warn!(%error, "reading the registry failed"),
         }
         host.start_new_partitions();
+        host.fill_capacity();
         sleep_unless(&shutdown, REGISTRY_POLL.min(config.timing.heartbeat));
     }
     tracing::info!("host {incarnation} shutting down: handing over");
@@ -270,34 +304,76 @@ impl Host {
             .map_err(|e| anyhow::anyhow!("the stored module is {e}"))?;
         let partitions = kafka::partition_count(&self.settings.brokers, &spec.input_topic)
             .with_context(|| format!("reading input topic {}", spec.input_topic))?;
+        let dead_letters = spec.dead_letter_topic();
+        kafka::ensure_topics(&self.settings.brokers, &[(&dead_letters, partitions)])?;
         let mut processor = RunningProcessor {
             spec,
             module,
             units: BTreeMap::new(),
+            partitions,
             partitions_checked: Instant::now(),
         };
-        self.start_units(&mut processor, partitions)?;
+        let started = self.start_units(&mut processor)?;
         tracing::info!(
             processor = %name,
             version = processor.spec.version,
-            "{partitions} units started"
+            "{started} units started of {partitions}"
         );
         Ok(processor)
     }
 
-    /// Start the units of `processor` for the partitions below `partitions`
-    /// it has none for (creating its dead-letter topic to match).
-    fn start_units(&self, processor: &mut RunningProcessor, partitions: i32) -> Result<()> {
-        let dead_letters = processor.spec.dead_letter_topic();
-        kafka::ensure_topics(&self.settings.brokers, &[(&dead_letters, partitions)])?;
-        for partition in 0..partitions {
-            if processor.units.contains_key(&partition) {
-                continue;
-            }
+    /// Units running on this host.
+    fn running_units(&self) -> usize {
+        self.running.values().map(|p| p.units.len()).sum()
+    }
+
+    /// Start the units of `processor` (not yet among the running) that wait,
+    /// as far as capacity allows; how many started.
+    fn start_units(&self, processor: &mut RunningProcessor) -> Result<usize> {
+        let free = (self.max_units as usize).saturating_sub(self.running_units());
+        let waiting: Vec<i32> = processor.waiting().take(free).collect();
+        for &partition in &waiting {
             let unit = self.start_unit(&processor.spec, &processor.module, partition)?;
             processor.units.insert(partition, unit);
         }
-        Ok(())
+        Ok(waiting.len())
+    }
+
+    /// Start waiting units while there is room, in processor and partition
+    /// order, and publish the capacity.
+    fn fill_capacity(&mut self) {
+        let free = (self.max_units as usize).saturating_sub(self.running_units());
+        let wanted: Vec<(String, i32)> = self
+            .running
+            .iter()
+            .flat_map(|(name, p)| p.waiting().map(move |partition| (name.clone(), partition)))
+            .take(free)
+            .collect();
+        for (name, partition) in wanted {
+            let processor = &self.running[&name];
+            match self.start_unit(&processor.spec, &processor.module, partition) {
+                Ok(unit) => {
+                    let processor = self.running.get_mut(&name).expect("listed");
+                    processor.units.insert(partition, unit);
+                }
+                Err(error) => tracing::warn!(
+                    processor = %name,
+                    partition,
+                    error = format!("{error:#}"),
+                    "starting a waiting unit failed"
+                ),
+            }
+        }
+        let waiting: Vec<String> = self
+            .running
+            .values()
+            .flat_map(|p| {
+                p.waiting()
+                    .map(|partition| UnitId::new(&p.spec.name, partition).name())
+            })
+            .collect();
+        self.admin
+            .capacity(self.max_units, self.running_units(), &waiting);
     }
 
     fn start_unit(
@@ -354,17 +430,25 @@ impl Host {
             let counted =
                 kafka::partition_count(&self.settings.brokers, &processor.spec.input_topic);
             match counted {
-                Ok(partitions) if partitions > processor.units.len() as i32 => {
-                    let before = processor.units.len();
-                    match self.start_units(&mut processor, partitions) {
-                        Ok(()) => tracing::info!(
-                            processor = %name,
-                            "input topic grew from {before} to {partitions} partitions: units started for the new ones"
-                        ),
+                Ok(partitions) if partitions > processor.partitions => {
+                    let before = processor.partitions;
+                    let dead_letters = processor.spec.dead_letter_topic();
+                    let ensured = kafka::ensure_topics(
+                        &self.settings.brokers,
+                        &[(&dead_letters, partitions)],
+                    );
+                    match ensured {
+                        Ok(()) => {
+                            processor.partitions = partitions;
+                            tracing::info!(
+                                processor = %name,
+                                "input topic grew from {before} to {partitions} partitions: units start for the new ones"
+                            );
+                        }
                         Err(error) => tracing::warn!(
                             processor = %name,
                             error = format!("{error:#}"),
-                            "starting units for new partitions failed; trying again later"
+                            "the input topic grew, but the dead-letter topic could not follow; trying again later"
                         ),
                     }
                 }

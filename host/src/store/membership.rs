@@ -30,6 +30,19 @@ pub struct HostRecord {
     pub started_at_unix_ms: u64,
     /// The host's `logstream` version.
     pub version: String,
+    /// How many units the host may run, and runs (absent from probes and
+    /// older hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<HostCapacity>,
+}
+
+/// A host's unit capacity, as it last published it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCapacity {
+    /// `logstream host --max-units`.
+    pub max_units: u32,
+    /// Units it runs now.
+    pub units: u32,
 }
 
 /// Why membership failed.
@@ -57,6 +70,7 @@ pub fn heartbeat(
     host_id: &str,
     incarnation: &str,
     started_at_unix_ms: u64,
+    capacity: Option<HostCapacity>,
 ) -> Result<u64, MembershipError> {
     let key = keys::host(host_id);
     let result = transact(store, policy, |txn| {
@@ -72,6 +86,7 @@ pub fn heartbeat(
             heartbeat: previous.map_or(0, |p| p.heartbeat + 1),
             started_at_unix_ms,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            capacity,
         };
         txn.set(&key, &serde_json::to_vec(&record).expect("serialises"))?;
         Ok(record.heartbeat)
@@ -172,9 +187,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("s.db")).unwrap();
         let policy = RetryPolicy::default();
-        assert_eq!(heartbeat(&store, &policy, "a", "a:1", 5).unwrap(), 0);
-        assert_eq!(heartbeat(&store, &policy, "a", "a:1", 5).unwrap(), 1);
-        heartbeat(&store, &policy, "b", "b:1", 6).unwrap();
+        assert_eq!(heartbeat(&store, &policy, "a", "a:1", 5, None).unwrap(), 0);
+        assert_eq!(heartbeat(&store, &policy, "a", "a:1", 5, None).unwrap(), 1);
+        heartbeat(&store, &policy, "b", "b:1", 6, None).unwrap();
         let hosts = list_hosts(&store, &policy).unwrap();
         assert_eq!(
             hosts.iter().map(|h| h.host_id.as_str()).collect::<Vec<_>>(),
@@ -196,6 +211,7 @@ mod tests {
             heartbeat: beat,
             started_at_unix_ms: 0,
             version: "x".into(),
+            capacity: None,
         };
         let mut view = LivenessView::default();
         view.observe(Duration::from_secs(1), &[record(1)]);

@@ -19,8 +19,21 @@ pub const DEFAULT_MAX_OUTPUT_BYTES_PER_CALL: usize = 64 << 20;
 /// it is the processor's failure (retried, then dead-lettered), the same in
 /// `run-local` and in a host.
 pub const MAX_OUTPUT_RECORD_BYTES: usize = 1_000_000;
+/// Default number of units one host runs at most (`logstream host
+/// --max-units`).
+pub const DEFAULT_MAX_UNITS: u32 = 64;
+/// Instances an engine allows beyond one per unit: a unit holds at most one
+/// live instance at a time (its standby, or its active one; a rebuild drops
+/// the old instance first), and the headroom covers an instance being
+/// dropped while the next is made.
+pub const INSTANCE_HEADROOM: u32 = 4;
 /// Default number of instances that may be live at once in one engine.
-pub const DEFAULT_MAX_INSTANCES: u32 = 64;
+pub const DEFAULT_MAX_INSTANCES: u32 = instances_for_units(DEFAULT_MAX_UNITS);
+
+/// The instances an engine must allow for a host of `units` units.
+pub const fn instances_for_units(units: u32) -> u32 {
+    units.saturating_add(INSTANCE_HEADROOM)
+}
 /// Granularity of the time limit: the engine's epoch advances this often.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Longest guest log message forwarded to `tracing`; the rest is cut.

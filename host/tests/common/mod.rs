@@ -11,6 +11,7 @@ pub mod probes;
 pub mod records;
 pub mod reliability;
 pub mod verify;
+pub mod world;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -54,11 +54,12 @@ impl Unit {
         self.refuse_newer_deployment(&kept)?;
         let candidate = self.candidate(&kept).cloned();
         let restore_started = Instant::now();
-        let (meta, mut processor) = match standby {
-            Some(standby) if standby.generation == candidate.as_ref().map(|m| m.generation) => {
-                (candidate, standby.processor)
-            }
-            _ => self.start_processor()?,
+        // A stale standby is dropped here, before a fresh instance is made:
+        // a unit holds one instance at a time (the pool is sized so).
+        let warm = standby.filter(|s| s.generation == candidate.as_ref().map(|m| m.generation));
+        let (meta, mut processor) = match warm {
+            Some(standby) => (candidate, standby.processor),
+            None => self.start_processor()?,
         };
         let generation = meta.as_ref().map(|m| m.generation);
         let restored_in = restore_started.elapsed();
@@ -368,7 +369,11 @@ impl Unit {
         } else {
             // The restore may find a newer generation than the metadata read
             // did, or fall back past unusable ones; the connections follow
-            // the one restored.
+            // the one restored. The old standby goes first: a unit holds
+            // one instance at a time.
+            if let Role::Passive { standby, .. } = &mut self.role {
+                *standby = None;
+            }
             let (meta, processor) = self.start_processor()?;
             if let Role::Passive { standby, .. } = &mut self.role {
                 *standby = Some(Standby {
