@@ -3,6 +3,8 @@
 //!
 //! - [`kafka`]: rdkafka clients (manual assignment, confirmed delivery,
 //!   reading back output ids, topic creation);
+//! - [`elector`]: the host's one elector thread, renewing every unit's lease
+//!   in batched store transactions;
 //! - [`fenced`]: the unit's output producer, fenced at the broker by the
 //!   unit's epoch ([`wire`]: the protocol connection it speaks over,
 //!   [`record_batch`]: the batches it sends);
@@ -13,6 +15,7 @@
 //!   hot standby, takeover with output suppression, crash-only restarts;
 //! - [`node`]: a host: membership, registry polling, one thread per unit.
 
+pub mod elector;
 pub mod fenced;
 pub mod input;
 pub mod kafka;

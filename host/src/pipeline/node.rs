@@ -1,6 +1,7 @@
 //! A host node (`logstream host`): settles the deployment's name, registers
 //! in the store, heartbeats, polls the registry, and runs one crash-only
-//! [`Unit`] thread per (deployed processor, input partition). On shutdown
+//! [`Unit`] thread per (deployed processor, input partition), whose leases
+//! one [`HostElector`] renews. On shutdown
 //! every unit hands over (final checkpoint, step down) and the host
 //! deregisters.
 //!
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::elector::HostElector;
 use super::kafka;
 use super::unit::restarts::run_with_restarts;
 use super::unit::{Unit, UnitSettings};
@@ -97,6 +99,7 @@ impl RunningProcessor {
 
 /// What the host loop keeps between rounds.
 struct Host {
+    elector: HostElector,
     store: Arc<dyn KvStore>,
     loader: ModuleLoader,
     settings: UnitSettings,
@@ -143,7 +146,9 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
         store.describe(),
         config.brokers
     );
+    let elector = HostElector::start(store.clone(), &config.host_id, &incarnation, config.timing)?;
     let mut host = Host {
+        elector,
         store: store.clone(),
         loader,
         settings: UnitSettings {
@@ -384,11 +389,12 @@ impl Host {
     ) -> Result<RunningUnit> {
         let stop = Arc::new(AtomicBool::new(false));
         let admin = self.admin.unit(&spec.name, partition);
-        let (spec, module, store, settings) = (
+        let (spec, module, store, settings, elector) = (
             spec.clone(),
             module.clone(),
             self.store.clone(),
             self.settings.clone(),
+            self.elector.clone(),
         );
         let unit_stop = stop.clone();
         let thread = std::thread::Builder::new()
@@ -405,6 +411,7 @@ impl Host {
                             module.clone(),
                             store.clone(),
                             settings.clone(),
+                            &elector,
                             admin.clone(),
                         )
                     },

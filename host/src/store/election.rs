@@ -440,24 +440,58 @@ pub fn step(
     clock: &dyn Clock,
     preferred_alive: bool,
 ) -> Result<StepOutcome, ElectionError> {
-    let key = keys::leader(processor);
+    let mut outcomes = step_many(
+        store,
+        policy,
+        &mut [(processor, election)],
+        clock,
+        preferred_alive,
+    )?;
+    Ok(outcomes.pop().expect("one outcome per election"))
+}
+
+/// [`step`] for several elections (each `(name, election)`) in one
+/// transaction: every record is read, then the clock (so each contender
+/// dates what it saw no earlier than its read), then each decides and the
+/// writes commit together — a host renews all its units in one
+/// transaction per heartbeat. A store failure leaves every role as it was.
+/// Keep the batch within the store's limits (a few dozen records).
+pub fn step_many(
+    store: &dyn KvStore,
+    policy: &RetryPolicy,
+    elections: &mut [(&str, &mut Election)],
+    clock: &dyn Clock,
+    preferred_alive: bool,
+) -> Result<Vec<StepOutcome>, ElectionError> {
     let started = clock.now();
     let result = transact(store, policy, |txn| {
-        let current = read_leader(txn, processor)?;
-        let read_at = clock.now();
-        let decision = election.decide(read_at, current.as_ref(), preferred_alive);
-        if let Some(record) = decision.record() {
-            let value = serde_json::to_vec(record).expect("a leader record always serialises");
-            txn.set(&key, &value)?;
+        let mut current = Vec::with_capacity(elections.len());
+        for (name, _) in elections.iter() {
+            current.push(read_leader(txn, name)?);
         }
-        Ok((current, decision))
+        let read_at = clock.now();
+        let mut decisions = Vec::with_capacity(elections.len());
+        for ((name, election), current) in elections.iter_mut().zip(&current) {
+            let decision = election.decide(read_at, current.as_ref(), preferred_alive);
+            if let Some(record) = decision.record() {
+                let value = serde_json::to_vec(record).expect("a leader record always serialises");
+                txn.set(&keys::leader(name), &value)?;
+            }
+            decisions.push(decision);
+        }
+        Ok((current, decisions))
     });
     match result {
-        Ok((current, decision)) => {
-            let event = election.apply(started, current.as_ref(), &decision, true);
-            let record = decision.record().cloned().or(current);
-            Ok(StepOutcome { event, record })
-        }
+        Ok((current, decisions)) => Ok(elections
+            .iter_mut()
+            .zip(current)
+            .zip(decisions)
+            .map(|(((_, election), current), decision)| {
+                let event = election.apply(started, current.as_ref(), &decision, true);
+                let record = decision.record().cloned().or(current);
+                StepOutcome { event, record }
+            })
+            .collect()),
         Err(error) => Err(error.into_typed(ElectionError::Store)),
     }
 }

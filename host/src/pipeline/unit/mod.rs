@@ -28,12 +28,11 @@
 //! Kafka transactions).
 //!
 //! Crash-only: a unit whose step fails (an error it cannot ride out, or a
-//! panic) is dropped whole — its elector stops and releases the lease
-//! ([`elector`]) — and the host starts it again after a backoff
-//! ([`restarts`]).
+//! panic) is dropped whole — its lease leaves the host's elector and is
+//! released ([`super::elector`]) — and the host starts it again after a
+//! backoff ([`restarts`]).
 
 mod checkpointing;
-pub mod elector;
 mod emit;
 pub mod restarts;
 mod takeover;
@@ -45,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use super::elector::{HostElector, UnitLease};
 use super::fenced::ProduceError;
 use super::links::UnitLinks;
 use super::position::Position;
@@ -55,7 +55,6 @@ use crate::store::registry::ProcessorSpec;
 use crate::store::KvStore;
 use crate::unit_id::{Deployment, UnitId};
 use crate::wasm::{ProcessorModule, SupervisedProcessor};
-use elector::Elector;
 
 pub use emit::{ERROR_HEADER, MAX_DEAD_LETTER_REASON_BYTES};
 
@@ -145,7 +144,8 @@ pub struct Unit {
     module: ProcessorModule,
     store: Arc<dyn KvStore>,
     settings: UnitSettings,
-    elector: Elector,
+    /// The unit's lease, renewed by the host's elector while this lives.
+    lease: UnitLease,
     role: Role,
     /// Metrics and `/status` entry of the unit.
     admin: UnitAdmin,
@@ -153,30 +153,25 @@ pub struct Unit {
 
 impl Unit {
     /// A unit of `spec` on input `partition`, contending for its lease
-    /// from now on (until dropped).
+    /// through `elector` from now on (until dropped).
     pub fn new(
         spec: ProcessorSpec,
         partition: i32,
         module: ProcessorModule,
         store: Arc<dyn KvStore>,
         settings: UnitSettings,
+        elector: &HostElector,
         admin: UnitAdmin,
     ) -> Self {
         let id = UnitId::new(&spec.name, partition);
-        let elector = Elector::start(
-            store.clone(),
-            &id.name(),
-            &settings.host_id,
-            &settings.incarnation,
-            settings.timing,
-        );
+        let lease = elector.join(&id.name());
         Unit {
             id,
             spec,
             module,
             store,
             settings,
-            elector,
+            lease,
             role: Role::passive(None),
             admin,
         }
@@ -208,8 +203,8 @@ impl Unit {
                 );
             }
         }
-        match self.elector.acting_epoch() {
-            Some(epoch) if self.elector.step_down_asked(epoch) => {
+        match self.lease.acting_epoch() {
+            Some(epoch) if self.lease.step_down_asked(epoch) => {
                 self.step_down(epoch);
                 Ok(())
             }
@@ -231,7 +226,7 @@ impl Unit {
 
     /// Whether this host may still act for `epoch`.
     fn acting(&self, epoch: u64) -> bool {
-        self.elector.acting_epoch() == Some(epoch)
+        self.lease.acting_epoch() == Some(epoch)
     }
 
     /// One batch as leader (taking over first if needed).
@@ -445,7 +440,7 @@ impl Unit {
                 tracing::warn!(error = format!("{error:#}"), "final checkpoint failed");
             }
         }
-        self.elector.release(Some(epoch));
+        self.lease.release(Some(epoch));
         self.demote();
     }
 
@@ -458,7 +453,7 @@ impl Unit {
                 }
             }
         }
-        self.elector.release(None);
+        self.lease.release(None);
     }
 }
 

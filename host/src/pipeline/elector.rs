@@ -1,0 +1,378 @@
+//! A host's elector: one thread that renews (or contends for) the leases of
+//! all the host's units, whatever their workers are doing — a slow takeover
+//! or flush must not cost a lease.
+//!
+//! Every round reads and writes the leader records of many units in one
+//! store transaction ([`election::step_many`], at most
+//! [`MAX_UNITS_PER_TRANSACTION`] each): a leader's lease is renewed once
+//! per heartbeat, a passive looks four times per heartbeat (so a released
+//! lease is claimed within a quarter of one). A host with a thousand units
+//! makes a few dozen store transactions per heartbeat, not thousands, and
+//! runs one elector thread, not one per unit.
+//!
+//! Guarantee (crash-only): a unit's [`UnitLease`] lives exactly as long as
+//! its worker's unit. Dropping it — the worker returning, failing or
+//! unwinding from a panic — takes the unit out of the rounds and releases a
+//! held lease at once, so a unit whose worker is gone is never renewed: a
+//! passive elsewhere claims it at once (or within a lease, if the release
+//! cannot reach the store).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::store::clock::{Clock, SystemClock};
+use crate::store::election::{self, Election, ElectionEvent, ElectionTiming};
+use crate::store::{KvStore, RetryPolicy};
+
+/// How many times per heartbeat a passive unit's leader record is read:
+/// the delay between a graceful release and the claim is at most
+/// heartbeat / this. (Expiry is judged on elapsed time, not on the number
+/// of observations, so this does not shorten the lease.)
+const PASSIVE_OBSERVATIONS_PER_HEARTBEAT: u32 = 4;
+/// Most units one election transaction reads and writes: well within
+/// FoundationDB's transaction size and etcd's 128 operations per
+/// transaction (a renewal is a compare and a put).
+pub const MAX_UNITS_PER_TRANSACTION: usize = 50;
+
+/// One unit's place in the rounds.
+struct Slot {
+    election: Mutex<Election>,
+    /// The epoch an operator asked to hand over (`logstream step-down`),
+    /// seen in the leader record read every round anyway; 0 when none
+    /// (epochs start at 1).
+    step_down_asked: AtomicU64,
+    /// When (elector clock) the unit's next round is due.
+    next_round: Mutex<Duration>,
+}
+
+impl Slot {
+    fn election(&self) -> MutexGuard<'_, Election> {
+        // The election is plain data: a panicked holder leaves it usable.
+        self.election.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What the elector thread and the units' handles share.
+struct Shared {
+    store: Arc<dyn KvStore>,
+    policy: RetryPolicy,
+    clock: SystemClock,
+    host_id: String,
+    incarnation: String,
+    timing: ElectionTiming,
+    units: Mutex<BTreeMap<String, Arc<Slot>>>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn units(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Slot>>> {
+        self.units.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One round for `units` (name and slot), in transactions of at most
+    /// [`MAX_UNITS_PER_TRANSACTION`]; each slot's next round is scheduled.
+    fn round(&self, units: &[(String, Arc<Slot>)]) {
+        for batch in units.chunks(MAX_UNITS_PER_TRANSACTION) {
+            let started = self.clock.now();
+            let mut guards: Vec<MutexGuard<'_, Election>> =
+                batch.iter().map(|(_, slot)| slot.election()).collect();
+            let mut elections: Vec<(&str, &mut Election)> = batch
+                .iter()
+                .zip(guards.iter_mut())
+                .map(|((name, _), guard)| (name.as_str(), &mut **guard))
+                .collect();
+            let outcomes = election::step_many(
+                self.store.as_ref(),
+                &self.policy,
+                &mut elections,
+                &self.clock,
+                false,
+            );
+            drop(elections);
+            match outcomes {
+                Ok(outcomes) => {
+                    for (((name, slot), election), outcome) in
+                        batch.iter().zip(&guards).zip(outcomes)
+                    {
+                        log_event(name, outcome.event);
+                        let asked = outcome
+                            .record
+                            .filter(|r| {
+                                r.step_down_requested() && r.holder == election.incarnation()
+                            })
+                            .map(|r| r.epoch)
+                            .filter(|epoch| election.held_epoch() == Some(*epoch));
+                        if let Some(epoch) = asked {
+                            slot.step_down_asked.store(epoch, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(
+                    %error,
+                    units = batch.len(),
+                    "election round failed"
+                ),
+            }
+            for ((_, slot), election) in batch.iter().zip(&guards) {
+                let period = if election.held_epoch().is_some() {
+                    self.timing.heartbeat
+                } else {
+                    self.timing.heartbeat / PASSIVE_OBSERVATIONS_PER_HEARTBEAT
+                };
+                *slot.next_round.lock().unwrap_or_else(|p| p.into_inner()) = started + period;
+            }
+        }
+    }
+
+    /// The units whose round is due at `now`, and when the next one after
+    /// them is.
+    fn due(&self, now: Duration) -> (Vec<(String, Arc<Slot>)>, Option<Duration>) {
+        let mut due = Vec::new();
+        let mut next: Option<Duration> = None;
+        for (name, slot) in self.units().iter() {
+            let at = *slot.next_round.lock().unwrap_or_else(|p| p.into_inner());
+            if at <= now {
+                due.push((name.clone(), slot.clone()));
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        (due, next)
+    }
+}
+
+/// The host's elector; cheap to clone. The thread stops when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct HostElector {
+    shared: Arc<Shared>,
+    _thread: Arc<ElectorThread>,
+}
+
+/// Stops and joins the elector thread when dropped.
+struct ElectorThread {
+    shared: Arc<Shared>,
+    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for ElectorThread {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            handle.thread().unpark();
+            let _ = handle.join();
+        }
+    }
+}
+
+impl HostElector {
+    /// Start the elector of host `host_id`, incarnation `incarnation`.
+    pub fn start(
+        store: Arc<dyn KvStore>,
+        host_id: &str,
+        incarnation: &str,
+        timing: ElectionTiming,
+    ) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            store,
+            policy: RetryPolicy {
+                max_elapsed: timing.heartbeat,
+                ..RetryPolicy::default()
+            },
+            clock: SystemClock::default(),
+            host_id: host_id.to_string(),
+            incarnation: incarnation.to_string(),
+            timing,
+            units: Mutex::new(BTreeMap::new()),
+            stop: AtomicBool::new(false),
+        });
+        let handle = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("elector".into())
+                .spawn(move || elect(&shared))
+                .context("starting the elector thread")?
+        };
+        Ok(HostElector {
+            _thread: Arc::new(ElectorThread {
+                shared: shared.clone(),
+                handle: Mutex::new(Some(handle)),
+            }),
+            shared,
+        })
+    }
+
+    /// Contend for unit `name` from now on, until the lease is dropped.
+    pub fn join(&self, name: &str) -> UnitLease {
+        let slot = Arc::new(Slot {
+            election: Mutex::new(Election::new(
+                &self.shared.host_id,
+                &self.shared.incarnation,
+                self.shared.timing,
+            )),
+            step_down_asked: AtomicU64::new(0),
+            next_round: Mutex::new(Duration::ZERO),
+        });
+        self.shared.units().insert(name.to_string(), slot.clone());
+        if let Some(handle) = &*self
+            ._thread
+            .handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            // A new unit's first round need not wait for the next tick.
+            handle.thread().unpark();
+        }
+        UnitLease {
+            elector: self.clone(),
+            name: name.to_string(),
+            slot,
+        }
+    }
+}
+
+/// One unit's lease, as its worker sees it; see the module docs.
+pub struct UnitLease {
+    elector: HostElector,
+    name: String,
+    slot: Arc<Slot>,
+}
+
+impl UnitLease {
+    /// The epoch this host may act for now, if any.
+    pub fn acting_epoch(&self) -> Option<u64> {
+        self.slot
+            .election()
+            .acting_epoch(self.elector.shared.clock.now())
+    }
+
+    /// Whether an operator asked the holder of `epoch` to step down.
+    pub fn step_down_asked(&self, epoch: u64) -> bool {
+        self.slot.step_down_asked.load(Ordering::Relaxed) == epoch
+    }
+
+    /// Release the held epoch (`only`: if it is that one) in a round now.
+    /// Should the round fail, the next one releases (the request stays set
+    /// until a release commits).
+    pub fn release(&self, only: Option<u64>) {
+        {
+            let mut election = self.slot.election();
+            let held = election
+                .held_epoch()
+                .is_some_and(|h| only.is_none_or(|o| o == h));
+            if !held {
+                return;
+            }
+            election.request_step_down();
+        }
+        self.slot.step_down_asked.store(0, Ordering::Relaxed);
+        self.elector
+            .shared
+            .round(&[(self.name.clone(), self.slot.clone())]);
+    }
+}
+
+impl Drop for UnitLease {
+    fn drop(&mut self) {
+        self.elector.shared.units().remove(&self.name);
+        self.release(None);
+    }
+}
+
+/// The elector thread: rounds for the units due, then sleep until the next
+/// is (woken early when a unit joins or the elector stops).
+fn elect(shared: &Shared) {
+    let tick = shared.timing.heartbeat / PASSIVE_OBSERVATIONS_PER_HEARTBEAT;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let now = shared.clock.now();
+        let (due, next) = shared.due(now);
+        if !due.is_empty() {
+            shared.round(&due);
+        }
+        let wait = next
+            .map_or(tick, |at| at.saturating_sub(shared.clock.now()))
+            .min(tick);
+        std::thread::park_timeout(wait);
+    }
+}
+
+fn log_event(unit: &str, event: Option<ElectionEvent>) {
+    let span = tracing::info_span!("unit", unit);
+    let _entered = span.enter();
+    match event {
+        Some(ElectionEvent::BecameLeader { epoch }) => {
+            // The wall-clock field lets benchmarks on one machine time
+            // the takeover from the claim.
+            tracing::info!(
+                epoch,
+                claimed_at_unix_ms = crate::probe::unix_micros() / 1000,
+                "became leader"
+            )
+        }
+        Some(ElectionEvent::Fenced { epoch, by_epoch }) => tracing::warn!(
+            epoch,
+            by_epoch,
+            "fenced at epoch {epoch} by epoch {by_epoch}; now passive"
+        ),
+        Some(ElectionEvent::SteppedDown { epoch }) => tracing::info!(epoch, "stepped down"),
+        None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+    use std::time::Instant;
+
+    fn timing() -> ElectionTiming {
+        ElectionTiming {
+            lease: Duration::from_millis(300),
+            heartbeat: Duration::from_millis(50),
+            margin: Duration::from_millis(60),
+        }
+    }
+
+    fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn one_elector_leads_many_units_and_a_dropped_lease_is_released_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn KvStore> = Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
+        let a = HostElector::start(store.clone(), "a", "a:1:0", timing()).unwrap();
+        // More units than one transaction takes.
+        let units = MAX_UNITS_PER_TRANSACTION * 2 + 3;
+        let leases: Vec<UnitLease> = (0..units).map(|i| a.join(&format!("p/{i}"))).collect();
+        wait_for("a to lead every unit", || {
+            leases.iter().all(|l| l.acting_epoch() == Some(1))
+        });
+        let b = HostElector::start(store.clone(), "b", "b:1:0", timing()).unwrap();
+        let contender = b.join("p/0");
+        // Renewals keep a leading for several leases.
+        std::thread::sleep(timing().lease * 3);
+        assert!(leases.iter().all(|l| l.acting_epoch() == Some(1)));
+        assert_eq!(contender.acting_epoch(), None);
+        // Dropping a's lease of p/0 (its worker gone) releases it: b claims
+        // well within a lease.
+        let mut leases = leases;
+        let dropped_at = Instant::now();
+        drop(leases.remove(0));
+        wait_for("b to claim p/0", || contender.acting_epoch() == Some(2));
+        assert!(
+            dropped_at.elapsed() < timing().lease,
+            "{:?}",
+            dropped_at.elapsed()
+        );
+        assert!(leases.iter().all(|l| l.acting_epoch() == Some(1)));
+    }
+}
