@@ -124,15 +124,23 @@ fn takeover_lines(dir: &Path) -> Vec<String> {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let mut after_first_claim = false;
         for line in text.lines() {
-            if line.contains("taking over at epoch") {
-                after_first_claim = !line.ends_with("epoch 1");
+            // `… INFO unit{unit=NAME}: TARGET: MESSAGE FIELDS`
+            let Some((_, rest)) = line.split_once("unit{unit=") else {
+                continue;
+            };
+            let Some((unit, rest)) = rest.split_once("}: ") else {
+                continue;
+            };
+            let message = rest.split_once(": ").map_or(rest, |(_, m)| m);
+            if message.starts_with("taking over at epoch") {
+                after_first_claim = !message.starts_with("taking over at epoch 1 ");
             }
             if after_first_claim
-                && (line.contains("takeover phase") || line.contains("taking over at epoch"))
+                && (message.contains("takeover phase") || message.starts_with("taking over at epoch"))
             {
-                // Drop the timestamp, level and target prefix.
-                let message = line.split_once(": unit ").map_or(line, |(_, m)| m);
-                lines.push(format!("unit {message}"));
+                // The structured copy of the epoch adds nothing here.
+                let message = message.split(" epoch=").next().unwrap_or(message);
+                lines.push(format!("unit {unit}: {message}"));
             }
         }
     }
