@@ -136,7 +136,8 @@ fn takeover_lines(dir: &Path) -> Vec<String> {
                 after_first_claim = !message.starts_with("taking over at epoch 1 ");
             }
             if after_first_claim
-                && (message.contains("takeover phase") || message.starts_with("taking over at epoch"))
+                && (message.contains("takeover phase")
+                    || message.starts_with("taking over at epoch"))
             {
                 // The structured copy of the epoch adds nothing here.
                 let message = message.split(" epoch=").next().unwrap_or(message);

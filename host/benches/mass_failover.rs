@@ -1,0 +1,268 @@
+//! Mass failover (issue 14): two `logstream host` processes, the real
+//! SQLite store and a real broker (tansu, sqlite storage), `passthrough`
+//! over an N-partition topic — N units — all led by host a. It measures
+//! each host's steady-state cost (threads, RSS, sockets, CPU while no
+//! record flows), then, while records flow to every partition, kills host a
+//! with kill -9 and measures, per unit, the time from the kill to its first
+//! output from the new leader (the first output whose CreateTime is after
+//! the kill), and the time to the *last* unit's.
+//!
+//! Run: `scripts/build-plugins.sh && UNITS=100 cargo bench -p logstream-host --bench mass_failover`
+//!
+//! Env: `UNITS` (default 100), `RATE` (records/s over all partitions,
+//! default 2,000), `IDLE_SECONDS` (CPU sampling window, default 5).
+
+#[path = "../tests/common/broker.rs"]
+mod broker;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use logstream_host::pipeline::kafka::{self, Outgoing, OutputProducer, PartitionReader};
+use logstream_host::probe::{pid_of, unix_micros};
+use logstream_host::store::election::read_leader;
+use logstream_host::store::{transact, RetryPolicy, SqliteStore};
+
+/// Liveness bound of each wait (not a performance figure).
+const WAIT_BOUND: Duration = Duration::from_secs(600);
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn spawn_host(id: &str, store: &str, brokers: &str, units: u32, dir: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_logstream"))
+        .args([
+            "host",
+            "--host-id",
+            id,
+            "--brokers",
+            brokers,
+            "--store",
+            store,
+        ])
+        .args(["--checkpoint-interval-ms", "1000"])
+        .args(["--max-units", &units.to_string()])
+        .args(["--admin-addr", "off"])
+        .env("LOGSTREAM_LOG", "info")
+        .env("LOGSTREAM_CACHE_DIR", dir.join("cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join(format!("host-{id}.log"))).unwrap(),
+        ))
+        .spawn()
+        .unwrap()
+}
+
+/// The pid of each unit's unreleased leader.
+fn leaders(store: &SqliteStore, units: u32) -> Vec<Option<u32>> {
+    (0..units)
+        .map(|p| {
+            transact(store, &RetryPolicy::default(), |txn| {
+                read_leader(txn, &format!("pt/{p}"))
+            })
+            .unwrap()
+            .filter(|r| !r.released)
+            .and_then(|r| pid_of(&r.holder))
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT_BOUND;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What /proc says of a process.
+#[derive(Debug, Clone, Copy)]
+struct ProcessCost {
+    threads: u64,
+    rss_mib: f64,
+    sockets: usize,
+    /// utime + stime, in clock ticks.
+    cpu_ticks: u64,
+}
+
+fn cost(pid: u32) -> ProcessCost {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): utime is the
+    // 14th field overall, stime the 15th.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let cpu_ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ProcessCost {
+        threads: field("Threads:"),
+        rss_mib: field("VmRSS:") as f64 / 1024.0,
+        sockets,
+        cpu_ticks,
+    }
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+fn main() {
+    let units: u32 = env_or("UNITS", 100);
+    let rate: u64 = env_or("RATE", 2_000);
+    let idle = Duration::from_secs(env_or("IDLE_SECONDS", 5));
+    let partitions = i32::try_from(units).unwrap();
+    let broker = broker::Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = format!("sqlite:{}", dir.path().join("store.db").display());
+    kafka::ensure_topics(&broker.address, &[("in", partitions), ("out", partitions)]).unwrap();
+    let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/plugin/passthrough.wasm");
+    let deployed = Command::new(env!("CARGO_BIN_EXE_logstream"))
+        .arg("deploy")
+        .arg(&plugin)
+        .args([
+            "--name", "pt", "--input", "in", "--output", "out", "--store", &store_url,
+        ])
+        .env("LOGSTREAM_CACHE_DIR", dir.path().join("cache"))
+        .status()
+        .unwrap();
+    assert!(deployed.success());
+    let store = SqliteStore::open(dir.path().join("store.db")).unwrap();
+    let started = Instant::now();
+    let mut a = spawn_host("a", &store_url, &broker.address, units, dir.path());
+    let a_pid = a.id();
+    wait_until("host a to lead every unit", || {
+        leaders(&store, units).iter().all(|l| *l == Some(a_pid))
+    });
+    let led_in = started.elapsed();
+    let mut b = spawn_host("b", &store_url, &broker.address, units, dir.path());
+    // Passives are warm once their standbys restored the marks checkpoint
+    // each unit wrote at its first takeover; give them the time it takes.
+    std::thread::sleep(Duration::from_secs(5) + Duration::from_millis(20) * units);
+
+    let (a_before, b_before) = (cost(a.id()), cost(b.id()));
+    std::thread::sleep(idle);
+    let (a_after, b_after) = (cost(a.id()), cost(b.id()));
+    let cpu = |before: ProcessCost, after: ProcessCost| {
+        (after.cpu_ticks - before.cpu_ticks) as f64 / TICKS_PER_SECOND / idle.as_secs_f64() * 100.0
+    };
+
+    // Records to every partition, round robin, at `rate` per second.
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (stop, brokers) = (stop.clone(), broker.address.clone());
+        std::thread::spawn(move || {
+            let producer = OutputProducer::open_streaming(&brokers).unwrap();
+            let interval = Duration::from_secs_f64(1.0 / rate as f64);
+            let mut next = Instant::now();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let value = format!("{{\"n\":{n}}}");
+                producer
+                    .send(&Outgoing {
+                        topic: "in",
+                        partition: (n % u64::from(units)) as i32,
+                        key: None,
+                        value: value.as_bytes(),
+                        headers: &[],
+                        id: None,
+                    })
+                    .unwrap();
+                n += 1;
+                next += interval;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                if n.is_multiple_of(100) {
+                    producer.flush().unwrap();
+                }
+            }
+            producer.flush().unwrap();
+        })
+    };
+    std::thread::sleep(Duration::from_secs(5));
+    let killed_at_ms = (unix_micros() / 1000) as i64;
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let b_pid = b.id();
+    wait_until("host b to lead every unit", || {
+        leaders(&store, units).iter().all(|l| *l == Some(b_pid))
+    });
+    // Let every partition get a few records after the takeover.
+    std::thread::sleep(
+        Duration::from_secs(3) + Duration::from_secs_f64(units as f64 / rate as f64) * 5,
+    );
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+
+    let mut per_unit_ms = Vec::new();
+    for partition in 0..partitions {
+        let (_, high) = kafka::watermarks(&broker.address, "out", partition).unwrap();
+        let reader = PartitionReader::open(&broker.address, "out", partition, Some(0)).unwrap();
+        let mut next = 0;
+        let mut first = None;
+        while next < high && first.is_none() {
+            let batch = reader
+                .poll_batch(10_000, 64 << 20, Duration::from_secs(1), Duration::ZERO)
+                .unwrap();
+            next = batch.last().map_or(next, |r| r.offset + 1);
+            first = batch
+                .iter()
+                .find(|r| r.timestamp_ms > killed_at_ms)
+                .map(|r| r.timestamp_ms - killed_at_ms);
+        }
+        per_unit_ms.extend(first);
+    }
+    let _ = b.kill();
+    let _ = b.wait();
+    per_unit_ms.sort_unstable();
+    let pct = |p: f64| per_unit_ms[((per_unit_ms.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "mass failover: {units} units (passthrough), 2 hosts, lease 500 ms, heartbeat 100 ms, {rate} records/s over all partitions"
+    );
+    println!(
+        "  host a led every unit {:.1} s after it started",
+        led_in.as_secs_f64()
+    );
+    for (host, before, after) in [
+        ("a (active)", a_before, a_after),
+        ("b (passive)", b_before, b_after),
+    ] {
+        println!(
+            "  host {host}: {} threads, {:.0} MiB RSS, {} sockets, {:.1} % of a core with no input",
+            after.threads,
+            after.rss_mib,
+            after.sockets,
+            cpu(before, after)
+        );
+    }
+    println!(
+        "  after kill -9 of a: {} of {units} units produced again; per unit first output p50 {} ms, p99 {} ms, last {} ms after the kill",
+        per_unit_ms.len(),
+        pct(0.5),
+        pct(0.99),
+        per_unit_ms.last().unwrap()
+    );
+}
