@@ -6,7 +6,7 @@
 mod common;
 
 use common::admin::{admin_address, get};
-use common::reliability::{Counts, Row};
+use common::reliability::Counts;
 use common::stderr;
 use common::verify;
 use common::world::{
@@ -104,14 +104,10 @@ fn a_host_at_capacity_leaves_the_units_beyond_it_to_a_host_with_room() {
         counts.add(Counts::of(&want, &got));
         assert_eq!(got, want, "pt/{partition}");
     }
-    Row {
-        scenario: "host at capacity",
-        injected: "a host with --max-units 2 and a processor of 3 units; a second host with room started later",
-        times: 1,
-        outcome: "the first ran 2 units, never contended for the third and reported it waiting (/readyz, /status, logstream_units_waiting); the second led it; outputs identical to an uninterrupted run",
-        lost: counts.lost,
-        out_of: counts.out_of,
-        duplicated: counts.duplicated,
-    }
-    .write();
+    counts.write_row(
+        "host at capacity",
+        "a host with --max-units 2 and a processor of 3 units; a second host with room started later",
+        1,
+        "the first ran 2 units, never contended for the third and reported it waiting (/readyz, /status, logstream_units_waiting); the second led it; outputs identical to an uninterrupted run",
+    );
 }

@@ -308,20 +308,12 @@ fn a_processor_that_cannot_start_never_blocks_the_others() {
     let got = verify::output_rows(world.read("pt-out", 0), "pt/0");
     let (want, _) = run_local(world.dir.path(), "passthrough", "", &world.read("logs", 0));
     let counts = Counts::of(&want, &got);
-    Row {
-        scenario: "broken processors beside a healthy one",
-        injected: "beside a healthy processor, one whose stored module is damaged and one over a missing input topic; then the module deployed again and the topic created",
-        times: 2,
-        outcome: if counts.clean() {
-            "the healthy one ran from the start (outputs identical to run-local); the broken ones were reported in /readyz and /status, and started once repaired"
-        } else {
-            "DIFFERS"
-        },
-        lost: counts.lost,
-        out_of: counts.out_of,
-        duplicated: counts.duplicated,
-    }
-    .write();
+    counts.write_row(
+        "broken processors beside a healthy one",
+        "beside a healthy processor, one whose stored module is damaged and one over a missing input topic; then the module deployed again and the topic created",
+        2,
+        "the healthy one ran from the start (outputs identical to run-local); the broken ones were reported in /readyz and /status, and started once repaired",
+    );
     assert_eq!(got, want);
 }
 
@@ -377,20 +369,12 @@ fn a_new_processor_over_a_long_output_topic_starts_without_reading_it() {
     let got = verify::output_rows(all[ALREADY as usize..].to_vec(), "pt/0");
     let (want, _) = run_local(world.dir.path(), "passthrough", "", &world.read("logs", 0));
     let counts = Counts::of(&want, &got);
-    Row {
-        scenario: "long output topic at takeover",
-        injected: "a new processor over an output topic already holding 200,000 records of another producer; both hosts killed and one restarted",
-        times: 1,
-        outcome: if counts.clean() {
-            "started at once (its first takeover marks the topic's end); outputs identical to an uninterrupted run"
-        } else {
-            "DIFFERS"
-        },
-        lost: counts.lost,
-        out_of: counts.out_of,
-        duplicated: counts.duplicated,
-    }
-    .write();
+    counts.write_row(
+        "long output topic at takeover",
+        "a new processor over an output topic already holding 200,000 records of another producer; both hosts killed and one restarted",
+        1,
+        "started at once (its first takeover marks the topic's end); outputs identical to an uninterrupted run",
+    );
     assert_eq!(got, want);
 }
 
@@ -564,19 +548,11 @@ fn an_input_topic_that_starts_over_stops_the_unit_until_a_reset() {
     let got = verify::output_rows(read("pt-out"), "pt/0");
     let (want, _) = run_local(world.dir.path(), "passthrough", "", &read("logs"));
     let counts = Counts::of(&want, &got);
-    Row {
-        scenario: "input topic that starts over",
-        injected: "the hosts pointed at a cluster whose input topic's offsets start below the checkpoint's (as after deleting and creating the topic again), then a deploy with --reset",
-        times: 1,
-        outcome: if counts.clean() {
-            "the unit refused to lead (failed, in /status: deploy with --reset), producing nothing; after --reset, outputs identical to an uninterrupted run over the new topic"
-        } else {
-            "DIFFERS after --reset"
-        },
-        lost: counts.lost,
-        out_of: counts.out_of,
-        duplicated: counts.duplicated,
-    }
-    .write();
+    counts.write_row(
+        "input topic that starts over",
+        "the hosts pointed at a cluster whose input topic's offsets start below the checkpoint's (as after deleting and creating the topic again), then a deploy with --reset",
+        1,
+        "the unit refused to lead (failed, in /status: deploy with --reset), producing nothing; after --reset, outputs identical to an uninterrupted run over the new topic",
+    );
     assert_eq!(got, want);
 }

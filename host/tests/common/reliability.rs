@@ -44,6 +44,23 @@ impl Counts {
         self.lost == 0 && self.duplicated == 0 && self.unexpected == 0
     }
 
+    /// Write the row of a scenario whose outputs compared as `self`:
+    /// `outcome` when nothing was lost, duplicated or unexpected, what
+    /// differs otherwise.
+    pub fn write_row(&self, scenario: &str, injected: &str, times: usize, outcome: &str) {
+        let differs = format!("DIFFERS: {}", self.describe());
+        Row {
+            scenario,
+            injected,
+            times,
+            outcome: if self.clean() { outcome } else { &differs },
+            lost: self.lost,
+            out_of: self.out_of,
+            duplicated: self.duplicated,
+        }
+        .write();
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "{} of {} lost, {} duplicated, {} unexpected",
