@@ -10,7 +10,10 @@
 //! Run: `scripts/build-plugins.sh && UNITS=100 cargo bench -p logstream-host --bench mass_failover`
 //!
 //! Env: `UNITS` (default 100), `RATE` (records/s over all partitions,
-//! default 2,000), `IDLE_SECONDS` (CPU sampling window, default 5).
+//! default 2,000), `IDLE_SECONDS` (CPU sampling window, default 5),
+//! `LOGSTREAM_BIN` (the host binary to measure, default the one just built:
+//! a saved binary of an earlier commit is the baseline of a comparison in
+//! the same session).
 
 #[path = "../tests/common/broker.rs"]
 mod broker;
@@ -35,8 +38,13 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// The `logstream` binary measured (see `LOGSTREAM_BIN`).
+fn logstream_bin() -> String {
+    std::env::var("LOGSTREAM_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_logstream").to_string())
+}
+
 fn spawn_host(id: &str, store: &str, brokers: &str, units: u32, dir: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_logstream"))
+    Command::new(logstream_bin())
         .args([
             "host",
             "--host-id",
@@ -139,7 +147,7 @@ fn main() {
     kafka::ensure_topics(&broker.address, &[("in", partitions), ("out", partitions)]).unwrap();
     let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/wasm32-wasip2/plugin/passthrough.wasm");
-    let deployed = Command::new(env!("CARGO_BIN_EXE_logstream"))
+    let deployed = Command::new(logstream_bin())
         .arg("deploy")
         .arg(&plugin)
         .args([

@@ -69,6 +69,11 @@ pub struct HostArgs {
     #[arg(long, default_value_t = crate::wasm::limits::DEFAULT_MAX_UNITS)]
     pub max_units: u32,
 
+    /// Kafka consumers this host reads all its units' input partitions
+    /// through (each partition has a queue of its own).
+    #[arg(long, default_value_t = crate::pipeline::fetchers::DEFAULT_INPUT_FETCHERS)]
+    pub input_fetchers: usize,
+
     /// Serve the admin HTTP endpoints (/metrics, /healthz, /readyz,
     /// /status) on this address; `off` to not serve them. Port 0 picks a
     /// free port (the log says which).
@@ -135,6 +140,7 @@ pub fn run(global: &GlobalArgs, mut args: HostArgs, matches: &ArgMatches) -> Res
             ..args.limits.instance_limits()
         },
         max_units: args.max_units,
+        input_fetchers: args.input_fetchers,
         cache_dir,
         admin_addr: args.admin_addr.0,
     };
@@ -190,6 +196,7 @@ fn apply(file: HostFile, args: &mut HostArgs, matches: &ArgMatches) -> Result<()
     take!("call_timeout_ms", file.limits.call_timeout_ms => args.limits.call_timeout_ms);
     take!("max_output_mib", file.limits.max_output_mib => args.limits.max_output_mib);
     take!("max_units", file.limits.max_units => args.max_units);
+    take!("input_fetchers", file.limits.input_fetchers => args.input_fetchers);
     Ok(())
 }
 

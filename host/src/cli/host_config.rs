@@ -58,6 +58,7 @@ pub struct LimitsTable {
     pub call_timeout_ms: Option<u64>,
     pub max_output_mib: Option<u64>,
     pub max_units: Option<u32>,
+    pub input_fetchers: Option<usize>,
 }
 
 /// Read and parse `path`.

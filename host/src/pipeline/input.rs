@@ -21,10 +21,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::kafka::{FetchProfile, PartitionReader};
+use super::fetchers::Fetchers;
+use super::kafka::{FetchProfile, PartitionSource};
 use crate::record::LogRecord;
 
-/// What the consumer fetches ahead of the unit.
+/// What the host's input fetchers fetch ahead of each unit.
 pub const INPUT_PREFETCH: FetchProfile = FetchProfile {
     records: 10_000,
     kbytes: 8 * 1024,
@@ -38,7 +39,7 @@ pub const READ_AHEAD_BYTES: usize = 8 * 1024 * 1024;
 
 /// One input partition with a read-ahead window.
 pub struct UnitInput {
-    reader: PartitionReader,
+    reader: Box<dyn PartitionSource>,
     /// Records read ahead, in offset order, none below `floor`.
     buffered: VecDeque<LogRecord>,
     buffered_bytes: usize,
@@ -65,16 +66,17 @@ enum Arrival {
 }
 
 impl UnitInput {
-    pub fn open(brokers: &str, topic: &str, partition: i32, start: Option<i64>) -> Result<Self> {
-        let reader = PartitionReader::open_with_prefetch(
-            brokers,
-            topic,
-            partition,
-            start,
-            Some(INPUT_PREFETCH),
-        )?;
+    /// Read `topic`/`partition` from `start` (`None`: the earliest offset)
+    /// through one of the host's `fetchers`.
+    pub fn open(
+        fetchers: &Fetchers,
+        topic: &str,
+        partition: i32,
+        start: Option<i64>,
+    ) -> Result<Self> {
+        let reader = fetchers.reader(topic, partition, start)?;
         Ok(UnitInput {
-            reader,
+            reader: Box::new(reader),
             buffered: VecDeque::new(),
             buffered_bytes: 0,
             next: start,

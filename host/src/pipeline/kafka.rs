@@ -237,22 +237,7 @@ impl PartitionReader {
     /// response (librdkafka's cached value: no request to the broker);
     /// `None` before the first fetch answered.
     pub fn cached_high_watermark(&self) -> Option<i64> {
-        let topic = std::ffi::CString::new(self.topic.as_str()).ok()?;
-        let (mut low, mut high) = (-1_i64, -1_i64);
-        // SAFETY: the consumer (and so its handle) is alive for the call,
-        // `topic` is a NUL-terminated string that outlives it, and
-        // librdkafka only writes the two out-parameters.
-        let error = unsafe {
-            rdkafka::bindings::rd_kafka_get_watermark_offsets(
-                self.consumer.client().native_ptr(),
-                topic.as_ptr(),
-                self.partition,
-                &mut low,
-                &mut high,
-            )
-        };
-        (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
-            .then_some(high)
+        cached_high_watermark(&self.consumer, &self.topic, self.partition)
     }
 
     /// Up to `max_records` records (and about `max_bytes` of payload): waits
@@ -264,44 +249,138 @@ impl PartitionReader {
         wait: Duration,
         linger: Duration,
     ) -> Result<Vec<LogRecord>> {
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        let started = Instant::now();
-        let mut deadline = started + wait;
-        while batch.len() < max_records && bytes < max_bytes {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let Some(message) = self.consumer.poll(remaining) else {
-                break;
-            };
-            let message = match message {
-                Ok(message) => message,
-                // Records already taken from the consumer's queue are not
-                // fetched again: return them, or the caller would skip
-                // them. (The error is usually transient, e.g. the broker
-                // restarting; librdkafka reconnects by itself.)
-                Err(error) if !batch.is_empty() => {
-                    tracing::warn!(
-                        "reading {}/{}: {error}; returning the {} records read before it",
-                        self.topic,
-                        self.partition,
-                        batch.len()
-                    );
-                    break;
-                }
-                Err(error) => {
-                    return Err(error)
-                        .with_context(|| format!("reading {}/{}", self.topic, self.partition))
-                }
-            };
-            let record = to_record(&message);
-            bytes += record.payload_bytes();
-            if batch.is_empty() {
-                deadline = Instant::now() + linger;
-            }
-            batch.push(record);
-        }
-        Ok(batch)
+        let limits = BatchLimits {
+            max_records,
+            max_bytes,
+            wait,
+            linger,
+        };
+        poll_batch_from(
+            |timeout| self.consumer.poll(timeout),
+            (&self.topic, self.partition),
+            limits,
+        )
     }
+}
+
+/// Records of one partition from an offset on, in offset order: from a
+/// consumer of its own ([`PartitionReader`]) or from one of the host's
+/// shared fetchers ([`super::fetchers::SharedPartitionReader`]).
+pub trait PartitionSource: Send {
+    /// Read from `start` on (`None`: the earliest offset), dropping what
+    /// was fetched ahead.
+    fn restart_at(&mut self, start: Option<i64>) -> Result<()>;
+    /// The partition's high watermark as of the last fetch response.
+    fn cached_high_watermark(&self) -> Option<i64>;
+    /// Up to `max_records` records (and about `max_bytes` of payload):
+    /// waits at most `wait` for the first, then at most `linger` for more.
+    fn poll_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+        wait: Duration,
+        linger: Duration,
+    ) -> Result<Vec<LogRecord>>;
+}
+
+impl PartitionSource for PartitionReader {
+    fn restart_at(&mut self, start: Option<i64>) -> Result<()> {
+        PartitionReader::restart_at(self, start)
+    }
+
+    fn cached_high_watermark(&self) -> Option<i64> {
+        PartitionReader::cached_high_watermark(self)
+    }
+
+    fn poll_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+        wait: Duration,
+        linger: Duration,
+    ) -> Result<Vec<LogRecord>> {
+        PartitionReader::poll_batch(self, max_records, max_bytes, wait, linger)
+    }
+}
+
+/// How much one poll takes, and how long it waits.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BatchLimits {
+    pub max_records: usize,
+    pub max_bytes: usize,
+    /// Longest wait for the first record.
+    pub wait: Duration,
+    /// Longest wait for more after the first.
+    pub linger: Duration,
+}
+
+/// A batch of `partition`'s records from `poll` (a consumer's or a
+/// partition queue's), within `limits`.
+pub(super) fn poll_batch_from<'a>(
+    poll: impl Fn(
+        Duration,
+    ) -> Option<rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'a>>>,
+    (topic, partition): (&str, i32),
+    limits: BatchLimits,
+) -> Result<Vec<LogRecord>> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    let mut deadline = Instant::now() + limits.wait;
+    while batch.len() < limits.max_records && bytes < limits.max_bytes {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let Some(message) = poll(remaining) else {
+            break;
+        };
+        let message = match message {
+            Ok(message) => message,
+            // Records already taken from the consumer's queue are not
+            // fetched again: return them, or the caller would skip them.
+            // (The error is usually transient, e.g. the broker restarting;
+            // librdkafka reconnects by itself.)
+            Err(error) if !batch.is_empty() => {
+                tracing::warn!(
+                    "reading {topic}/{partition}: {error}; returning the {} records read before it",
+                    batch.len()
+                );
+                break;
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("reading {topic}/{partition}"))
+            }
+        };
+        let record = to_record(&message);
+        bytes += record.payload_bytes();
+        if batch.is_empty() {
+            deadline = Instant::now() + limits.linger;
+        }
+        batch.push(record);
+    }
+    Ok(batch)
+}
+
+/// `topic`/`partition`'s high watermark as `consumer` last saw it in a
+/// fetch response (no request to the broker); `None` before one answered.
+pub(super) fn cached_high_watermark(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: the consumer (and so its handle) is alive for the call,
+    // `topic` is a NUL-terminated string that outlives it, and librdkafka
+    // only writes the two out-parameters.
+    let error = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }
 
 fn to_record(message: &impl Message) -> LogRecord {

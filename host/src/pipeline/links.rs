@@ -28,6 +28,7 @@ use anyhow::{Context, Result};
 use super::fenced::FencedProducer;
 use super::input::UnitInput;
 use super::position::{OutputMark, Position};
+use super::shared_io::SharedIo;
 use super::tail::{FollowFrom, OutputTail};
 use crate::store::registry::ProcessorSpec;
 
@@ -45,18 +46,18 @@ pub struct UnitLinks {
 }
 
 impl UnitLinks {
-    /// Connect for input `partition` of `spec`, producing as
+    /// Connect for input `partition` of `spec` through the host's `io`, producing as
     /// `transactional_id`, with `id_prefix` the unit's output-id prefix,
     /// at `position`.
     pub fn open(
-        brokers: &str,
+        io: &SharedIo,
         spec: &ProcessorSpec,
         partition: i32,
         transactional_id: &str,
         id_prefix: &str,
         position: &Position,
     ) -> Result<Self> {
-        let mut producer = FencedProducer::open(brokers, transactional_id)?;
+        let mut producer = FencedProducer::open(&io.brokers, transactional_id)?;
         let mut targets = BTreeMap::new();
         for topic in spec
             .output_topics()
@@ -71,8 +72,13 @@ impl UnitLinks {
                 position.output_partition(&topic, partition, count),
             );
         }
-        let input = UnitInput::open(brokers, &spec.input_topic, partition, position.next_offset)?;
-        let tail = OutputTail::open(brokers, id_prefix, &followed(&targets, position))?;
+        let input = UnitInput::open(
+            &io.inputs,
+            &spec.input_topic,
+            partition,
+            position.next_offset,
+        )?;
+        let tail = OutputTail::open(&io.brokers, id_prefix, &followed(&targets, position))?;
         Ok(UnitLinks {
             input,
             producer,

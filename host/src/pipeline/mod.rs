@@ -8,8 +8,11 @@
 //! - [`fenced`]: the unit's output producer, fenced at the broker by the
 //!   unit's epoch ([`wire`]: the protocol connection it speaks over,
 //!   [`record_batch`]: the batches it sends);
+//! - [`fetchers`]: the host's shared input consumers, one queue per
+//!   partition;
 //! - [`input`], [`tail`], [`links`]: a unit's input reader, the tail of its
 //!   output partitions, and the connections it keeps across roles;
+//! - [`shared_io`]: what a host's units share to reach the broker;
 //! - [`position`]: where a checkpoint puts a unit (offset, output marks);
 //! - [`unit`](mod@unit): one processor on one input partition: lead, checkpoint,
 //!   hot standby, takeover with output suppression, crash-only restarts;
@@ -17,12 +20,14 @@
 
 pub mod elector;
 pub mod fenced;
+pub mod fetchers;
 pub mod input;
 pub mod kafka;
 pub mod links;
 pub mod node;
 pub mod position;
 pub mod record_batch;
+pub mod shared_io;
 pub mod tail;
 pub mod unit;
 pub mod wire;

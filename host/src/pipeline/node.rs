@@ -33,6 +33,7 @@ use anyhow::{Context, Result};
 
 use super::elector::HostElector;
 use super::kafka;
+use super::shared_io::SharedIo;
 use super::unit::restarts::run_with_restarts;
 use super::unit::{Unit, UnitSettings};
 use crate::admin::{Admin, AdminServer};
@@ -68,6 +69,8 @@ pub struct HostConfig {
     /// Most units this host runs (`limits.max_instances` must allow one
     /// instance each).
     pub max_units: u32,
+    /// Kafka consumers shared by all units' inputs.
+    pub input_fetchers: usize,
     pub cache_dir: Option<std::path::PathBuf>,
     /// Where to serve the admin HTTP endpoints (`None`: not served).
     pub admin_addr: Option<std::net::SocketAddr>,
@@ -152,7 +155,7 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
         store: store.clone(),
         loader,
         settings: UnitSettings {
-            brokers: config.brokers.clone(),
+            io: Arc::new(SharedIo::new(&config.brokers, config.input_fetchers)?),
             host_id: config.host_id.clone(),
             incarnation: incarnation.clone(),
             deployment,
@@ -307,10 +310,10 @@ impl Host {
             .loader
             .load(&bytes)
             .map_err(|e| anyhow::anyhow!("the stored module is {e}"))?;
-        let partitions = kafka::partition_count(&self.settings.brokers, &spec.input_topic)
+        let partitions = kafka::partition_count(&self.settings.io.brokers, &spec.input_topic)
             .with_context(|| format!("reading input topic {}", spec.input_topic))?;
         let dead_letters = spec.dead_letter_topic();
-        kafka::ensure_topics(&self.settings.brokers, &[(&dead_letters, partitions)])?;
+        kafka::ensure_topics(&self.settings.io.brokers, &[(&dead_letters, partitions)])?;
         let mut processor = RunningProcessor {
             spec,
             module,
@@ -435,13 +438,13 @@ impl Host {
             let mut processor = self.running.remove(&name).expect("listed");
             processor.partitions_checked = Instant::now();
             let counted =
-                kafka::partition_count(&self.settings.brokers, &processor.spec.input_topic);
+                kafka::partition_count(&self.settings.io.brokers, &processor.spec.input_topic);
             match counted {
                 Ok(partitions) if partitions > processor.partitions => {
                     let before = processor.partitions;
                     let dead_letters = processor.spec.dead_letter_topic();
                     let ensured = kafka::ensure_topics(
-                        &self.settings.brokers,
+                        &self.settings.io.brokers,
                         &[(&dead_letters, partitions)],
                     );
                     match ensured {

@@ -48,6 +48,7 @@ use super::elector::{HostElector, UnitLease};
 use super::fenced::ProduceError;
 use super::links::UnitLinks;
 use super::position::Position;
+use super::shared_io::SharedIo;
 use crate::admin::{BatchFigures, UnitAdmin};
 use crate::store::checkpoint::CheckpointMeta;
 use crate::store::election::ElectionTiming;
@@ -68,7 +69,8 @@ const STANDBY_POLL: Duration = Duration::from_millis(5);
 /// How units run; shared by all units of a host.
 #[derive(Debug, Clone)]
 pub struct UnitSettings {
-    pub brokers: String,
+    /// The host's shared broker I/O.
+    pub io: Arc<SharedIo>,
     pub host_id: String,
     pub incarnation: String,
     /// The deployment every id on the broker carries.

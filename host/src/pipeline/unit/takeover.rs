@@ -167,7 +167,7 @@ impl Unit {
                 Ok(links)
             }
             None => UnitLinks::open(
-                &self.settings.brokers,
+                &self.settings.io,
                 &self.spec,
                 self.id.partition(),
                 &self.id.transactional_id(&self.settings.deployment, 0),

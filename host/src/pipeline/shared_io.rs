@@ -1,0 +1,27 @@
+//! What all units of a host share to reach the broker: its address and the
+//! input fetchers every unit's input partition is read through. One per
+//! host, made at start and dropped after the last unit.
+
+use anyhow::Result;
+
+use super::fetchers::Fetchers;
+use super::input::INPUT_PREFETCH;
+
+/// The host's shared broker I/O.
+#[derive(Debug)]
+pub struct SharedIo {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// The consumers every unit's input is read through.
+    pub inputs: Fetchers,
+}
+
+impl SharedIo {
+    /// Shared I/O to `brokers`, with `input_fetchers` input consumers.
+    pub fn new(brokers: &str, input_fetchers: usize) -> Result<Self> {
+        Ok(SharedIo {
+            brokers: brokers.to_string(),
+            inputs: Fetchers::new(brokers, input_fetchers, INPUT_PREFETCH)?,
+        })
+    }
+}
