@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -47,12 +47,22 @@ struct Slot {
     step_down_asked: AtomicU64,
     /// When (elector clock) the unit's next round is due.
     next_round: Mutex<Duration>,
+    /// Counts the rounds that changed what the unit should do (it became
+    /// leader, was fenced, was asked to step down); its worker waits on it.
+    changes: Mutex<u64>,
+    changed: Condvar,
 }
 
 impl Slot {
     fn election(&self) -> MutexGuard<'_, Election> {
         // The election is plain data: a panicked holder leaves it usable.
         self.election.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wake the unit's worker: its role may have to change.
+    fn notify(&self) {
+        *self.changes.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.changed.notify_all();
     }
 }
 
@@ -98,6 +108,9 @@ impl Shared {
                     for (((name, slot), election), outcome) in
                         batch.iter().zip(&guards).zip(outcomes)
                     {
+                        if outcome.event.is_some() {
+                            slot.notify();
+                        }
                         log_event(name, outcome.event);
                         let asked = outcome
                             .record
@@ -107,7 +120,9 @@ impl Shared {
                             .map(|r| r.epoch)
                             .filter(|epoch| election.held_epoch() == Some(*epoch));
                         if let Some(epoch) = asked {
-                            slot.step_down_asked.store(epoch, Ordering::Relaxed);
+                            if slot.step_down_asked.swap(epoch, Ordering::Relaxed) != epoch {
+                                slot.notify();
+                            }
                         }
                     }
                 }
@@ -216,6 +231,8 @@ impl HostElector {
             )),
             step_down_asked: AtomicU64::new(0),
             next_round: Mutex::new(Duration::ZERO),
+            changes: Mutex::new(0),
+            changed: Condvar::new(),
         });
         self.shared.units().insert(name.to_string(), slot.clone());
         if let Some(handle) = &*self
@@ -248,6 +265,26 @@ impl UnitLease {
         self.slot
             .election()
             .acting_epoch(self.elector.shared.clock.now())
+    }
+
+    /// How many rounds changed what the unit should do so far (see
+    /// [`wait_for_change`](Self::wait_for_change)).
+    pub fn changes(&self) -> u64 {
+        *self.slot.changes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait until a round changes what the unit should do (it became
+    /// leader, was fenced or asked to step down), or `timeout` passed. A
+    /// passive worker sleeps here instead of polling its lease, so it starts
+    /// its takeover the moment its claim commits.
+    /// `seen` is [`changes`](Self::changes) read before the worker last
+    /// looked at its lease: a change since then returns at once.
+    pub fn wait_for_change(&self, seen: u64, timeout: Duration) {
+        let changes = self.slot.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .slot
+            .changed
+            .wait_timeout_while(changes, timeout, |now| *now == seen);
     }
 
     /// Whether an operator asked the holder of `epoch` to step down.

@@ -21,7 +21,6 @@
 //! above its marks, on every marked output partition.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -78,7 +77,7 @@ impl UnitLinks {
             partition,
             position.next_offset,
         )?;
-        let tail = OutputTail::open(&io.brokers, id_prefix, &followed(&targets, position))?;
+        let tail = OutputTail::open(&io.tails, id_prefix, &followed(&targets, position))?;
         Ok(UnitLinks {
             input,
             producer,
@@ -144,11 +143,9 @@ impl UnitLinks {
         Ok(())
     }
 
-    /// Read the input ahead and follow the output tail (waiting up to
-    /// `wait` for the tail).
-    pub fn follow(&mut self, wait: Duration) -> Result<()> {
-        self.input.read_ahead()?;
-        self.tail.poll(wait).map(drop)
+    /// Read the input ahead. (The host's tail hub follows the outputs.)
+    pub fn follow(&mut self) -> Result<()> {
+        self.input.read_ahead()
     }
 
     /// Make the input start exactly at the position's offset (fetching

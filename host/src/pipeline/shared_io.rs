@@ -1,11 +1,13 @@
-//! What all units of a host share to reach the broker: its address and the
-//! input fetchers every unit's input partition is read through. One per
-//! host, made at start and dropped after the last unit.
+//! What all units of a host share to reach the broker: its address, the
+//! input fetchers every unit's input partition is read through, and the
+//! hub that follows every output partition for the units' takeovers. One
+//! per host, made at start and dropped after the last unit.
 
 use anyhow::Result;
 
 use super::fetchers::Fetchers;
 use super::input::INPUT_PREFETCH;
+use super::tail::TailHub;
 
 /// The host's shared broker I/O.
 #[derive(Debug)]
@@ -14,6 +16,8 @@ pub struct SharedIo {
     pub brokers: String,
     /// The consumers every unit's input is read through.
     pub inputs: Fetchers,
+    /// The one reader of every output partition the units follow.
+    pub tails: TailHub,
 }
 
 impl SharedIo {
@@ -22,6 +26,7 @@ impl SharedIo {
         Ok(SharedIo {
             brokers: brokers.to_string(),
             inputs: Fetchers::new(brokers, input_fetchers, INPUT_PREFETCH)?,
+            tails: TailHub::start(brokers)?,
         })
     }
 }

@@ -1,20 +1,34 @@
-//! Following the tail of a unit's output partitions: the ids of what the
-//! unit's leaders produced there since the last checkpoint's marks.
+//! Following the tail of the units' output partitions: the ids of what each
+//! unit's leaders produced there since its last checkpoint's marks.
 //!
 //! A new leader must not re-emit outputs that already reached the topic
-//! (guarantee 2 without Kafka transactions). The passive keeps an
-//! [`OutputTail`] connected and reading while the active produces, so at
-//! takeover it only asks for the high watermarks and reads the last few
-//! records, instead of connecting and reading everything since the marks.
+//! (guarantee 2 without Kafka transactions). A passive keeps its
+//! [`OutputTail`] following while the active produces, so at takeover it
+//! only asks for the high watermarks and waits for the last few records,
+//! instead of connecting and reading everything since the marks.
 //!
-//! Guarantees: after [`OutputTail::catch_up`] returns, the set holds every id
-//! with the unit's prefix at offsets from the current marks up to the high
-//! watermarks read at that moment; ids below the marks are never returned.
-//! A catch-up makes progress however long the tail is: it has no deadline
-//! of its own (only a bound on a broker that stops answering), and what it
-//! read is kept when it fails, so the next attempt goes on from there.
+//! All units of a host follow through one [`TailHub`]: one consumer and one
+//! thread read every output partition any unit follows, once, however many
+//! units follow it (several units of a processor write one output partition
+//! when the output topic has fewer partitions than the input; every unit of
+//! a processor usually shares its dead-letter partitions), and hand each
+//! unit the ids with its prefix. A unit that needs a partition from further
+//! back than the hub reads it (a new follower, or one back from leading)
+//! makes the hub read that partition again from there; the other followers
+//! skip what they have seen.
+//!
+//! Guarantees: after [`OutputTail::catch_up`] returns, the set holds every
+//! id with the unit's prefix at offsets from the current marks up to the
+//! high watermarks read at that moment; ids below the marks are never
+//! returned. A catch-up makes progress however long the tail is: it has no
+//! deadline of its own (only a bound on a broker that stops answering), and
+//! what it read is kept when it fails, so the next attempt goes on from
+//! there.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -27,16 +41,19 @@ use super::kafka::{self, FetchProfile, ID_HEADER};
 /// Bound on a catch-up that receives nothing at all: the broker is not
 /// answering. (A catch-up that receives records goes on however long.)
 pub const CATCH_UP_STALL_BOUND: Duration = Duration::from_secs(30);
-/// What the tail consumer may fetch ahead of [`OutputTail::poll`].
+/// What the hub's consumer may fetch ahead of the hub, per partition.
 pub const TAIL_PREFETCH: FetchProfile = FetchProfile {
     records: 10_000,
     kbytes: 4 * 1024,
-    // Only a takeover needs the tail current, and it reads to the high
+    // Only a takeover needs the tail current, and it waits for the high
     // watermarks then; meanwhile fewer idle fetches spare the broker.
     max_wait_ms: 100,
 };
-/// Longest single wait for more records while catching up.
-const CATCH_UP_POLL: Duration = Duration::from_millis(100);
+/// Longest single wait of the hub for records, and of a catch-up for the
+/// hub (both also look at their stop conditions this often).
+const HUB_POLL: Duration = Duration::from_millis(100);
+/// Most records the hub takes in under one lock.
+const HUB_BATCH_RECORDS: usize = 1_000;
 
 /// One output partition to follow from a mark.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,52 +64,242 @@ pub struct FollowFrom {
     pub mark: i64,
 }
 
-/// One followed partition.
+type PartitionKey = (String, i32);
+
+/// One unit following one partition.
 #[derive(Debug)]
-struct Followed {
-    topic: String,
-    partition: i32,
-    /// Ids below this offset are covered by the checkpoint.
+struct Follower {
+    prefix: Arc<str>,
+    /// Ids below this offset are covered by the unit's checkpoint.
     mark: i64,
-    /// The offset the consumer reads next (as far as we have seen).
+    /// The offset the unit sees next (one past the last it saw).
     next: i64,
     /// `(offset, id)` of the unit's records at or above `mark`, in offset order.
     ids: Vec<(i64, String)>,
 }
 
-/// A consumer that follows some output partitions from marks, keeping the
-/// ids that start with a unit's prefix.
-pub struct OutputTail {
+/// One partition the hub reads.
+#[derive(Debug, Default)]
+struct HubPartition {
+    /// The offset the consumer delivers next, as far as the hub has seen.
+    next: i64,
+    /// Whether the consumer has it assigned.
+    assigned: bool,
+    /// Whether it must be assigned again, from the lowest follower's `next`
+    /// (or unassigned, when no follower is left).
+    reassign: bool,
+    followers: HashMap<u64, Follower>,
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    partitions: HashMap<PartitionKey, HubPartition>,
+    /// Some partition's assignment must change.
+    pending: bool,
+    /// The hub's last read error (cleared by the next record).
+    error: Option<String>,
+}
+
+/// What the hub thread and the units' tails share.
+struct Hub {
     consumer: BaseConsumer,
-    prefix: String,
-    followed: Vec<Followed>,
-    paused: bool,
+    state: Mutex<HubState>,
+    /// Notified when records arrive.
+    arrived: Condvar,
+    next_follower: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Hub {
+    fn state(&self) -> MutexGuard<'_, HubState> {
+        // Plain data: a panicked holder leaves it usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The host's one reader of output partitions; see the module docs. Its
+/// thread stops when it is dropped.
+pub struct TailHub {
+    hub: Arc<Hub>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for TailHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TailHub").finish_non_exhaustive()
+    }
+}
+
+impl TailHub {
+    /// A hub reading from `brokers`.
+    pub fn start(brokers: &str) -> Result<Self> {
+        let hub = Arc::new(Hub {
+            consumer: kafka::manual_consumer(brokers, Some(TAIL_PREFETCH))?,
+            state: Mutex::new(HubState::default()),
+            arrived: Condvar::new(),
+            next_follower: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let thread = {
+            let hub = hub.clone();
+            std::thread::Builder::new()
+                .name("output-tail".into())
+                .spawn(move || read(&hub))
+                .context("starting the output tail thread")?
+        };
+        Ok(TailHub {
+            hub,
+            thread: Some(thread),
+        })
+    }
+
+    /// How many output partitions the hub reads now.
+    pub fn partitions(&self) -> usize {
+        self.hub.state().partitions.len()
+    }
+}
+
+impl Drop for TailHub {
+    fn drop(&mut self) {
+        self.hub.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The hub thread: apply assignment changes, take in records, hand their
+/// ids to the followers.
+fn read(hub: &Hub) {
+    while !hub.stop.load(Ordering::Relaxed) {
+        if let Err(error) = reassign(hub) {
+            tracing::warn!(error = format!("{error:#}"), "output tail: reassigning");
+            hub.state().error = Some(format!("{error:#}"));
+            std::thread::sleep(HUB_POLL);
+            continue;
+        }
+        let mut wait = HUB_POLL;
+        let mut taken = 0;
+        while taken < HUB_BATCH_RECORDS {
+            let Some(message) = hub.consumer.poll(wait) else {
+                break;
+            };
+            wait = Duration::ZERO;
+            taken += 1;
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    hub.state().error = Some(format!("following the output partitions: {error}"));
+                    continue;
+                }
+            };
+            let id = message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key == ID_HEADER)
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+            });
+            let mut state = hub.state();
+            state.error = None;
+            let key = (message.topic().to_string(), message.partition());
+            let Some(partition) = state.partitions.get_mut(&key) else {
+                continue;
+            };
+            let offset = message.offset();
+            if offset < partition.next {
+                // Left over from before a re-read.
+                continue;
+            }
+            partition.next = offset + 1;
+            for follower in partition.followers.values_mut() {
+                if offset < follower.next {
+                    continue;
+                }
+                follower.next = offset + 1;
+                if offset < follower.mark {
+                    continue;
+                }
+                if let Some(id) = id.filter(|id| id.starts_with(&*follower.prefix)) {
+                    follower.ids.push((offset, id.to_string()));
+                }
+            }
+        }
+        if taken > 0 {
+            hub.arrived.notify_all();
+        }
+    }
+}
+
+/// Apply the assignment changes the followers asked for.
+fn reassign(hub: &Hub) -> Result<()> {
+    let mut unassign = TopicPartitionList::new();
+    let mut assign = TopicPartitionList::new();
+    {
+        let mut state = hub.state();
+        if !state.pending {
+            return Ok(());
+        }
+        state.pending = false;
+        let mut gone = Vec::new();
+        for (key, partition) in state.partitions.iter_mut() {
+            if !partition.reassign {
+                continue;
+            }
+            partition.reassign = false;
+            if partition.assigned {
+                unassign.add_partition(&key.0, key.1);
+                partition.assigned = false;
+            }
+            match partition.followers.values().map(|f| f.next).min() {
+                Some(from) => {
+                    partition.next = from;
+                    partition.assigned = true;
+                    assign
+                        .add_partition_offset(&key.0, key.1, Offset::Offset(from))
+                        .context("building the tail assignment")?;
+                }
+                None => gone.push(key.clone()),
+            }
+        }
+        for key in gone {
+            state.partitions.remove(&key);
+        }
+    }
+    if unassign.count() > 0 {
+        hub.consumer
+            .incremental_unassign(&unassign)
+            .context("unassigning output partitions")?;
+    }
+    if assign.count() > 0 {
+        hub.consumer
+            .incremental_assign(&assign)
+            .context("assigning output partitions")?;
+    }
+    Ok(())
+}
+
+/// A unit's view of the hub: the partitions it follows from its marks.
+pub struct OutputTail {
+    hub: Arc<Hub>,
+    id: u64,
+    prefix: Arc<str>,
+    /// The partitions followed (none while paused).
+    followed: Vec<PartitionKey>,
 }
 
 impl OutputTail {
-    /// Follow each partition from its mark.
-    pub fn open(brokers: &str, prefix: &str, partitions: &[FollowFrom]) -> Result<Self> {
-        let consumer = kafka::manual_consumer(brokers, Some(TAIL_PREFETCH))?;
+    /// Follow each partition from its mark, keeping the ids that start with
+    /// `prefix`.
+    pub fn open(hub: &TailHub, prefix: &str, partitions: &[FollowFrom]) -> Result<Self> {
         let mut tail = OutputTail {
-            consumer,
-            prefix: prefix.to_string(),
+            hub: hub.hub.clone(),
+            id: hub.hub.next_follower.fetch_add(1, Ordering::Relaxed),
+            prefix: prefix.into(),
             followed: Vec::new(),
-            paused: false,
         };
         tail.rebase(partitions)?;
         Ok(tail)
-    }
-
-    fn assign(&self) -> Result<()> {
-        let mut assignment = TopicPartitionList::new();
-        for f in &self.followed {
-            assignment
-                .add_partition_offset(&f.topic, f.partition, Offset::Offset(f.next))
-                .context("building the tail assignment")?;
-        }
-        self.consumer
-            .assign(&assignment)
-            .context("assigning the output partitions to follow")
     }
 
     /// Follow `partitions` from their marks (a new checkpoint's): ids below
@@ -101,153 +308,182 @@ impl OutputTail {
     /// re-reads from it; a partition not followed before is read from its
     /// mark.
     pub fn rebase(&mut self, partitions: &[FollowFrom]) -> Result<()> {
-        let mut reassign = self.paused || partitions.len() != self.followed.len();
-        let mut previous = std::mem::take(&mut self.followed);
+        let mut state = self.hub.state();
+        let wanted: HashSet<PartitionKey> = partitions
+            .iter()
+            .map(|p| (p.topic.clone(), p.partition))
+            .collect();
+        for key in self.followed.iter().filter(|k| !wanted.contains(*k)) {
+            leave(&mut state, key, self.id);
+        }
         for want in partitions {
-            let kept = previous
-                .iter()
-                .position(|f| f.topic == want.topic && f.partition == want.partition)
-                .map(|at| previous.swap_remove(at));
-            let followed = match kept {
-                Some(mut f) if want.mark >= f.mark => {
-                    f.ids.retain(|(offset, _)| *offset >= want.mark);
-                    f.next = f.next.max(want.mark);
-                    f.mark = want.mark;
-                    f
-                }
-                _ => {
-                    reassign = true;
-                    Followed {
-                        topic: want.topic.clone(),
-                        partition: want.partition,
-                        mark: want.mark,
-                        next: want.mark,
-                        ids: Vec::new(),
-                    }
-                }
-            };
-            self.followed.push(followed);
-        }
-        if reassign {
-            self.consumer.unassign().context("unassigning the tail")?;
-            self.assign()?;
-            self.paused = false;
-        }
-        Ok(())
-    }
-
-    /// Stop fetching until the next [`rebase`](Self::rebase).
-    pub fn pause(&mut self) -> Result<()> {
-        let assignment = self
-            .consumer
-            .assignment()
-            .context("reading the tail assignment")?;
-        self.consumer
-            .pause(&assignment)
-            .context("pausing the tail")?;
-        self.paused = true;
-        Ok(())
-    }
-
-    /// Take in what has arrived, waiting at most `wait` for the first
-    /// record; how many records of the followed partitions arrived.
-    pub fn poll(&mut self, wait: Duration) -> Result<usize> {
-        let mut wait = wait;
-        let mut arrived = 0;
-        while let Some(message) = self.consumer.poll(wait) {
-            let message = message.context("following the output partitions")?;
-            wait = Duration::ZERO;
-            let Some(f) = self
-                .followed
-                .iter_mut()
-                .find(|f| f.partition == message.partition() && f.topic == message.topic())
-            else {
-                continue;
-            };
-            let offset = message.offset();
-            if offset < f.next {
-                // Left over from before a re-read; already seen or below the mark.
-                continue;
-            }
-            arrived += 1;
-            f.next = offset + 1;
-            if offset < f.mark {
-                continue;
-            }
-            let id = message.headers().and_then(|headers| {
-                headers
-                    .iter()
-                    .find(|h| h.key == ID_HEADER)
-                    .and_then(|h| h.value)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .filter(|id| id.starts_with(&self.prefix))
-                    .map(str::to_string)
+            let key = (want.topic.clone(), want.partition);
+            let partition = state.partitions.entry(key).or_insert_with(|| HubPartition {
+                next: want.mark,
+                reassign: true,
+                ..HubPartition::default()
             });
-            if let Some(id) = id {
-                f.ids.push((offset, id));
+            let follower = partition.followers.entry(self.id).or_insert(Follower {
+                prefix: self.prefix.clone(),
+                mark: want.mark,
+                next: want.mark,
+                ids: Vec::new(),
+            });
+            if want.mark >= follower.mark {
+                follower.ids.retain(|(offset, _)| *offset >= want.mark);
+                follower.next = follower.next.max(want.mark);
+            } else {
+                follower.ids.clear();
+                follower.next = want.mark;
             }
+            follower.mark = want.mark;
+            if follower.next < partition.next {
+                partition.reassign = true;
+            }
+            state.pending |= partition_reassign(&state, &want.topic, want.partition);
         }
-        Ok(arrived)
+        self.followed = partitions
+            .iter()
+            .map(|p| (p.topic.clone(), p.partition))
+            .collect();
+        Ok(())
     }
 
-    /// Read up to `highs` — the high watermark of each followed partition,
-    /// asked of the broker after the previous leader was fenced — and return
-    /// the ids since the marks. Goes on as long as records arrive and
-    /// `keep_going` holds; fails after [`CATCH_UP_STALL_BOUND`] without a
-    /// record, or once `keep_going` is false (what was read stays for the
-    /// next attempt). A high watermark below a mark means the topic was
-    /// recreated since the checkpoint: an error naming it.
+    /// Stop following until the next [`rebase`](Self::rebase) (the leader
+    /// knows what it produces); what was read is dropped.
+    pub fn pause(&mut self) -> Result<()> {
+        let mut state = self.hub.state();
+        for key in std::mem::take(&mut self.followed) {
+            leave(&mut state, &key, self.id);
+        }
+        Ok(())
+    }
+
+    /// The hub's last read error, if reading has failed since the last
+    /// record.
+    pub fn health(&self) -> Result<()> {
+        match &self.hub.state().error {
+            Some(error) => Err(anyhow!("{error}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Wait until the hub has read up to `highs` — the high watermark of
+    /// each followed partition, asked of the broker after the previous
+    /// leader was fenced — and return the ids since the marks. Goes on as
+    /// long as records arrive and `keep_going` holds; fails after
+    /// [`CATCH_UP_STALL_BOUND`] without a record, or once `keep_going` is
+    /// false (what was read stays for the next attempt). A high watermark
+    /// below a mark means the topic was recreated since the checkpoint: an
+    /// error naming it.
     pub fn catch_up(
         &mut self,
         highs: &BTreeMap<String, i64>,
         keep_going: &dyn Fn() -> bool,
     ) -> Result<HashSet<String>> {
         let mut wanted = Vec::with_capacity(self.followed.len());
-        for f in &self.followed {
-            let high = *highs.get(&f.topic).ok_or_else(|| {
-                anyhow!(
-                    "no high watermark of {}/{} to read back to",
-                    f.topic,
-                    f.partition
-                )
-            })?;
-            if high < f.mark {
-                bail!(
-                    "the output partition {}/{} ends at offset {high}, before the checkpoint's mark {}: the topic was deleted and recreated (or truncated); deploy the processor again with --reset to start it over",
-                    f.topic,
-                    f.partition,
-                    f.mark
-                );
+        {
+            let state = self.hub.state();
+            for key in &self.followed {
+                let (topic, partition) = key;
+                let high = *highs.get(topic).ok_or_else(|| {
+                    anyhow!("no high watermark of {topic}/{partition} to read back to")
+                })?;
+                let mark = self.follower(&state, key)?.mark;
+                if high < mark {
+                    bail!(
+                        "the output partition {topic}/{partition} ends at offset {high}, before the checkpoint's mark {mark}: the topic was deleted and recreated (or truncated); deploy the processor again with --reset to start it over",
+                    );
+                }
+                wanted.push(high);
             }
-            wanted.push(high);
         }
         let mut last_progress = Instant::now();
-        while self.followed.iter().zip(&wanted).any(|(f, &h)| f.next < h) {
+        let mut state = self.hub.state();
+        let mut seen: Vec<i64> = Vec::new();
+        loop {
+            let mut behind = None;
+            let mut now_seen = Vec::with_capacity(wanted.len());
+            for (key, &high) in self.followed.iter().zip(&wanted) {
+                let next = self.follower(&state, key)?.next;
+                now_seen.push(next);
+                if next < high && behind.is_none() {
+                    behind = Some((key.clone(), next, high));
+                }
+            }
+            let Some(((topic, partition), next, high)) = behind else {
+                break;
+            };
+            if now_seen != seen {
+                seen = now_seen;
+                last_progress = Instant::now();
+            }
             if !keep_going() {
                 bail!("stopped reading back the output partitions: no longer leading");
             }
             if last_progress.elapsed() > CATCH_UP_STALL_BOUND {
-                let (f, high) = self
-                    .followed
-                    .iter()
-                    .zip(&wanted)
-                    .find(|(f, &h)| f.next < h)
-                    .expect("one is behind");
+                let cause = state
+                    .error
+                    .as_deref()
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default();
                 bail!(
-                    "reading back {}/{} stalled at offset {} of {high}: nothing arrived for {CATCH_UP_STALL_BOUND:?}",
-                    f.topic,
-                    f.partition,
-                    f.next
+                    "reading back {topic}/{partition} stalled at offset {next} of {high}: nothing arrived for {CATCH_UP_STALL_BOUND:?}{cause}"
                 );
             }
-            if self.poll(CATCH_UP_POLL)? > 0 {
-                last_progress = Instant::now();
-            }
+            state = self
+                .hub
+                .arrived
+                .wait_timeout(state, HUB_POLL)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
-        Ok(self
-            .followed
-            .iter()
-            .flat_map(|f| f.ids.iter().map(|(_, id)| id.clone()))
-            .collect())
+        let mut ids = HashSet::new();
+        for key in &self.followed {
+            ids.extend(
+                self.follower(&state, key)?
+                    .ids
+                    .iter()
+                    .map(|(_, id)| id.clone()),
+            );
+        }
+        Ok(ids)
+    }
+
+    fn follower<'s>(&self, state: &'s HubState, key: &PartitionKey) -> Result<&'s Follower> {
+        state
+            .partitions
+            .get(key)
+            .and_then(|p| p.followers.get(&self.id))
+            .ok_or_else(|| anyhow!("{}/{} is not followed", key.0, key.1))
+    }
+}
+
+impl Drop for OutputTail {
+    fn drop(&mut self) {
+        let mut state = self.hub.state();
+        for key in std::mem::take(&mut self.followed) {
+            leave(&mut state, &key, self.id);
+        }
+    }
+}
+
+/// Whether `topic`/`partition` waits for the hub to reassign it.
+fn partition_reassign(state: &HubState, topic: &str, partition: i32) -> bool {
+    state
+        .partitions
+        .get(&(topic.to_string(), partition))
+        .is_some_and(|p| p.reassign)
+}
+
+/// Follower `id` stops following `key`; a partition nobody follows is
+/// unassigned by the hub.
+fn leave(state: &mut HubState, key: &PartitionKey, id: u64) {
+    if let Some(partition) = state.partitions.get_mut(key) {
+        partition.followers.remove(&id);
+        if partition.followers.is_empty() {
+            partition.reassign = true;
+            state.pending = true;
+        }
     }
 }

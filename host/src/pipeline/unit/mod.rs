@@ -62,9 +62,10 @@ pub use emit::{ERROR_HEADER, MAX_DEAD_LETTER_REASON_BYTES};
 /// Pause before reading the input again after a failed read (the broker
 /// unreachable, say), while leading.
 const INPUT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
-/// How often a passive unit checks whether it became the leader (it follows
-/// the output tail meanwhile).
-const STANDBY_POLL: Duration = Duration::from_millis(5);
+/// How many times per heartbeat a passive unit wakes to read its input ahead
+/// and follow its output tail, at least. (It wakes at once when its claim
+/// commits: the elector notifies it.)
+const STANDBY_WAKES_PER_HEARTBEAT: u32 = 2;
 
 /// How units run; shared by all units of a host.
 #[derive(Debug, Clone)]
@@ -205,6 +206,8 @@ impl Unit {
                 );
             }
         }
+        // Read before the lease: a change after this wakes the standby's wait.
+        let changes_seen = self.lease.changes();
         match self.lease.acting_epoch() {
             Some(epoch) if self.lease.step_down_asked(epoch) => {
                 self.step_down(epoch);
@@ -216,7 +219,7 @@ impl Unit {
                     tracing::info!("not (or no longer) the acting leader; going passive");
                     self.demote();
                 }
-                self.stand_by();
+                self.stand_by(changes_seen);
                 Ok(())
             }
         }
@@ -383,8 +386,10 @@ impl Unit {
         false
     }
 
-    /// Passive: keep the standby fresh and the connections reading.
-    fn stand_by(&mut self) {
+    /// Passive: keep the standby fresh and the connections reading, then
+    /// sleep until the lease changes (`changes_seen`: the lease's change
+    /// count before it was looked at) or it is time to read again.
+    fn stand_by(&mut self, changes_seen: u64) {
         let due = matches!(&self.role, Role::Passive { next_refresh, .. } if Instant::now() >= *next_refresh);
         if due {
             if let Role::Passive { next_refresh, .. } = &mut self.role {
@@ -397,24 +402,24 @@ impl Unit {
                 );
             }
         }
-        // Poll for leadership often: takeover latency is this pause plus the
-        // lease. Meanwhile follow the outputs.
         let Role::Passive { links, .. } = &mut self.role else {
             return;
         };
-        match links {
-            Some(open) => {
-                if let Err(error) = open.follow(STANDBY_POLL) {
-                    tracing::warn!(
-                        error = format!("{error:#}"),
-                        "following the output tail failed"
-                    );
-                    *links = None;
-                    std::thread::sleep(STANDBY_POLL);
-                }
+        if let Some(open) = links {
+            if let Err(error) = open.follow() {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "reading the input ahead failed"
+                );
+                *links = None;
             }
-            None => std::thread::sleep(STANDBY_POLL),
         }
+        // A takeover starts as soon as the claim commits (the elector wakes
+        // this wait), not at the next poll.
+        self.lease.wait_for_change(
+            changes_seen,
+            self.settings.timing.heartbeat / STANDBY_WAKES_PER_HEARTBEAT,
+        );
     }
 
     fn demote(&mut self) {
