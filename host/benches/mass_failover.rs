@@ -13,7 +13,8 @@
 //! default 2,000), `IDLE_SECONDS` (CPU sampling window, default 5),
 //! `LOGSTREAM_BIN` (the host binary to measure, default the one just built:
 //! a saved binary of an earlier commit is the baseline of a comparison in
-//! the same session).
+//! the same session), `BENCH_LOG_DIR` (keep the hosts' logs there: the
+//! takeover phase lines say where each unit's failover time went).
 
 #[path = "../tests/common/broker.rs"]
 mod broker;
@@ -245,6 +246,17 @@ fn main() {
     }
     let _ = b.kill();
     let _ = b.wait();
+    if let Ok(keep) = std::env::var("BENCH_LOG_DIR") {
+        std::fs::create_dir_all(&keep).unwrap();
+        for host in ["a", "b"] {
+            let name = format!("host-{host}.log");
+            std::fs::copy(
+                dir.path().join(&name),
+                std::path::Path::new(&keep).join(&name),
+            )
+            .unwrap();
+        }
+    }
     per_unit_ms.sort_unstable();
     let pct = |p: f64| per_unit_ms[((per_unit_ms.len() - 1) as f64 * p).round() as usize];
     println!(
