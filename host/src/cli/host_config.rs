@@ -149,6 +149,8 @@ every_records = 50000
 memory_limit_mib = 128
 call_timeout_ms = 2000
 max_output_mib = 16
+max_units = 200
+input_fetchers = 2
 "#,
         )
         .unwrap();
@@ -156,6 +158,8 @@ max_output_mib = 16
         assert_eq!(file.election.lease_ms, Some(2000));
         assert_eq!(file.checkpoint.every_records, Some(50_000));
         assert_eq!(file.limits.max_output_mib, Some(16));
+        assert_eq!(file.limits.max_units, Some(200));
+        assert_eq!(file.limits.input_fetchers, Some(2));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! A unit's Kafka connections, kept open across roles so a takeover does
-//! not connect: the input reader, the [`FencedProducer`] of its outputs and
-//! the [`OutputTail`] of every output partition it writes.
+//! not connect: the input reader (a partition queue of one of the host's
+//! shared fetchers), the [`FencedProducer`] of its outputs and its
+//! [`OutputTail`] (its view of the host's tail hub) of every output
+//! partition it writes.
 //!
 //! While passive, [`UnitLinks::rebase`] keeps them at the latest checkpoint
 //! and [`UnitLinks::follow`] keeps them reading: the input reads ahead from
