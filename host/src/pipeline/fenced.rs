@@ -37,6 +37,7 @@
 //! `fence`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -55,7 +56,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::kafka::{Outgoing, DELIVERY_TIMEOUT, ID_HEADER};
 use super::record_batch::{self, BatchRecord, ProducerIdentity};
-use super::wire::WireConnection;
+use super::wire::{WireConnection, WirePool};
 
 /// Most bytes of records per partition in one produce request (the
 /// broker's default largest batch is 1 MiB; this leaves room for framing).
@@ -89,8 +90,6 @@ mod code {
     pub const LEADER_NOT_AVAILABLE: i16 = 5;
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const REQUEST_TIMED_OUT: i16 = 7;
-    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-    pub const NOT_COORDINATOR: i16 = 16;
     pub const NOT_ENOUGH_REPLICAS: i16 = 19;
     pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
     pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
@@ -117,9 +116,8 @@ type TopicPartition = (String, i32);
 pub struct FencedProducer {
     bootstrap: Vec<String>,
     transactional_id: String,
-    client_id: String,
-    /// Open connections by broker node id.
-    connections: HashMap<i32, WireConnection>,
+    /// Broker connections, shared with the host's other producers.
+    pool: Arc<WirePool>,
     /// `host:port` of each broker node, from metadata.
     nodes: HashMap<i32, String>,
     leaders: HashMap<TopicPartition, i32>,
@@ -136,10 +134,18 @@ pub struct FencedProducer {
 }
 
 impl FencedProducer {
-    /// A producer for `transactional_id`; connects to the first answering
-    /// broker of `brokers` (comma-separated `host:port`). Produces nothing
-    /// before [`fence`](Self::fence).
+    /// A producer for `transactional_id` with connections of its own; see
+    /// [`open_in`](Self::open_in).
     pub fn open(brokers: &str, transactional_id: &str) -> Result<Self> {
+        let pool = Arc::new(WirePool::new(&format!("logstream/{transactional_id}")));
+        Self::open_in(&pool, brokers, transactional_id)
+    }
+
+    /// A producer for `transactional_id` over `pool`'s connections; asks
+    /// the first answering broker of `brokers` (comma-separated
+    /// `host:port`) for metadata. Produces nothing before
+    /// [`fence`](Self::fence).
+    pub fn open_in(pool: &Arc<WirePool>, brokers: &str, transactional_id: &str) -> Result<Self> {
         let bootstrap: Vec<String> = brokers
             .split(',')
             .map(str::trim)
@@ -152,8 +158,7 @@ impl FencedProducer {
         let mut producer = FencedProducer {
             bootstrap,
             transactional_id: transactional_id.to_string(),
-            client_id: format!("logstream/{transactional_id}"),
-            connections: HashMap::new(),
+            pool: pool.clone(),
             nodes: HashMap::new(),
             leaders: HashMap::new(),
             partition_counts: HashMap::new(),
@@ -235,18 +240,10 @@ impl FencedProducer {
                 id: response.producer_id.0,
                 epoch: response.producer_epoch,
             }),
-            error => {
-                if matches!(
-                    error,
-                    code::NOT_COORDINATOR | code::COORDINATOR_NOT_AVAILABLE
-                ) {
-                    self.connections.remove(&coordinator);
-                }
-                Err(anyhow!(
-                    "InitProducerId for {} failed with error code {error}",
-                    self.transactional_id
-                ))
-            }
+            error => Err(anyhow!(
+                "InitProducerId for {} failed with error code {error}",
+                self.transactional_id
+            )),
         }
     }
 
@@ -637,24 +634,23 @@ impl FencedProducer {
         Ok(())
     }
 
-    /// A node to ask metadata or the coordinator of: one already connected,
-    /// or the first bootstrap broker that answers (as node -1 until
+    /// A node to ask metadata or the coordinator of: a known broker that
+    /// answers, or the first bootstrap broker that does (as node -1 until
     /// metadata names it).
     fn any_node(&mut self) -> Result<i32> {
-        if let Some(node) = self.connections.keys().next() {
-            return Ok(*node);
-        }
-        if let Some(node) = self.nodes.keys().next().copied() {
-            if self.connection(node).is_ok() {
+        let known = self.nodes.keys().copied().find(|node| *node >= 0);
+        if let Some(node) = known {
+            if let Ok(connection) = self.pool.checkout(&self.nodes[&node]) {
+                self.pool.give_back(connection);
                 return Ok(node);
             }
         }
         let mut errors = Vec::new();
         for address in self.bootstrap.clone() {
-            match WireConnection::connect(&address, &self.client_id) {
+            match self.pool.checkout(&address) {
                 Ok(connection) => {
+                    self.pool.give_back(connection);
                     self.nodes.insert(-1, address);
-                    self.connections.insert(-1, connection);
                     return Ok(-1);
                 }
                 Err(error) => errors.push(format!("{error:#}")),
@@ -663,29 +659,22 @@ impl FencedProducer {
         bail!("no broker answered: {}", errors.join("; "))
     }
 
-    fn connection(&mut self, node: i32) -> Result<&mut WireConnection> {
-        if !self.connections.contains_key(&node) {
-            let address = self
-                .nodes
-                .get(&node)
-                .cloned()
-                .ok_or_else(|| anyhow!("broker node {node} is unknown"))?;
-            let connection = WireConnection::connect(&address, &self.client_id)?;
-            self.connections.insert(node, connection);
-        }
-        Ok(self.connections.get_mut(&node).expect("just inserted"))
-    }
-
-    /// Run one request on `node`'s connection; a connection that failed is
-    /// dropped (the next request reconnects).
+    /// Run one request on a connection to `node` from the pool; one that
+    /// failed is dropped (the next request connects again), one that
+    /// answered goes back to the pool.
     fn on_node<T>(
         &mut self,
         node: i32,
         request: impl FnOnce(&mut WireConnection) -> Result<T>,
     ) -> Result<T> {
-        let result = request(self.connection(node)?);
-        if result.is_err() {
-            self.connections.remove(&node);
+        let address = self
+            .nodes
+            .get(&node)
+            .ok_or_else(|| anyhow!("broker node {node} is unknown"))?;
+        let mut connection = self.pool.checkout(address)?;
+        let result = request(&mut connection);
+        if result.is_ok() {
+            self.pool.give_back(connection);
         }
         result
     }

@@ -58,7 +58,7 @@ impl UnitLinks {
         id_prefix: &str,
         position: &Position,
     ) -> Result<Self> {
-        let mut producer = FencedProducer::open(&io.brokers, transactional_id)?;
+        let mut producer = FencedProducer::open_in(&io.producers, &io.brokers, transactional_id)?;
         let mut targets = BTreeMap::new();
         for topic in spec
             .output_topics()

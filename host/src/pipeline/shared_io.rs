@@ -1,13 +1,17 @@
 //! What all units of a host share to reach the broker: its address, the
-//! input fetchers every unit's input partition is read through, and the
-//! hub that follows every output partition for the units' takeovers. One
-//! per host, made at start and dropped after the last unit.
+//! input fetchers every unit's input partition is read through, the hub
+//! that follows every output partition for the units' takeovers, and the
+//! connections their fenced producers borrow. One per host, made at start
+//! and dropped after the last unit.
+
+use std::sync::Arc;
 
 use anyhow::Result;
 
 use super::fetchers::Fetchers;
 use super::input::INPUT_PREFETCH;
 use super::tail::TailHub;
+use super::wire::WirePool;
 
 /// The host's shared broker I/O.
 #[derive(Debug)]
@@ -18,6 +22,9 @@ pub struct SharedIo {
     pub inputs: Fetchers,
     /// The one reader of every output partition the units follow.
     pub tails: TailHub,
+    /// Broker connections every unit's fenced producer borrows for a
+    /// request (each unit keeps its own producer id, epoch and sequences).
+    pub producers: Arc<WirePool>,
 }
 
 impl SharedIo {
@@ -27,6 +34,7 @@ impl SharedIo {
             brokers: brokers.to_string(),
             inputs: Fetchers::new(brokers, input_fetchers, INPUT_PREFETCH)?,
             tails: TailHub::start(brokers)?,
+            producers: Arc::new(WirePool::new("logstream")),
         })
     }
 }

@@ -169,3 +169,62 @@ fn api_name(key: i16) -> String {
         .map(|k| format!("{k:?}"))
         .unwrap_or_else(|_| format!("API {key}"))
 }
+
+/// Idle connections a [`WirePool`] keeps per broker address; more are
+/// closed when given back (a mass takeover may open more for a moment).
+pub const IDLE_CONNECTIONS_PER_BROKER: usize = 16;
+
+/// Connections to the brokers shared by every fenced producer of a host:
+/// a producer checks one out for a request and gives it back, so a host
+/// holds a few connections per broker instead of one or two per unit. A
+/// connection is used by one request at a time (requests stay answered in
+/// order), and one that failed is never given back.
+#[derive(Debug)]
+pub struct WirePool {
+    client_id: String,
+    idle: std::sync::Mutex<HashMap<String, Vec<WireConnection>>>,
+}
+
+impl std::fmt::Debug for WireConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireConnection")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WirePool {
+    /// An empty pool whose connections introduce themselves as `client_id`.
+    pub fn new(client_id: &str) -> Self {
+        WirePool {
+            client_id: client_id.to_string(),
+            idle: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<WireConnection>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An idle connection to `address`, or a new one.
+    pub fn checkout(&self, address: &str) -> Result<WireConnection> {
+        if let Some(connection) = self.idle().get_mut(address).and_then(Vec::pop) {
+            return Ok(connection);
+        }
+        WireConnection::connect(address, &self.client_id)
+    }
+
+    /// Give back a connection whose last request succeeded.
+    pub fn give_back(&self, connection: WireConnection) {
+        let mut idle = self.idle();
+        let kept = idle.entry(connection.address.clone()).or_default();
+        if kept.len() < IDLE_CONNECTIONS_PER_BROKER {
+            kept.push(connection);
+        }
+    }
+
+    /// How many idle connections the pool holds.
+    pub fn idle_connections(&self) -> usize {
+        self.idle().values().map(Vec::len).sum()
+    }
+}
