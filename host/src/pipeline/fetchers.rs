@@ -187,12 +187,12 @@ fn serve_main_queue(consumer: &BaseConsumer, stop: &AtomicBool) {
     let mut last_logged: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(MAIN_QUEUE_POLL) {
-            Some(Err(error)) => {
-                if last_logged.is_none_or(|at| at.elapsed() >= ERROR_LOG_INTERVAL) {
-                    last_logged = Some(Instant::now());
-                    tracing::warn!(%error, "input fetcher: consumer error");
-                }
+            Some(Err(error)) if last_logged.is_none_or(|at| at.elapsed() >= ERROR_LOG_INTERVAL) => {
+                last_logged = Some(Instant::now());
+                tracing::warn!(%error, "input fetcher: consumer error");
             }
+            // Logged within the interval: not again.
+            Some(Err(_)) => {}
             Some(Ok(message)) => {
                 use rdkafka::message::Message;
                 tracing::warn!(
