@@ -44,28 +44,47 @@ fn logstream_bin() -> String {
     std::env::var("LOGSTREAM_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_logstream").to_string())
 }
 
-fn spawn_host(id: &str, store: &str, brokers: &str, units: u32, dir: &std::path::Path) -> Child {
-    Command::new(logstream_bin())
-        .args([
-            "host",
-            "--host-id",
-            id,
-            "--brokers",
-            brokers,
-            "--store",
-            store,
-        ])
-        .args(["--checkpoint-interval-ms", "1000"])
-        .args(["--max-units", &units.to_string()])
-        .args(["--admin-addr", "off"])
-        .env("LOGSTREAM_LOG", "info")
-        .env("LOGSTREAM_CACHE_DIR", dir.join("cache"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.join(format!("host-{id}.log"))).unwrap(),
-        ))
-        .spawn()
-        .unwrap()
+/// A host process, killed when dropped (also when the bench panics), so
+/// none outlives the run.
+struct HostProcess(Child);
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_host(
+    id: &str,
+    store: &str,
+    brokers: &str,
+    units: u32,
+    dir: &std::path::Path,
+) -> HostProcess {
+    HostProcess(
+        Command::new(logstream_bin())
+            .args([
+                "host",
+                "--host-id",
+                id,
+                "--brokers",
+                brokers,
+                "--store",
+                store,
+            ])
+            .args(["--checkpoint-interval-ms", "1000"])
+            .args(["--max-units", &units.to_string()])
+            .args(["--admin-addr", "off"])
+            .env("LOGSTREAM_LOG", "info")
+            .env("LOGSTREAM_CACHE_DIR", dir.join("cache"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join(format!("host-{id}.log"))).unwrap(),
+            ))
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// The pid of each unit's unreleased leader.
@@ -161,19 +180,19 @@ fn main() {
     let store = SqliteStore::open(dir.path().join("store.db")).unwrap();
     let started = Instant::now();
     let mut a = spawn_host("a", &store_url, &broker.address, units, dir.path());
-    let a_pid = a.id();
+    let a_pid = a.0.id();
     wait_until("host a to lead every unit", || {
         leaders(&store, units).iter().all(|l| *l == Some(a_pid))
     });
     let led_in = started.elapsed();
-    let mut b = spawn_host("b", &store_url, &broker.address, units, dir.path());
+    let b = spawn_host("b", &store_url, &broker.address, units, dir.path());
     // Passives are warm once their standbys restored the marks checkpoint
     // each unit wrote at its first takeover; give them the time it takes.
     std::thread::sleep(Duration::from_secs(5) + Duration::from_millis(20) * units);
 
-    let (a_before, b_before) = (cost(a.id()), cost(b.id()));
+    let (a_before, b_before) = (cost(a.0.id()), cost(b.0.id()));
     std::thread::sleep(idle);
-    let (a_after, b_after) = (cost(a.id()), cost(b.id()));
+    let (a_after, b_after) = (cost(a.0.id()), cost(b.0.id()));
     let cpu = |before: ProcessCost, after: ProcessCost| {
         (after.cpu_ticks - before.cpu_ticks) as f64 / TICKS_PER_SECOND / idle.as_secs_f64() * 100.0
     };
@@ -189,33 +208,40 @@ fn main() {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let value = format!("{{\"n\":{n}}}");
-                producer
-                    .send(&Outgoing {
-                        topic: "in",
-                        partition: (n % u64::from(units)) as i32,
-                        key: None,
-                        value: value.as_bytes(),
-                        headers: &[],
-                        id: None,
-                    })
-                    .unwrap();
+                let sent = producer.send(&Outgoing {
+                    topic: "in",
+                    partition: (n % u64::from(units)) as i32,
+                    key: None,
+                    value: value.as_bytes(),
+                    headers: &[],
+                    id: None,
+                });
+                if let Err(error) = sent {
+                    // A broker slower than `rate` (many partitions on 2
+                    // cores): wait for it rather than fail the run.
+                    eprintln!("feeder: {error:#}; waiting for the broker");
+                    let _ = producer.flush();
+                    continue;
+                }
                 n += 1;
                 next += interval;
                 if let Some(wait) = next.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
                 if n.is_multiple_of(100) {
-                    producer.flush().unwrap();
+                    if let Err(error) = producer.flush() {
+                        eprintln!("feeder: {error:#}");
+                    }
                 }
             }
-            producer.flush().unwrap();
+            let _ = producer.flush();
         })
     };
     std::thread::sleep(Duration::from_secs(5));
     let killed_at_ms = (unix_micros() / 1000) as i64;
-    a.kill().unwrap();
-    a.wait().unwrap();
-    let b_pid = b.id();
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    let b_pid = b.0.id();
     wait_until("host b to lead every unit", || {
         leaders(&store, units).iter().all(|l| *l == Some(b_pid))
     });
@@ -244,8 +270,7 @@ fn main() {
         }
         per_unit_ms.extend(first);
     }
-    let _ = b.kill();
-    let _ = b.wait();
+    drop(b);
     if let Ok(keep) = std::env::var("BENCH_LOG_DIR") {
         std::fs::create_dir_all(&keep).unwrap();
         for host in ["a", "b"] {

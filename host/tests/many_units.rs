@@ -2,16 +2,18 @@
 //! input writing a 50-partition output topic (so four units share each
 //! output partition, and the host's one tail hub follows each of them for
 //! four standbys), two hosts reading through two shared input fetchers
-//! each. kill -9 of the host leading every unit while records flow; every
-//! unit's outputs must equal an uninterrupted run's. Real binary, real
-//! broker, SQLite store.
+//! each, with a standby memory budget that keeps only some standbys warm.
+//! kill -9 of the host leading every unit while records flow; every unit's
+//! outputs — warm and cold standbys' alike — must equal an uninterrupted
+//! run's. Real binary, real broker, SQLite store.
 
 mod common;
 
+use common::admin::{admin_address, get};
 use common::reliability::Counts;
 use common::stderr;
 use common::verify;
-use common::world::{deploy, exclusive, run_local, wait_until, World};
+use common::world::{deploy, exclusive, run_local, wait_until, World, RUN_BOUND};
 use logstream_host::pipeline::kafka;
 use logstream_host::store::checkpoint;
 use logstream_host::store::election::read_leader;
@@ -21,6 +23,8 @@ const UNITS: i32 = 200;
 const OUTPUT_PARTITIONS: i32 = 50;
 /// Records per round (spread over every input partition).
 const RECORDS_PER_ROUND: u64 = 4_000;
+/// The standby budget: room for some of the 200 standbys, not all.
+const STANDBY_MEMORY_MIB: &str = "64";
 
 /// The pid of each unit's unreleased leader.
 fn leader_pids(store: &SqliteStore) -> Vec<Option<u32>> {
@@ -67,9 +71,16 @@ fn two_hundred_units_fail_over_together_and_match_an_uninterrupted_run() {
     assert!(out.status.success(), "{}", stderr(&out));
     let mut hosts = world.hosts("s");
     hosts.extra_args.extend(
-        ["--max-units", "200", "--input-fetchers", "2"]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "--max-units",
+            "200",
+            "--input-fetchers",
+            "2",
+            "--standby-memory-mib",
+            STANDBY_MEMORY_MIB,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
     let store = SqliteStore::open(world.store_path("s")).unwrap();
     hosts.start("a");
@@ -92,6 +103,22 @@ fn two_hundred_units_fail_over_together_and_match_an_uninterrupted_run() {
     wait_until("a to checkpoint every unit's first round", || {
         all_checkpointed(&store, &first)
     });
+    // b keeps warm standbys within its budget and the rest cold.
+    let b_admin = admin_address(&hosts.dir, "b", RUN_BOUND);
+    let mut standbys = (0, 0);
+    wait_until("b to report every standby warm or cold", || {
+        let (_, body) = get(b_admin, "/status").unwrap();
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let units = status["units"].as_array().unwrap();
+        let count = |kind: &str| units.iter().filter(|u| u["standby"] == kind).count();
+        standbys = (count("warm"), count("cold"));
+        let capacity = &status["capacity"];
+        standbys.0 + standbys.1 == UNITS as usize
+            && capacity["warm_standbys"] == standbys.0
+            && capacity["standby_memory_used_mib"].as_u64().unwrap() <= 64
+    });
+    let (warm, cold) = standbys;
+    assert!(warm > 0 && cold > 0, "{warm} warm and {cold} cold standbys");
 
     // The second round flows while a is killed.
     let feeder = {
@@ -143,8 +170,8 @@ fn two_hundred_units_fail_over_together_and_match_an_uninterrupted_run() {
     assert!(counts.clean(), "{}", counts.describe());
     counts.write_row(
         "200 units fail over together",
-        "kill -9 of the host leading all 200 units of a processor (200 input partitions into 50 output partitions, 2 input fetchers per host) while 4,000 records flow",
+        "kill -9 of the host leading all 200 units of a processor (200 input partitions into 50 output partitions, 2 input fetchers per host, a 64 MiB standby budget) while 4,000 records flow",
         1,
-        "the other host led all 200; every unit's outputs identical to an uninterrupted run",
+        &format!("the other host ({warm} warm and {cold} cold standbys) led all 200; every unit's outputs identical to an uninterrupted run"),
     );
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 pub use metrics::{Metrics, UnitMetrics};
 pub use server::{AdminServer, StartError};
-pub use status::{HostStatus, StatusReport, UnitStatus};
+pub use status::{CapacityReport, HostStatus, StatusReport, UnitStatus};
 
 use crate::store::checkpoint::{CheckpointMeta, UnusableGeneration};
 
@@ -51,9 +51,10 @@ impl Admin {
 
     /// The host runs `running` units of at most `max_units`; `waiting`
     /// (unit names) do not fit.
-    pub fn capacity(&self, max_units: u32, running: usize, waiting: &[String]) {
-        self.metrics.capacity(max_units, running, waiting.len());
-        self.status.capacity(max_units, running, waiting);
+    pub fn capacity(&self, capacity: CapacityReport) {
+        self.metrics
+            .capacity(capacity.max_units, capacity.running, capacity.waiting.len());
+        self.status.capacity(capacity);
     }
 
     /// A processor this host could not start (its module or its topics):
@@ -134,6 +135,12 @@ impl UnitAdmin {
     /// The failed unit starts again (as a passive).
     pub fn restarting(&self) {
         self.status.restarting();
+    }
+
+    /// The passive's standby is warm (a live instance) or cold; a warm one
+    /// of this unit holds `bytes` of linear memory (when measured).
+    pub fn standby(&self, warm: bool, bytes: Option<u64>) {
+        self.status.standby(warm, bytes);
     }
 
     /// Went passive (demoted, fenced, or stepped back after an error).

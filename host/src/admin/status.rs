@@ -65,6 +65,11 @@ struct UnitInner {
     last_failure: Option<Failure>,
     /// Between a failure and its restart.
     failed: bool,
+    /// A passive's standby: warm (a live instance) or cold (past the
+    /// standby memory budget); `None` until its first refresh.
+    standby_warm: Option<bool>,
+    /// The linear memory of the unit's last standby instance, once measured.
+    standby_bytes: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -98,6 +103,11 @@ pub struct StatusReport {
 pub struct CapacityReport {
     pub max_units: u32,
     pub running: usize,
+    /// The standby memory budget (`standby_memory_mib`), what the warm
+    /// standbys hold of it, and how many they are.
+    pub standby_memory_mib: u64,
+    pub standby_memory_used_mib: u64,
+    pub warm_standbys: usize,
     /// Units of deployed processors this host does not run for lack of
     /// room (it does not contend for their leases).
     pub waiting: Vec<String>,
@@ -150,6 +160,15 @@ pub struct UnitReport {
     /// The last of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<FailureReport>,
+    /// A passive's standby: `warm` (a live instance restored from the latest
+    /// checkpoint) or `cold` (none: past the host's standby memory budget,
+    /// its takeover restores from the store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby: Option<&'static str>,
+    /// The linear memory a warm standby of this unit holds (measured when
+    /// it was last restored): what it costs the standby budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_bytes: Option<u64>,
 }
 
 /// An unusable checkpoint generation in `/status`.
@@ -267,12 +286,8 @@ impl HostStatus {
     }
 
     /// The host's unit capacity and use.
-    pub fn capacity(&self, max_units: u32, running: usize, waiting: &[String]) {
-        lock(&self.inner).capacity = Some(CapacityReport {
-            max_units,
-            running,
-            waiting: waiting.to_vec(),
-        });
+    pub fn capacity(&self, capacity: CapacityReport) {
+        lock(&self.inner).capacity = Some(capacity);
     }
 
     /// The processors listed as failed.
@@ -346,6 +361,12 @@ impl HostStatus {
                             (false, false) => "passive",
                         },
                         failures: state.failures,
+                        standby: match (state.leading, state.standby_warm) {
+                            (false, Some(true)) => Some("warm"),
+                            (false, Some(false)) => Some("cold"),
+                            _ => None,
+                        },
+                        standby_bytes: state.standby_bytes,
                         last_failure: state.last_failure.as_ref().map(|f| FailureReport {
                             reason: f.reason.clone(),
                             at_unix_ms: f.at_unix_ms,
@@ -389,6 +410,16 @@ impl UnitStatus {
 
     pub fn passive(&self) {
         lock(&self.inner).leading = false;
+    }
+
+    /// The passive's standby is warm (`true`) or cold; a warm one of this
+    /// unit holds `bytes` of linear memory (when measured).
+    pub fn standby(&self, warm: bool, bytes: Option<u64>) {
+        let mut inner = lock(&self.inner);
+        inner.standby_warm = Some(warm);
+        if bytes.is_some() {
+            inner.standby_bytes = bytes;
+        }
     }
 
     /// Failed for `reason`; restarts in `restart_in`.

@@ -74,6 +74,12 @@ pub struct HostArgs {
     #[arg(long, default_value_t = crate::pipeline::fetchers::DEFAULT_INPUT_FETCHERS)]
     pub input_fetchers: usize,
 
+    /// How much linear memory the warm standbys of this host's passive
+    /// units may hold together, in MiB; past it a passive keeps no live
+    /// instance (cold: its takeover restores from the store).
+    #[arg(long, default_value_t = crate::pipeline::standby_budget::DEFAULT_STANDBY_MEMORY_MIB)]
+    pub standby_memory_mib: u64,
+
     /// Serve the admin HTTP endpoints (/metrics, /healthz, /readyz,
     /// /status) on this address; `off` to not serve them. Port 0 picks a
     /// free port (the log says which).
@@ -141,6 +147,7 @@ pub fn run(global: &GlobalArgs, mut args: HostArgs, matches: &ArgMatches) -> Res
         },
         max_units: args.max_units,
         input_fetchers: args.input_fetchers,
+        standby_memory_mib: args.standby_memory_mib,
         cache_dir,
         admin_addr: args.admin_addr.0,
     };
@@ -197,6 +204,7 @@ fn apply(file: HostFile, args: &mut HostArgs, matches: &ArgMatches) -> Result<()
     take!("max_output_mib", file.limits.max_output_mib => args.limits.max_output_mib);
     take!("max_units", file.limits.max_units => args.max_units);
     take!("input_fetchers", file.limits.input_fetchers => args.input_fetchers);
+    take!("standby_memory_mib", file.limits.standby_memory_mib => args.standby_memory_mib);
     Ok(())
 }
 

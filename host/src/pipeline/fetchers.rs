@@ -267,13 +267,7 @@ impl PartitionSource for SharedPartitionReader {
         kafka::cached_high_watermark(&self.fetcher.consumer, &self.topic, self.partition)
     }
 
-    fn poll_batch(
-        &mut self,
-        max_records: usize,
-        max_bytes: usize,
-        wait: Duration,
-        linger: Duration,
-    ) -> Result<Vec<LogRecord>> {
+    fn poll(&mut self, limits: BatchLimits) -> Result<Vec<LogRecord>> {
         let queue = self
             .queue
             .as_ref()
@@ -281,12 +275,7 @@ impl PartitionSource for SharedPartitionReader {
         kafka::poll_batch_from(
             |timeout| queue.poll(timeout),
             (&self.topic, self.partition),
-            BatchLimits {
-                max_records,
-                max_bytes,
-                wait,
-                linger,
-            },
+            limits,
         )
     }
 }

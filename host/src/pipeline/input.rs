@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::fetchers::Fetchers;
-use super::kafka::{FetchProfile, PartitionSource};
+use super::kafka::{BatchLimits, FetchProfile, PartitionSource};
 use crate::record::LogRecord;
 
 /// What the host's input fetchers fetch ahead of each unit.
@@ -36,6 +36,8 @@ pub const INPUT_PREFETCH: FetchProfile = FetchProfile {
 /// records and bytes from the checkpoint's offset on.
 pub const READ_AHEAD_RECORDS: usize = 10_000;
 pub const READ_AHEAD_BYTES: usize = 8 * 1024 * 1024;
+/// Most records one read-ahead poll takes in.
+const READ_AHEAD_POLL_RECORDS: usize = 1_000;
 
 /// One input partition with a read-ahead window.
 pub struct UnitInput {
@@ -132,9 +134,12 @@ impl UnitInput {
     /// [`READ_AHEAD_RECORDS`] / [`READ_AHEAD_BYTES`] at or above the floor.
     pub fn read_ahead(&mut self) -> Result<()> {
         loop {
-            let batch =
-                self.reader
-                    .poll_batch(1_000, READ_AHEAD_BYTES, Duration::ZERO, Duration::ZERO)?;
+            let batch = self.reader.poll(BatchLimits {
+                max_records: READ_AHEAD_POLL_RECORDS,
+                max_bytes: READ_AHEAD_BYTES,
+                wait: Duration::ZERO,
+                linger: Duration::ZERO,
+            })?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -194,16 +199,16 @@ impl UnitInput {
         self.reader.cached_high_watermark()
     }
 
-    /// Up to `max_records` records (and about `max_bytes`): what is
-    /// buffered first, then from the broker, waiting at most `wait` for the
-    /// first and `linger` for more.
-    pub fn poll_batch(
-        &mut self,
-        max_records: usize,
-        max_bytes: usize,
-        wait: Duration,
-        linger: Duration,
-    ) -> Result<Vec<LogRecord>> {
+    /// A batch within `limits`: what is buffered first, then from the
+    /// broker, waiting at most `limits.wait` for the first record and
+    /// `limits.linger` for more.
+    pub fn poll_batch(&mut self, limits: BatchLimits) -> Result<Vec<LogRecord>> {
+        let BatchLimits {
+            max_records,
+            max_bytes,
+            wait,
+            linger,
+        } = limits;
         let mut batch = Vec::new();
         let mut bytes = 0;
         while batch.len() < max_records && bytes < max_bytes {
@@ -221,12 +226,12 @@ impl UnitInput {
             } else {
                 Duration::ZERO
             };
-            let more = self.reader.poll_batch(
-                max_records - batch.len(),
-                max_bytes - bytes,
+            let more = self.reader.poll(BatchLimits {
+                max_records: max_records - batch.len(),
+                max_bytes: max_bytes - bytes,
                 wait,
                 linger,
-            )?;
+            })?;
             for record in more {
                 match self.accept(&record)? {
                     Arrival::Next => batch.push(record),

@@ -263,49 +263,23 @@ impl PartitionReader {
     }
 }
 
-/// Records of one partition from an offset on, in offset order: from a
-/// consumer of its own ([`PartitionReader`]) or from one of the host's
-/// shared fetchers ([`super::fetchers::SharedPartitionReader`]).
+/// Records of one partition from an offset on, in offset order, as a unit's
+/// input reads them (from one of the host's shared fetchers,
+/// [`super::fetchers::SharedPartitionReader`]); the seam where a simulated
+/// broker plugs in.
 pub trait PartitionSource: Send {
     /// Read from `start` on (`None`: the earliest offset), dropping what
     /// was fetched ahead.
     fn restart_at(&mut self, start: Option<i64>) -> Result<()>;
     /// The partition's high watermark as of the last fetch response.
     fn cached_high_watermark(&self) -> Option<i64>;
-    /// Up to `max_records` records (and about `max_bytes` of payload):
-    /// waits at most `wait` for the first, then at most `linger` for more.
-    fn poll_batch(
-        &mut self,
-        max_records: usize,
-        max_bytes: usize,
-        wait: Duration,
-        linger: Duration,
-    ) -> Result<Vec<LogRecord>>;
-}
-
-impl PartitionSource for PartitionReader {
-    fn restart_at(&mut self, start: Option<i64>) -> Result<()> {
-        PartitionReader::restart_at(self, start)
-    }
-
-    fn cached_high_watermark(&self) -> Option<i64> {
-        PartitionReader::cached_high_watermark(self)
-    }
-
-    fn poll_batch(
-        &mut self,
-        max_records: usize,
-        max_bytes: usize,
-        wait: Duration,
-        linger: Duration,
-    ) -> Result<Vec<LogRecord>> {
-        PartitionReader::poll_batch(self, max_records, max_bytes, wait, linger)
-    }
+    /// A batch within `limits`.
+    fn poll(&mut self, limits: BatchLimits) -> Result<Vec<LogRecord>>;
 }
 
 /// How much one poll takes, and how long it waits.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct BatchLimits {
+pub struct BatchLimits {
     pub max_records: usize,
     pub max_bytes: usize,
     /// Longest wait for the first record.

@@ -13,6 +13,7 @@
 //! - [`input`], [`tail`], [`links`]: a unit's input reader, the tail of its
 //!   output partitions, and the connections it keeps across roles;
 //! - [`shared_io`]: what a host's units share to reach the broker;
+//! - [`standby_budget`]: how much memory the host's warm standbys may hold;
 //! - [`position`]: where a checkpoint puts a unit (offset, output marks);
 //! - [`unit`](mod@unit): one processor on one input partition: lead, checkpoint,
 //!   hot standby, takeover with output suppression, crash-only restarts;
@@ -28,6 +29,7 @@ pub mod node;
 pub mod position;
 pub mod record_batch;
 pub mod shared_io;
+pub mod standby_budget;
 pub mod tail;
 pub mod unit;
 pub mod wire;

@@ -34,9 +34,10 @@ use anyhow::{Context, Result};
 use super::elector::HostElector;
 use super::kafka;
 use super::shared_io::SharedIo;
+use super::standby_budget::StandbyBudget;
 use super::unit::restarts::run_with_restarts;
 use super::unit::{Unit, UnitSettings};
-use crate::admin::{Admin, AdminServer};
+use crate::admin::{Admin, AdminServer, CapacityReport};
 use crate::store::election::ElectionTiming;
 use crate::store::membership::HostCapacity;
 use crate::store::registry::{self, ProcessorSpec};
@@ -50,6 +51,7 @@ const SHUTDOWN_CHECK: Duration = Duration::from_millis(5);
 pub const REGISTRY_POLL: Duration = Duration::from_millis(250);
 /// How often a processor that could not start is tried again.
 pub const PROCESSOR_RETRY: Duration = Duration::from_secs(5);
+const MIB: u64 = 1024 * 1024;
 /// How often running processors' input partition counts are looked at.
 pub const PARTITION_RECHECK: Duration = Duration::from_secs(5);
 
@@ -71,6 +73,8 @@ pub struct HostConfig {
     pub max_units: u32,
     /// Kafka consumers shared by all units' inputs.
     pub input_fetchers: usize,
+    /// How much linear memory the warm standbys may hold together, in MiB.
+    pub standby_memory_mib: u64,
     pub cache_dir: Option<std::path::PathBuf>,
     /// Where to serve the admin HTTP endpoints (`None`: not served).
     pub admin_addr: Option<std::net::SocketAddr>,
@@ -156,6 +160,7 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
         loader,
         settings: UnitSettings {
             io: Arc::new(SharedIo::new(&config.brokers, config.input_fetchers)?),
+            standby_budget: Arc::new(StandbyBudget::new(config.standby_memory_mib)),
             host_id: config.host_id.clone(),
             incarnation: incarnation.clone(),
             deployment,
@@ -380,8 +385,16 @@ impl Host {
                     .map(|partition| UnitId::new(&p.spec.name, partition).name())
             })
             .collect();
-        self.admin
-            .capacity(self.max_units, self.running_units(), &waiting);
+        let budget = &self.settings.standby_budget;
+        let (warm_bytes, warm_standbys) = budget.used();
+        self.admin.capacity(CapacityReport {
+            max_units: self.max_units,
+            running: self.running_units(),
+            waiting,
+            standby_memory_mib: budget.limit_bytes() / MIB,
+            standby_memory_used_mib: warm_bytes.div_ceil(MIB),
+            warm_standbys,
+        });
     }
 
     fn start_unit(

@@ -95,6 +95,12 @@ impl ProcessorInstance {
         &self.name
     }
 
+    /// Bytes of linear memory the instance has now (what a warm standby
+    /// of it costs, besides the module shared by all its instances).
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().memory_bytes()
+    }
+
     pub fn is_dead(&self) -> bool {
         self.dead
     }

@@ -44,12 +44,20 @@ pub struct SandboxState {
     wasi: WasiCtx,
     table: ResourceTable,
     memory_limit_bytes: usize,
+    /// Bytes of linear memory the instance has now (every memory's growth
+    /// passes through the limiter, its initial size included).
+    memory_bytes: usize,
     /// The last error-level message the guest logged during the current
     /// call (the SDK logs panics this way), to explain a trap.
     last_guest_error: Option<String>,
 }
 
 impl SandboxState {
+    /// Bytes of linear memory the instance has now.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_bytes
+    }
+
     pub fn new(processor_name: Arc<str>, memory_limit_bytes: usize) -> Self {
         let seed = seed_for(&processor_name);
         let wasi = WasiCtx::builder()
@@ -67,6 +75,7 @@ impl SandboxState {
             wasi,
             table: ResourceTable::new(),
             memory_limit_bytes,
+            memory_bytes: 0,
             last_guest_error: None,
         }
     }
@@ -184,13 +193,15 @@ impl ResourceLimiter for SandboxState {
     ) -> wasmtime::Result<bool> {
         // The limit applies to each memory; a processor has one main memory
         // and the pooling allocator caps how many a component may declare.
-        let _ = current;
         if desired > self.memory_limit_bytes {
             return Err(wasmtime::Error::new(MemoryLimitExceeded {
                 limit_bytes: self.memory_limit_bytes,
                 requested_bytes: desired,
             }));
         }
+        // Counted as granted: a growth that then fails (the pool out of
+        // room) fails the instance anyway.
+        self.memory_bytes = self.memory_bytes.saturating_sub(current) + desired;
         Ok(true)
     }
 

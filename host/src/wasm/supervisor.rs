@@ -155,6 +155,13 @@ impl SupervisedProcessor {
     }
 
     /// How many times an instance was rebuilt after a failure or restart.
+    /// Bytes of linear memory of the live instance (0 when none).
+    pub fn memory_bytes(&self) -> usize {
+        self.instance
+            .as_ref()
+            .map_or(0, ProcessorInstance::memory_bytes)
+    }
+
     pub fn rebuilds(&self) -> u64 {
         self.rebuilds
     }

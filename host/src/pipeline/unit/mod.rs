@@ -46,9 +46,11 @@ use anyhow::Result;
 
 use super::elector::{HostElector, UnitLease};
 use super::fenced::ProduceError;
+use super::kafka::BatchLimits;
 use super::links::UnitLinks;
 use super::position::Position;
 use super::shared_io::SharedIo;
+use super::standby_budget::StandbyBudget;
 use crate::admin::{BatchFigures, UnitAdmin};
 use crate::store::checkpoint::CheckpointMeta;
 use crate::store::election::ElectionTiming;
@@ -72,6 +74,8 @@ const STANDBY_WAKES_PER_HEARTBEAT: u32 = 2;
 pub struct UnitSettings {
     /// The host's shared broker I/O.
     pub io: Arc<SharedIo>,
+    /// How much memory the host's warm standbys may hold.
+    pub standby_budget: Arc<StandbyBudget>,
     pub host_id: String,
     pub incarnation: String,
     /// The deployment every id on the broker carries.
@@ -152,6 +156,15 @@ pub struct Unit {
     role: Role,
     /// Metrics and `/status` entry of the unit.
     admin: UnitAdmin,
+    /// The linear memory of the unit's last instance (what a warm standby
+    /// of it costs the budget), once measured.
+    instance_bytes: Option<u64>,
+}
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        self.settings.standby_budget.release(&self.id.name());
+    }
 }
 
 impl Unit {
@@ -177,6 +190,7 @@ impl Unit {
             lease,
             role: Role::passive(None),
             admin,
+            instance_bytes: None,
         }
     }
 
@@ -251,12 +265,12 @@ impl Unit {
             Duration::ZERO
         };
         let poll_started = Instant::now();
-        let polled = active.links.input.poll_batch(
-            batch_settings.max_records as usize,
-            batch_settings.max_bytes as usize,
-            self.settings.timing.heartbeat / 2,
+        let polled = active.links.input.poll_batch(BatchLimits {
+            max_records: batch_settings.max_records as usize,
+            max_bytes: batch_settings.max_bytes as usize,
+            wait: self.settings.timing.heartbeat / 2,
             linger,
-        );
+        });
         // Nothing was taken in yet, so a failed read loses nothing: keep the
         // state and the epoch, and read again (librdkafka reconnects by
         // itself, e.g. while the broker restarts). Going passive would

@@ -57,6 +57,8 @@ impl Unit {
         // A stale standby is dropped here, before a fresh instance is made:
         // a unit holds one instance at a time (the pool is sized so).
         let warm = standby.filter(|s| s.generation == candidate.as_ref().map(|m| m.generation));
+        // A leader is no standby.
+        self.settings.standby_budget.release(&self.id.name());
         let (meta, mut processor) = match warm {
             Some(standby) => (candidate, standby.processor),
             None => self.start_processor()?,
@@ -374,14 +376,31 @@ impl Unit {
             if let Role::Passive { standby, .. } = &mut self.role {
                 *standby = None;
             }
-            let (meta, processor) = self.start_processor()?;
-            if let Role::Passive { standby, .. } = &mut self.role {
-                *standby = Some(Standby {
-                    generation: meta.as_ref().map(|m| m.generation),
-                    processor,
-                });
+            let name = self.id.name();
+            let budget = self.settings.standby_budget.clone();
+            budget.release(&name);
+            let room = self
+                .instance_bytes
+                .is_none_or(|bytes| budget.has_room(&name, bytes));
+            if room {
+                let (meta, processor) = self.start_processor()?;
+                let bytes = processor.memory_bytes() as u64;
+                self.instance_bytes = Some(bytes);
+                let warm = budget.admit(&name, bytes);
+                if let (Role::Passive { standby, .. }, true) = (&mut self.role, warm) {
+                    *standby = Some(Standby {
+                        generation: meta.as_ref().map(|m| m.generation),
+                        processor,
+                    });
+                }
+                self.admin.standby(warm, Some(bytes));
+                meta
+            } else {
+                // Cold: no instance (its takeover restores from the store);
+                // the connections still follow the latest checkpoint.
+                self.admin.standby(false, None);
+                candidate
             }
-            meta
         };
         if let Some(meta) = &meta {
             self.admin.standby_at(meta);
