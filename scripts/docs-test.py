@@ -30,7 +30,7 @@ How a fenced block is marked (its info string, `LANG,FLAG,...`):
 Flags of a run block: `wait=S` (after it exits, give processes it started in
 the background S seconds to print the expected lines), `retry=S` (run it
 again until it exits 0 with the expected lines, for up to S seconds),
-`timeout=S` (default 120).
+`timeout=S` (default 120; 3600 for a setup block, a first build).
 
 Every `sh`/`bash`/`console`/`shell` block must be `run`, `setup` or `norun`:
 an unmarked one fails the test, so no shell block goes stale unseen.
@@ -52,6 +52,7 @@ SHELLS = {"sh", "bash", "console", "shell"}
 RUN_FLAGS = {"run", "setup", "norun", "expect"}
 VALUE_FLAGS = {"wait", "retry", "timeout", "file"}
 DEFAULT_TIMEOUT_S = 120
+SETUP_TIMEOUT_S = 3600
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FENCE = re.compile(r"^( {0,3})(`{3,}|~{3,})\s*(.*)$")
 
@@ -183,7 +184,8 @@ class Session:
         ])
 
     def run_once(self, block, log):
-        timeout = int(block.values.get("timeout", DEFAULT_TIMEOUT_S))
+        default = SETUP_TIMEOUT_S if "setup" in block.flags else DEFAULT_TIMEOUT_S
+        timeout = int(block.values.get("timeout", default))
         with open(log, "w") as out:
             child = subprocess.Popen(
                 ["bash", "-c", self.script(block)], stdin=subprocess.DEVNULL, stdout=out,
