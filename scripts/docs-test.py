@@ -86,6 +86,9 @@ def parse(path):
             i += 1
             continue
         indent, fence, info = match.groups()
+        if fence[0] == "`" and "`" in info:  # inline code, not a fence (CommonMark)
+            i += 1
+            continue
         start, body, i = i + 1, [], i + 1
         while i < len(lines):
             close = lines[i].strip()
