@@ -19,7 +19,9 @@ How a fenced block is marked (its info string, `LANG,FLAG,...`):
                   a command ending in `&` keeps running in the background)
   sh,setup        builds what the runner is handed already built: run, in the
                   repository itself, only with --setup (a fresh clone)
-  sh,norun        not run; its first line says why: `# not run: REASON`
+  sh,skip         not run; its first line says why: `# not run: REASON`
+                  (not `norun`: rustdoc takes that for a misspelt `no_run`
+                  in the SDK's README, which is its crate doc)
   LANG,file=NAME  not run: written to NAME in the scratch directory (e.g. the
                   config file a later block uses)
   text,expect     expected output of the nearest run block above it: every
@@ -32,7 +34,7 @@ the background S seconds to print the expected lines), `retry=S` (run it
 again until it exits 0 with the expected lines, for up to S seconds),
 `timeout=S` (default 120; 3600 for a setup block, a first build).
 
-Every `sh`/`bash`/`console`/`shell` block must be `run`, `setup` or `norun`:
+Every `sh`/`bash`/`console`/`shell` block must be `run`, `setup` or `skip`:
 an unmarked one fails the test, so no shell block goes stale unseen.
 """
 
@@ -49,7 +51,7 @@ import time
 from dataclasses import dataclass, field
 
 SHELLS = {"sh", "bash", "console", "shell"}
-RUN_FLAGS = {"run", "setup", "norun", "expect"}
+RUN_FLAGS = {"run", "setup", "skip", "expect"}
 VALUE_FLAGS = {"wait", "retry", "timeout", "file"}
 DEFAULT_TIMEOUT_S = 120
 SETUP_TIMEOUT_S = 3600
@@ -99,7 +101,7 @@ def parse(path):
         i += 1
         blocks.append(block_of(path, start, info.strip(), "\n".join(body)))
     attach_expectations(blocks)
-    return [b for b in blocks if b.flags & {"run", "setup", "norun"} or "file" in b.values]
+    return [b for b in blocks if b.flags & {"run", "setup", "skip"} or "file" in b.values]
 
 
 def block_of(path, line, info, text):
@@ -114,13 +116,13 @@ def block_of(path, line, info, text):
         elif lang in SHELLS or "expect" in words:
             raise DocsError(f"{os.path.relpath(path, REPO)}:{line}: unknown flag {word!r} in ```{info}")
     block = Block(path, line, lang, flags, values, text)
-    if lang in SHELLS and not flags & {"run", "setup", "norun"}:
+    if lang in SHELLS and not flags & {"run", "setup", "skip"}:
         raise DocsError(
-            f"{os.path.relpath(path, REPO)}:{line}: a ```{info or lang} block is neither run nor norun: "
-            f"mark it ```{lang},run (the docs test runs it) or ```{lang},norun with `# not run: REASON` as its first line"
+            f"{os.path.relpath(path, REPO)}:{line}: a ```{info or lang} block is neither run nor skip: "
+            f"mark it ```{lang},run (the docs test runs it) or ```{lang},skip with `# not run: REASON` as its first line"
         )
-    if "norun" in flags and not re.match(r"#\s*not run[^:\n]*:\s*\S", text.lstrip()):
-        raise DocsError(f"{block.where()}: a norun block starts with `# not run: REASON`")
+    if "skip" in flags and not re.match(r"#\s*not run[^:\n]*:\s*\S", text.lstrip()):
+        raise DocsError(f"{block.where()}: a skip block starts with `# not run: REASON`")
     if lang not in SHELLS and flags & {"run", "setup"}:
         raise DocsError(f"{block.where()}: only shell blocks run")
     for key in ("wait", "retry", "timeout"):
@@ -138,7 +140,7 @@ def attach_expectations(blocks):
             if last.expect:
                 raise DocsError(f"{block.where()}: {last.where()} already has its expected output")
             last.expect = [l.strip() for l in block.text.split("\n") if l.strip()]
-        elif block.flags & {"run", "setup", "norun"}:
+        elif block.flags & {"run", "setup", "skip"}:
             last = block if block.flags & {"run", "setup"} else None
 
 
@@ -207,7 +209,7 @@ class Session:
             with open(os.path.join(self.dir, block.values["file"]), "w") as f:
                 f.write(block.text + "\n")
             return "written"
-        if "norun" in block.flags or ("setup" in block.flags and not self.setup):
+        if "skip" in block.flags or ("setup" in block.flags and not self.setup):
             return "skipped"
         self.count += 1
         log = os.path.join(self.dir, f".docs-test-block-{self.count}.log")
