@@ -9,6 +9,11 @@ scripts/build-plugins.sh
 # The host is built with its fault-injection points (`failpoints`, armed only
 # by the FAILPOINTS variable) so the crash-only tests can make a unit panic.
 cargo test --workspace --features logstream-host/failpoints "$@"
+# The docs as a user runs them: every shell block of README.md, docs/*.md and
+# the SDK's README marked runnable, in order, against a broker started as the
+# docs say and the binaries just built (failpoints stay unarmed); fails on an
+# exit status or an expected line missing, and on an unmarked shell block.
+scripts/docs-test.py
 # The decoders of untrusted bytes (record batches from the host, stored
 # checkpoints) fuzzed at a larger case count than the default 256, bounded
 # to about a minute on 2 cores; `FUZZ_CASES` scales it.

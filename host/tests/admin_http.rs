@@ -2,8 +2,10 @@
 //! broker (tansu) and the real SQLite store: after passthrough processed
 //! 1,000 records, `/metrics` parses as Prometheus text and holds every
 //! `logstream_*` family with the unit's figures, `/healthz` and `/readyz`
-//! answer 200, `/status` shows the unit leading; and a busy admin address
-//! stops the host at startup with a one-line error.
+//! answer 200, `/status` shows the unit leading; two hosts on one machine
+//! with the default admin address each serve their own; and a busy admin
+//! address given explicitly stops the host at startup with a one-line
+//! error.
 
 mod common;
 
@@ -41,20 +43,28 @@ impl Drop for HostProcess {
 }
 
 fn spawn_host(store_url: &str, brokers: &str, admin_addr: &str, log: &Path) -> HostProcess {
-    let child = Command::new(env!("CARGO_BIN_EXE_logstream"))
-        .args(["host", "--host-id", "admin-test", "--brokers", brokers])
-        .args(["--store", store_url, "--admin-addr", admin_addr])
+    let mut command = host_command("admin-test", store_url, brokers, log);
+    command.args(["--admin-addr", admin_addr]);
+    HostProcess(command.spawn().unwrap())
+}
+
+/// `logstream host` as host `id`, logging to `log`, with no admin setting
+/// of its own: neither `--admin-addr` nor `LOGSTREAM_ADMIN_ADDR`.
+fn host_command(id: &str, store_url: &str, brokers: &str, log: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_logstream"));
+    command
+        .args(["host", "--host-id", id, "--brokers", brokers])
+        .args(["--store", store_url])
         .args(["--checkpoint-interval-ms", "200"])
+        .env_remove("LOGSTREAM_ADMIN_ADDR")
         .env("LOGSTREAM_LOG", "info")
         .env(
             "LOGSTREAM_CACHE_DIR",
             Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache"),
         )
         .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
-        .spawn()
-        .unwrap();
-    HostProcess(child)
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
+    command
 }
 
 fn wait_exit(host: &mut HostProcess, bound: Duration) -> ExitStatus {
@@ -265,6 +275,41 @@ fn admin_endpoints_report_a_processing_host() {
         "host exit {status}: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+}
+
+/// The quick start in docs/pipeline.md: two hosts on one machine with the
+/// default admin settings both start and serve `/status`, each its own.
+#[test]
+fn two_hosts_on_one_machine_each_serve_their_admin_endpoint_by_default() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = format!("sqlite:{}", dir.path().join("store.db").display());
+    let mut hosts: Vec<(&str, std::path::PathBuf, HostProcess)> = ["a", "b"]
+        .into_iter()
+        .map(|id| {
+            let log = dir.path().join(format!("host-{id}.log"));
+            let mut command = host_command(id, &store_url, &broker.address, &log);
+            (id, log, HostProcess(command.spawn().unwrap()))
+        })
+        .collect();
+    let mut addresses = Vec::new();
+    for (id, log, host) in &mut hosts {
+        let address = logged_admin_address(log, host);
+        let (status, body) = get(address, "/status");
+        assert_eq!(status, 200, "host {id} /status: {body}");
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(report["host_id"], *id, "{report}");
+        addresses.push(address);
+    }
+    assert_ne!(addresses[0], addresses[1]);
+    // Both still running: neither stopped over its admin port.
+    for (id, log, host) in &mut hosts {
+        assert!(
+            host.0.try_wait().unwrap().is_none(),
+            "host {id} exited:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
 }
 
 #[test]

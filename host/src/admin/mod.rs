@@ -1,5 +1,6 @@
 //! The per-host admin surface: Prometheus metrics and a read-only HTTP
-//! server (`logstream host --admin-addr`, default `127.0.0.1:9464`).
+//! server (`logstream host --admin-addr`, default `127.0.0.1:0`: a free
+//! loopback port per host, printed at start).
 //! Endpoints and metrics are documented in `docs/admin.md`.
 //!
 //! - [`metrics`]: the metric families and a unit's series;
@@ -22,9 +23,10 @@ pub use status::{CapacityReport, HostStatus, StatusReport, UnitStatus};
 
 use crate::store::checkpoint::{CheckpointMeta, UnusableGeneration};
 
-/// The default admin address: loopback only, the port commonly used by
-/// Prometheus exporters of this kind.
-pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
+/// The default admin address: loopback only, on a free port, so any number
+/// of hosts on one machine each serve theirs; the host prints the port it
+/// got. A scraper that needs a fixed port is given one (`--admin-addr`).
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:0";
 
 /// A host's metrics and status.
 #[derive(Clone)]

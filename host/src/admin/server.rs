@@ -5,7 +5,9 @@
 //! a single-threaded tokio runtime; handlers only read the shared
 //! [`Admin`] state and never block on units. The listening socket is bound
 //! before [`AdminServer::start`] returns, so a bad or busy address is an
-//! error at startup, not a log line later. Dropping the server stops it.
+//! error at startup, not a log line later; the address it got is printed
+//! on stderr whatever the log filter (`:0` picks a free port, and this line
+//! is how to find it). Dropping the server stops it.
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
@@ -46,6 +48,7 @@ impl AdminServer {
         listener.set_nonblocking(true)?;
         // The port actually bound (`:0` picks a free one).
         let bound = listener.local_addr()?;
+        let host_id = admin.status().report().host_id;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -66,7 +69,8 @@ impl AdminServer {
                     tracing::error!("admin HTTP server on {bound} failed: {error}");
                 }
             })?;
-        tracing::info!("admin HTTP listening on http://{bound}");
+        // Not a log line: printed at every `--log` level.
+        eprintln!("host {host_id}: admin HTTP listening on http://{bound}");
         Ok(AdminServer {
             address: bound,
             stop: Some(stop),

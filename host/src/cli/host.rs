@@ -81,8 +81,9 @@ pub struct HostArgs {
     pub standby_memory_mib: u64,
 
     /// Serve the admin HTTP endpoints (/metrics, /healthz, /readyz,
-    /// /status) on this address; `off` to not serve them. Port 0 picks a
-    /// free port (the log says which).
+    /// /status) on this address; `off` to not serve them. Port 0 (the
+    /// default) picks a free port, so hosts on one machine never collide;
+    /// the host prints the address it got on stderr at start.
     #[arg(
         long,
         env = "LOGSTREAM_ADMIN_ADDR",
