@@ -29,6 +29,8 @@ use logstream_host::probe::{pid_of, unix_micros};
 use logstream_host::store::election::read_leader;
 use logstream_host::store::{transact, RetryPolicy, SqliteStore};
 
+/// Tries of each watermark request of the final read.
+const WATERMARK_ATTEMPTS: usize = 5;
 /// Liveness bound of each wait (not a performance figure).
 const WAIT_BOUND: Duration = Duration::from_secs(600);
 
@@ -197,6 +199,25 @@ fn main() {
         (after.cpu_ticks - before.cpu_ticks) as f64 / TICKS_PER_SECOND / idle.as_secs_f64() * 100.0
     };
 
+    println!(
+        "mass failover: {units} units (passthrough), 2 hosts, lease 500 ms, heartbeat 100 ms, {rate} records/s over all partitions"
+    );
+    println!(
+        "  host a led every unit {:.1} s after it started",
+        led_in.as_secs_f64()
+    );
+    for (host, before, after) in [
+        ("a (active)", a_before, a_after),
+        ("b (passive)", b_before, b_after),
+    ] {
+        println!(
+            "  host {host}: {} threads, {:.0} MiB RSS, {} sockets, {:.1} % of a core with no input",
+            after.threads,
+            after.rss_mib,
+            after.sockets,
+            cpu(before, after)
+        );
+    }
     // Records to every partition, round robin, at `rate` per second.
     let stop = Arc::new(AtomicBool::new(false));
     let feeder = {
@@ -254,7 +275,11 @@ fn main() {
 
     let mut per_unit_ms = Vec::new();
     for partition in 0..partitions {
-        let (_, high) = kafka::watermarks(&broker.address, "out", partition).unwrap();
+        // A broker busy with many partitions may time a request out.
+        let high = (0..WATERMARK_ATTEMPTS)
+            .find_map(|_| kafka::watermarks(&broker.address, "out", partition).ok())
+            .expect("the output's watermarks")
+            .1;
         let reader = PartitionReader::open(&broker.address, "out", partition, Some(0)).unwrap();
         let mut next = 0;
         let mut first = None;
@@ -284,25 +309,6 @@ fn main() {
     }
     per_unit_ms.sort_unstable();
     let pct = |p: f64| per_unit_ms[((per_unit_ms.len() - 1) as f64 * p).round() as usize];
-    println!(
-        "mass failover: {units} units (passthrough), 2 hosts, lease 500 ms, heartbeat 100 ms, {rate} records/s over all partitions"
-    );
-    println!(
-        "  host a led every unit {:.1} s after it started",
-        led_in.as_secs_f64()
-    );
-    for (host, before, after) in [
-        ("a (active)", a_before, a_after),
-        ("b (passive)", b_before, b_after),
-    ] {
-        println!(
-            "  host {host}: {} threads, {:.0} MiB RSS, {} sockets, {:.1} % of a core with no input",
-            after.threads,
-            after.rss_mib,
-            after.sockets,
-            cpu(before, after)
-        );
-    }
     println!(
         "  after kill -9 of a: {} of {units} units produced again; per unit first output p50 {} ms, p99 {} ms, last {} ms after the kill",
         per_unit_ms.len(),
