@@ -15,7 +15,9 @@
 //! unit the ids with its prefix. A unit that needs a partition from further
 //! back than the hub reads it (a new follower, or one back from leading)
 //! makes the hub read that partition again from there; the other followers
-//! skip what they have seen.
+//! skip what they have seen, and the one that asked gets nothing until the
+//! re-read starts (a record from further on would make it skip the ones
+//! between: outputs it would then produce again).
 //!
 //! Guarantees: after [`OutputTail::catch_up`] returns, the set holds every
 //! id with the unit's prefix at offsets from the current marks up to the
@@ -76,6 +78,10 @@ struct Follower {
     next: i64,
     /// `(offset, id)` of the unit's records at or above `mark`, in offset order.
     ids: Vec<(i64, String)>,
+    /// Waiting for the hub to read the partition again from `next` (it
+    /// joined below where the hub reads): until then the hub hands it
+    /// nothing, since a record from further on would skip the ones between.
+    rereading: bool,
 }
 
 /// One partition the hub reads.
@@ -213,7 +219,7 @@ fn read(hub: &Hub) {
             }
             partition.next = offset + 1;
             for follower in partition.followers.values_mut() {
-                if offset < follower.next {
+                if follower.rereading || offset < follower.next {
                     continue;
                 }
                 follower.next = offset + 1;
@@ -250,6 +256,10 @@ fn reassign(hub: &Hub) -> Result<()> {
             if partition.assigned {
                 unassign.add_partition(&key.0, key.1);
                 partition.assigned = false;
+            }
+            for follower in partition.followers.values_mut() {
+                // From here on the hub reads from the lowest `next`.
+                follower.rereading = false;
             }
             match partition.followers.values().map(|f| f.next).min() {
                 Some(from) => {
@@ -328,6 +338,7 @@ impl OutputTail {
                 mark: want.mark,
                 next: want.mark,
                 ids: Vec::new(),
+                rereading: false,
             });
             if want.mark >= follower.mark {
                 follower.ids.retain(|(offset, _)| *offset >= want.mark);
@@ -338,6 +349,7 @@ impl OutputTail {
             }
             follower.mark = want.mark;
             if follower.next < partition.next {
+                follower.rereading = true;
                 partition.reassign = true;
             }
             state.pending |= partition_reassign(&state, &want.topic, want.partition);
