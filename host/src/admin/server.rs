@@ -69,8 +69,11 @@ impl AdminServer {
                     tracing::error!("admin HTTP server on {bound} failed: {error}");
                 }
             })?;
-        // Not a log line: printed at every `--log` level.
-        eprintln!("host {host_id}: admin HTTP listening on http://{bound}");
+        // Not a log line: printed at every `--log` level. In one write: two
+        // hosts started from one shell share its stderr, and a line written
+        // in pieces (as `eprintln!` does) interleaves with the other's.
+        let line = format!("host {host_id}: admin HTTP listening on http://{bound}\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         Ok(AdminServer {
             address: bound,
             stop: Some(stop),
