@@ -69,6 +69,29 @@ pub fn pid_of(incarnation: &str) -> Option<u32> {
     incarnation.split(':').nth(1)?.parse().ok()
 }
 
+/// Widest gap between two wall-clock readings around an election clock
+/// reading for the pair to count as simultaneous, in µs.
+const CLOCK_PAIR_TOLERANCE_US: u64 = 1_000;
+/// Most attempts at a simultaneous pair before taking the last one.
+const CLOCK_PAIR_ATTEMPTS: usize = 100;
+
+/// The election clock's reading and the wall clock (µs) at the same moment,
+/// within [`CLOCK_PAIR_TOLERANCE_US`] (the wall reading taken after, so an
+/// interval's end is never printed early).
+fn wall_clock_at(clock: &SystemClock) -> (Duration, u64) {
+    let mut pair = (clock.now(), unix_micros());
+    for _ in 0..CLOCK_PAIR_ATTEMPTS {
+        let before = unix_micros();
+        let now = clock.now();
+        let after = unix_micros();
+        pair = (now, after);
+        if after.saturating_sub(before) <= CLOCK_PAIR_TOLERANCE_US {
+            break;
+        }
+    }
+    pair
+}
+
 /// Run the probe until `shutdown` is set. Prints one line per event on
 /// stdout (for people and tests).
 pub fn run(store: Arc<dyn KvStore>, config: ProbeConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
@@ -118,12 +141,14 @@ pub fn run(store: Arc<dyn KvStore>, config: ProbeConfig, shutdown: Arc<AtomicBoo
                 Err(error) => tracing::warn!("election round failed: {error}"),
             }
             // The interval this contender now believes it may act in, on the
-            // wall clock (comparable between probes on one machine).
-            let now = clock.now();
+            // wall clock (comparable between probes on one machine). The
+            // election's clock and the wall clock are read together (see
+            // `wall_clock_at`): a probe descheduled between the two readings
+            // would otherwise print an interval shifted by that pause.
+            let (now, now_us) = wall_clock_at(&clock);
             if let (Some(epoch), Some(until)) =
                 (election.acting_epoch(now), election.acting_until())
             {
-                let now_us = unix_micros();
                 let until_us = now_us + (until - now).as_micros() as u64;
                 println!("{ACTING_LINE} epoch={epoch} from_us={now_us} until_us={until_us}");
             }
