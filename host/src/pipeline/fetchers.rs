@@ -88,11 +88,6 @@ impl Fetchers {
         })
     }
 
-    /// How many consumers the pool has made so far.
-    pub fn consumers(&self) -> usize {
-        self.pool.lock().expect("fetcher pool").len()
-    }
-
     /// Read `topic`/`partition` from `start` (`None`: the earliest offset)
     /// through the least loaded fetcher that does not hold it yet.
     pub fn reader(

@@ -158,11 +158,6 @@ impl TailHub {
             thread: Some(thread),
         })
     }
-
-    /// How many output partitions the hub reads now.
-    pub fn partitions(&self) -> usize {
-        self.hub.state().partitions.len()
-    }
 }
 
 impl Drop for TailHub {
@@ -369,15 +364,6 @@ impl OutputTail {
             leave(&mut state, &key, self.id);
         }
         Ok(())
-    }
-
-    /// The hub's last read error, if reading has failed since the last
-    /// record.
-    pub fn health(&self) -> Result<()> {
-        match &self.hub.state().error {
-            Some(error) => Err(anyhow!("{error}")),
-            None => Ok(()),
-        }
     }
 
     /// Wait until the hub has read up to `highs` — the high watermark of

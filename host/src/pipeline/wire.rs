@@ -222,9 +222,4 @@ impl WirePool {
             kept.push(connection);
         }
     }
-
-    /// How many idle connections the pool holds.
-    pub fn idle_connections(&self) -> usize {
-        self.idle().values().map(Vec::len).sum()
-    }
 }
