@@ -7,13 +7,21 @@
 //!   [`Target`] that can open more handles on it.
 //! - [`conformance_suite!`] generates the `#[test]`s of one backend, each on
 //!   a fresh, empty store: `sqlite::*` on a new file in a temporary
-//!   directory; `fdb::*` (cargo feature `fdb`) in a new FoundationDB
+//!   directory; `etcd::*` (cargo feature `etcd`, on by default) under a new
+//!   key prefix of a three-member etcd cluster this binary starts
+//!   (`common::etcd`); `fdb::*` (cargo feature `fdb`) in a new FoundationDB
 //!   directory of the cluster named by `FDB_CLUSTER_FILE`, removed
 //!   afterwards — without that variable they print why they are skipped and
 //!   pass.
 //! - The cross-process tests re-run this test binary as child processes
 //!   (the [`cross_process_worker`] test, which does nothing unless spawned).
-//! - A property test checks SQLite against a `BTreeMap` model.
+//! - The optimistic backends (etcd, FoundationDB) also run the conflict
+//!   tests SQLite's writer lock makes impossible to stage: a transaction
+//!   whose reads changed before its commit fails with a conflict and
+//!   applies nothing.
+//! - A property test checks SQLite and etcd against a `BTreeMap` model.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,6 +45,9 @@ use proptest::prelude::*;
 #[derive(Debug, Clone, PartialEq)]
 enum Target {
     Sqlite(PathBuf),
+    /// A store URL (`etcd:MEMBERS?prefix=…`).
+    #[cfg(feature = "etcd")]
+    Etcd(String),
     #[cfg(feature = "fdb")]
     Fdb {
         cluster_file: String,
@@ -51,6 +62,8 @@ impl Target {
             Target::Sqlite(path) => {
                 Box::new(SqliteStore::open(path).expect("open the SQLite store"))
             }
+            #[cfg(feature = "etcd")]
+            Target::Etcd(url) => common::etcd::EtcdCluster::open(url),
             #[cfg(feature = "fdb")]
             Target::Fdb { cluster_file, path } => {
                 let path: Vec<&str> = path.iter().map(String::as_str).collect();
@@ -66,6 +79,8 @@ impl Target {
     fn encode(&self) -> String {
         match self {
             Target::Sqlite(path) => format!("sqlite\n{}", path.display()),
+            #[cfg(feature = "etcd")]
+            Target::Etcd(url) => format!("etcd\n{url}"),
             #[cfg(feature = "fdb")]
             Target::Fdb { cluster_file, path } => {
                 format!("fdb\n{cluster_file}\n{}", path.join("\n"))
@@ -77,6 +92,8 @@ impl Target {
         let mut fields = encoded.split('\n');
         match fields.next() {
             Some("sqlite") => Target::Sqlite(PathBuf::from(fields.next().expect("a SQLite path"))),
+            #[cfg(feature = "etcd")]
+            Some("etcd") => Target::Etcd(fields.next().expect("an etcd URL").to_string()),
             #[cfg(feature = "fdb")]
             Some("fdb") => Target::Fdb {
                 cluster_file: fields.next().expect("a cluster file").to_string(),
@@ -113,6 +130,16 @@ fn sqlite_fixture(_test: &str) -> Option<Fixture> {
     Some(Fixture {
         target: Target::Sqlite(dir.path().join("store.db")),
         _dir: Some(dir),
+    })
+}
+
+/// A fresh key prefix on this binary's etcd cluster (left behind: the
+/// cluster dies with the binary).
+#[cfg(feature = "etcd")]
+fn etcd_fixture(_test: &str) -> Option<Fixture> {
+    Some(Fixture {
+        target: Target::Etcd(common::etcd::shared().url()),
+        _dir: None,
     })
 }
 
@@ -190,9 +217,32 @@ macro_rules! conformance_suite {
     )*};
 }
 
+/// The conflict tests of the optimistic backends (see the module docs).
+macro_rules! optimistic_suite {
+    ($backend:ident, $fixture:ident) => {
+        mod $backend {
+            conformance_suite!(@shared $fixture;
+                a_key_read_and_changed_before_commit_conflicts,
+                a_key_read_as_absent_and_created_before_commit_conflicts,
+                a_range_read_conflicts_with_a_key_inserted_modified_or_deleted_in_it,
+                a_range_read_with_a_limit_ignores_changes_past_its_last_key,
+                writes_to_keys_not_read_do_not_conflict,
+                a_transaction_reads_one_snapshot,
+                a_conflicted_commit_applies_nothing,
+            );
+        }
+    };
+}
+
 conformance_suite!(sqlite, sqlite_fixture);
+#[cfg(feature = "etcd")]
+conformance_suite!(etcd, etcd_fixture);
+#[cfg(feature = "etcd")]
+optimistic_suite!(etcd_optimistic, etcd_fixture);
 #[cfg(feature = "fdb")]
 conformance_suite!(fdb, fdb_fixture);
+#[cfg(feature = "fdb")]
+optimistic_suite!(fdb_optimistic, fdb_fixture);
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -766,6 +816,133 @@ fn cross_process_worker() {
 }
 
 // ---------------------------------------------------------------------------
+// Optimistic concurrency (etcd, FoundationDB)
+// ---------------------------------------------------------------------------
+
+/// Commit `txn` after writing a marker, expecting a conflict.
+fn assert_conflicts(mut txn: Box<dyn KvTxn + '_>, what: &str) {
+    txn.set(b"marker", b"x").expect("set");
+    assert_eq!(txn.commit(), Err(StoreError::Conflict), "{what}");
+}
+
+fn a_key_read_and_changed_before_commit_conflicts(target: &Target) {
+    let (ours, theirs) = (target.open(), target.open());
+    put(&*ours, b"k", b"1");
+    let mut txn = ours.begin().expect("begin");
+    assert_eq!(txn.get(b"k").expect("get"), Some(b"1".to_vec()));
+    put(&*theirs, b"k", b"2");
+    assert_conflicts(txn, "a key changed since it was read");
+
+    let mut txn = ours.begin().expect("begin");
+    txn.get(b"k").expect("get");
+    let mut other = theirs.begin().expect("begin");
+    other.clear(b"k").expect("clear");
+    other.commit().expect("commit");
+    assert_conflicts(txn, "a key deleted since it was read");
+}
+
+fn a_key_read_as_absent_and_created_before_commit_conflicts(target: &Target) {
+    let (ours, theirs) = (target.open(), target.open());
+    let mut txn = ours.begin().expect("begin");
+    assert_eq!(txn.get(b"new").expect("get"), None);
+    put(&*theirs, b"new", b"1");
+    assert_conflicts(txn, "a key created since it was read as absent");
+}
+
+fn a_range_read_conflicts_with_a_key_inserted_modified_or_deleted_in_it(target: &Target) {
+    let (ours, theirs) = (target.open(), target.open());
+    put(&*ours, b"r/b", b"1");
+    put(&*ours, b"r/d", b"1");
+    let changes: [(&str, &dyn Fn(&mut dyn KvTxn)); 3] = [
+        ("inserted", &|txn| txn.set(b"r/c", b"new").expect("set")),
+        ("modified", &|txn| txn.set(b"r/d", b"2").expect("set")),
+        ("deleted", &|txn| txn.clear(b"r/b").expect("clear")),
+    ];
+    for (what, change) in changes {
+        let mut txn = ours.begin().expect("begin");
+        txn.get_range(b"r/", b"r/~", usize::MAX).expect("range");
+        let mut other = theirs.begin().expect("begin");
+        change(&mut *other);
+        other.commit().expect("commit");
+        assert_conflicts(txn, &format!("a key {what} inside a range read"));
+    }
+}
+
+fn a_range_read_with_a_limit_ignores_changes_past_its_last_key(target: &Target) {
+    let (ours, theirs) = (target.open(), target.open());
+    for key in [&b"r/a"[..], b"r/b", b"r/c"] {
+        put(&*ours, key, b"1");
+    }
+    let mut txn = ours.begin().expect("begin");
+    let read = txn.get_range(b"r/", b"r/~", 2).expect("range");
+    assert_eq!(keys(&read), vec![&b"r/a"[..], b"r/b"]);
+    put(&*theirs, b"r/c", b"2");
+    put(&*theirs, b"r/d", b"2");
+    txn.set(b"marker", b"x").expect("set");
+    txn.commit()
+        .expect("changes past the last key a limited range returned are not in its read set");
+}
+
+fn writes_to_keys_not_read_do_not_conflict(target: &Target) {
+    let (ours, theirs) = (target.open(), target.open());
+    put(&*ours, b"mine", b"1");
+    let mut txn = ours.begin().expect("begin");
+    txn.get(b"mine").expect("get");
+    put(&*theirs, b"theirs", b"1");
+    txn.set(b"theirs-too", b"1").expect("set");
+    txn.commit()
+        .expect("a blind write elsewhere does not conflict");
+    // Writing a key we did not read, that another transaction wrote since
+    // we began, is a blind write: last committer wins, no conflict.
+    let mut txn = ours.begin().expect("begin");
+    txn.get(b"mine").expect("get");
+    put(&*theirs, b"shared", b"theirs");
+    txn.set(b"shared", b"ours").expect("set");
+    txn.commit().expect("a blind write does not conflict");
+    assert_eq!(read(&*theirs, b"shared"), Some(b"ours".to_vec()));
+}
+
+fn a_transaction_reads_one_snapshot(target: &Target) {
+    let (ours, theirs) = (target.open(), target.open());
+    put(&*ours, b"a", b"1");
+    put(&*ours, b"b", b"1");
+    let mut txn = ours.begin().expect("begin");
+    assert_eq!(txn.get(b"a").expect("get"), Some(b"1".to_vec()));
+    let mut other = theirs.begin().expect("begin");
+    other.set(b"a", b"2").expect("set");
+    other.set(b"b", b"2").expect("set");
+    other.set(b"c", b"2").expect("set");
+    other.commit().expect("commit");
+    assert_eq!(
+        txn.get(b"b").expect("get"),
+        Some(b"1".to_vec()),
+        "a read after another commit still sees the snapshot"
+    );
+    assert_eq!(
+        keys(&txn.get_range(b"", END_OF_ALL, usize::MAX).expect("range")),
+        vec![&b"a"[..], b"b"]
+    );
+    txn.commit()
+        .expect("a transaction that wrote nothing commits: its reads were one snapshot");
+}
+
+fn a_conflicted_commit_applies_nothing(target: &Target) {
+    let (ours, theirs) = (target.open(), target.open());
+    put(&*ours, b"k", b"1");
+    let mut txn = ours.begin().expect("begin");
+    txn.get(b"k").expect("get");
+    txn.set(b"k", b"ours").expect("set");
+    txn.set(b"other", b"ours").expect("set");
+    txn.clear_range(b"x", b"y").expect("clear_range");
+    put(&*theirs, b"x/1", b"theirs");
+    put(&*theirs, b"k", b"theirs");
+    assert_eq!(txn.commit(), Err(StoreError::Conflict));
+    assert_eq!(read(&*theirs, b"k"), Some(b"theirs".to_vec()));
+    assert_eq!(read(&*theirs, b"other"), None);
+    assert_eq!(read(&*theirs, b"x/1"), Some(b"theirs".to_vec()));
+}
+
+// ---------------------------------------------------------------------------
 // Model-based property test (SQLite)
 // ---------------------------------------------------------------------------
 
@@ -820,7 +997,26 @@ proptest! {
         txns in prop::collection::vec((prop::collection::vec(op(), 1..8), any::<bool>()), 1..10)
     ) {
         let fixture = sqlite_fixture("model").expect("a SQLite fixture");
-        let store = fixture.target.open();
+        check_against_model(&*fixture.target.open(), txns)?;
+    }
+
+    /// The same on etcd: its reads overlay the transaction's buffered
+    /// writes on the snapshot, which this checks against the model.
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn etcd_matches_a_btreemap_model(
+        txns in prop::collection::vec((prop::collection::vec(op(), 1..8), any::<bool>()), 1..10)
+    ) {
+        let fixture = etcd_fixture("model").expect("an etcd fixture");
+        check_against_model(&*fixture.target.open(), txns)?;
+    }
+}
+
+fn check_against_model(
+    store: &dyn KvStore,
+    txns: Vec<(Vec<Op>, bool)>,
+) -> Result<(), TestCaseError> {
+    {
         let mut model = Model::new();
         for (ops, commit) in txns {
             let mut pending = model.clone();
@@ -858,7 +1054,11 @@ proptest! {
             } else {
                 drop(txn);
             }
-            prop_assert_eq!(scan(&*store), model_range(&model, b"", END_OF_ALL, usize::MAX));
+            prop_assert_eq!(
+                scan(store),
+                model_range(&model, b"", END_OF_ALL, usize::MAX)
+            );
         }
     }
+    Ok(())
 }

@@ -1,9 +1,11 @@
 //! The coordination store: one transactional key-value contract ([`kv`])
-//! with two backends (SQLite by default, FoundationDB behind the `fdb`
-//! feature), and everything failover stands on written once above it.
+//! with three backends (SQLite by default, etcd across machines, and
+//! FoundationDB behind the `fdb` feature), and everything failover stands
+//! on written once above it.
 //!
 //! - [`kv`]: the contract, limits and the retry loop;
 //! - [`sqlite`]: the embedded single-machine backend;
+//! - `etcd`: the distributed backend (feature `etcd`, on by default);
 //! - [`keys`]: the key layout (FoundationDB tuple encoding);
 //! - [`clock`]: injectable monotonic time;
 //! - [`election`]: lease election with epoch fencing;
@@ -31,8 +33,9 @@ pub use sqlite::SqliteStore;
 
 use std::sync::Arc;
 
-/// Open a store from its URL: `sqlite:PATH`, or `fdb:CLUSTER_FILE` / `fdb:`
-/// (the default cluster file) when built with the `fdb` feature.
+/// Open a store from its URL: `sqlite:PATH`, `etcd:MEMBER[,MEMBER…][?prefix=P]`,
+/// or `fdb:CLUSTER_FILE` / `fdb:` (the default cluster file) when built with
+/// the `fdb` feature.
 pub fn open(url: &str) -> Result<Arc<dyn KvStore>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite:") {
         if path.is_empty() {
@@ -40,13 +43,31 @@ pub fn open(url: &str) -> Result<Arc<dyn KvStore>, StoreError> {
         }
         return Ok(Arc::new(SqliteStore::open(path)?));
     }
+    if let Some(members) = url.strip_prefix("etcd:") {
+        return open_etcd(members);
+    }
     if url.starts_with("fdb:") {
         return open_fdb(url.trim_start_matches("fdb:"));
     }
     Err(StoreError::Other(format!(
-        "the store URL {url:?} is neither `sqlite:PATH` nor `fdb:[CLUSTER_FILE]`"
+        "the store URL {url:?} is none of `sqlite:PATH`, `etcd:http://HOST:PORT[,…]` and `fdb:[CLUSTER_FILE]`"
     )))
 }
+
+#[cfg(not(feature = "etcd"))]
+fn open_etcd(_members: &str) -> Result<Arc<dyn KvStore>, StoreError> {
+    Err(StoreError::Other(
+        "this logstream was built without etcd support (cargo feature `etcd`)".into(),
+    ))
+}
+
+#[cfg(feature = "etcd")]
+fn open_etcd(members: &str) -> Result<Arc<dyn KvStore>, StoreError> {
+    Ok(Arc::new(etcd::EtcdStore::open_url(members)?))
+}
+
+#[cfg(feature = "etcd")]
+pub mod etcd;
 
 #[cfg(not(feature = "fdb"))]
 fn open_fdb(_cluster_file: &str) -> Result<Arc<dyn KvStore>, StoreError> {

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod broker;
+pub mod etcd;
 pub mod hosts;
 pub mod probes;
 pub mod records;
