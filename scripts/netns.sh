@@ -22,7 +22,10 @@
 # root-side veth down: the node's packets on it are dropped, so a connect
 # hangs until its timeout and an established TCP connection stalls (no
 # reset, no error) and resumes by retransmission once healed — what a real
-# partition does. Cutting one node's link never affects another node.
+# partition does. A connect across a cut ends in a timeout, or in "no route
+# to host" once address resolution gave up (about 3 s). Healing sets the
+# veth up and forgets the failed resolutions, so the next connect works.
+# Cutting one node's link never affects another node.
 #
 # Usage (as root):
 #   scripts/netns.sh up ID|auto NODES     create network ID (auto: the lowest
@@ -240,6 +243,27 @@ set_links() {
     sides=$(link_sides "$4")
     for side in $sides; do
         "$IP" link set "$(veth "$id" "$node" "$side")" "$state"
+        [[ $state == down ]] || forget_failures "$id" "$node" "$side"
+    done
+}
+
+# After a heal: drop the ARP entries that the cut left incomplete or failed
+# on either end of node $2's link $3, so the first packet after the heal
+# resolves afresh. Otherwise a connect right after the heal can join an
+# address resolution begun during the cut, whose last probe went unanswered,
+# and fail with "no route to host" when it gives up.
+forget_failures() {
+    local id=$1 node=$2 side=$3 net bridge name ip ns
+    if [[ $side == s ]]; then
+        net=$STORE_NET bridge=$(store_bridge "$id") name=store
+    else
+        net=$BROKER_NET bridge=$(broker_bridge "$id") name=broker
+    fi
+    ip=$net.$id.$((10 + node))
+    "$IP" -n "$(namespace "$id" "$node")" neigh flush dev "$name" >/dev/null 2>&1 || true
+    "$IP" neigh flush to "$ip" dev "$bridge" >/dev/null 2>&1 || true
+    for ns in $("$IP" netns list | awk '{print $1}' | grep -E "^ls-$id-n[0-9]+$" || true); do
+        "$IP" -n "$ns" neigh flush to "$ip" dev "$name" >/dev/null 2>&1 || true
     done
 }
 

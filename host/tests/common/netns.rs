@@ -24,8 +24,11 @@
 //! - [`Nodes::cut`] sets the link's root-side veth down: a connect from
 //!   either side hangs until its own timeout, and an established TCP
 //!   connection stalls — no reset, no error — and resumes by retransmission
-//!   after [`Nodes::heal`], as across a real partition. Cutting one node's
-//!   link never affects another node.
+//!   after [`Nodes::heal`], as across a real partition. A new connect across
+//!   a cut times out, or fails with "no route to host" once ARP gave up
+//!   (about 3 s). Healing also forgets the failed ARP entries on both ends,
+//!   so the first connect after it works. Cutting one node's link never
+//!   affects another node.
 //! - [`Nodes::command`] runs a program inside a node; `ip netns exec` execs
 //!   it, so the child's PID is the program's and `Child::kill` is kill -9 of
 //!   the program itself.
