@@ -8,6 +8,7 @@ pub mod admin;
 pub mod broker;
 pub mod etcd;
 pub mod hosts;
+pub mod netns;
 pub mod probes;
 pub mod records;
 pub mod reliability;
