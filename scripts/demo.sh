@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
+scripts/install-deps.sh
 scripts/install-tansu.sh
 export TANSU="${TANSU:-$HOME/.cargo/bin/tansu}"
 echo "building the host and the plugins (release)..."

@@ -3,6 +3,9 @@
 # workspace against them (host tests run the real `logstream` binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# protoc for the build; etcd and iproute2 for the tests that start an etcd
+# cluster and simulated machines.
+scripts/install-deps.sh --test
 scripts/build-plugins.sh
 # Default targets: libraries, binaries, integration and doc tests. The
 # benchmarks (harness = false) are compiled by clippy in CI, not run here.
