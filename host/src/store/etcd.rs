@@ -123,9 +123,11 @@ impl EtcdTarget {
         for pair in query.into_iter().flat_map(|q| q.split('&')) {
             match pair.split_once('=') {
                 Some(("prefix", value)) if !value.is_empty() => prefix = value.to_string(),
-                _ => return Err(StoreError::Other(format!(
+                _ => {
+                    return Err(StoreError::Other(format!(
                     "the etcd store option {pair:?} is unknown: the only option is `prefix=NAME`"
-                ))),
+                )))
+                }
             }
         }
         Ok(EtcdTarget { endpoints, prefix })
