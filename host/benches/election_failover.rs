@@ -1,12 +1,17 @@
 //! Election failover time across real processes: three `logstream
-//! probe-election` contenders on one SQLite store; the leader is killed with
+//! probe-election` contenders on one store (SQLite, or a three-member etcd
+//! cluster with `STORE=etcd`); the leader is killed with
 //! kill -9 at a random moment; we measure from the kill to the first fenced
 //! write of the new leader (as recorded in the store's probe log).
 //!
 //! Run: `cargo bench -p logstream-host --bench election_failover`
 //! Env: `TRIALS` (default 25), `LEASE_MS`/`HEARTBEAT_MS`/`MARGIN_MS`
-//! (default 500/100/100, the host defaults).
+//! (default 500/100/100, the host defaults), `STORE` (`sqlite`, the
+//! default, or `etcd`).
 
+#[allow(dead_code)]
+#[path = "../tests/common/etcd.rs"]
+mod etcd;
 #[path = "../tests/common/probes.rs"]
 mod probes;
 
@@ -29,7 +34,12 @@ fn main() {
         env_or("HEARTBEAT_MS", 100),
         env_or("MARGIN_MS", 100),
     ];
-    let mut cluster = Cluster::new(timing);
+    let store_kind = std::env::var("STORE").unwrap_or_else(|_| "sqlite".into());
+    let mut cluster = match store_kind.as_str() {
+        "sqlite" => Cluster::new(timing),
+        "etcd" => Cluster::on_etcd(timing),
+        other => panic!("STORE={other:?}: use sqlite or etcd"),
+    };
     for host in ["a", "b", "c"] {
         cluster.start(host);
     }
@@ -40,7 +50,7 @@ fn main() {
     let (mut record, mut host) = cluster.wait_for_leader_above(0);
     for trial in 0..trials {
         wait_until("the leader's first write", || {
-            read_probe_log(&store, "probe")
+            read_probe_log(&*store, "probe")
                 .unwrap()
                 .iter()
                 .any(|e| e.epoch == record.epoch)
@@ -56,7 +66,7 @@ fn main() {
         (record, host) = cluster.wait_for_leader_above(previous);
         let mut first_write = None;
         wait_until("the new leader's first write", || {
-            first_write = read_probe_log(&store, "probe")
+            first_write = read_probe_log(&*store, "probe")
                 .unwrap()
                 .into_iter()
                 .find(|e| e.epoch == record.epoch)
@@ -74,7 +84,7 @@ fn main() {
     failovers_ms.sort_by(f64::total_cmp);
     let pct = |p: f64| failovers_ms[((failovers_ms.len() - 1) as f64 * p).round() as usize];
     println!(
-        "election failover, kill -9 -> new leader's first fenced write, {trials} trials, lease {} ms, heartbeat {} ms, margin {} ms:",
+        "election failover on {store_kind}, kill -9 -> new leader's first fenced write, {trials} trials, lease {} ms, heartbeat {} ms, margin {} ms:",
         timing[0], timing[1], timing[2]
     );
     println!(

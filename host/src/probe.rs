@@ -155,7 +155,11 @@ pub fn run(store: Arc<dyn KvStore>, config: ProbeConfig, shutdown: Arc<AtomicBoo
         }
         std::thread::sleep(config.write_interval.min(config.timing.heartbeat));
     }
-    if election.held_epoch().is_some() {
+    if let Some(epoch) = election.held_epoch() {
+        // It stops acting here, before the release lets a contender claim
+        // at once: the intervals printed before may end later than this.
+        let (_, now_us) = wall_clock_at(&clock);
+        println!("{STOPPED_ACTING_LINE} epoch={epoch} at_us={now_us}");
         election.request_step_down();
         let outcome = election::step(store.as_ref(), &policy, &mut election, name, &clock, false)?;
         report(name, outcome.event);
@@ -240,6 +244,10 @@ pub fn read_probe_log(store: &dyn KvStore, processor: &str) -> Result<Vec<ProbeE
 /// How a probe's stdout line that states an acting interval begins.
 pub const ACTING_LINE: &str = "acting";
 
+/// How a probe's stdout line begins that says it stopped acting (before a
+/// graceful step-down): it cuts the intervals of that epoch printed before.
+pub const STOPPED_ACTING_LINE: &str = "stopped acting";
+
 /// One interval a contender believed it may act in (wall clock, µs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActingInterval {
@@ -249,26 +257,40 @@ pub struct ActingInterval {
     pub until_us: u64,
 }
 
-/// The acting intervals a probe printed (`holder` names the probe).
+/// The acting intervals a probe printed (`holder` names the probe), each
+/// cut where the probe said it stopped acting for that epoch.
 pub fn acting_intervals(output: &str, holder: &str) -> Vec<ActingInterval> {
-    output
-        .lines()
-        .filter(|line| line.starts_with(ACTING_LINE))
-        .filter_map(|line| {
-            let field = |name: &str| -> Option<u64> {
-                line.split_whitespace()
-                    .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))?
-                    .parse()
-                    .ok()
+    let field = |line: &str, name: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))?
+            .parse()
+            .ok()
+    };
+    let mut intervals: Vec<ActingInterval> = Vec::new();
+    for line in output.lines() {
+        if line.starts_with(STOPPED_ACTING_LINE) {
+            let (Some(epoch), Some(at_us)) = (field(line, "epoch"), field(line, "at_us")) else {
+                continue;
             };
-            Some(ActingInterval {
-                holder: holder.to_string(),
-                epoch: field("epoch")?,
-                from_us: field("from_us")?,
-                until_us: field("until_us")?,
-            })
-        })
-        .collect()
+            for interval in intervals.iter_mut().filter(|i| i.epoch == epoch) {
+                interval.until_us = interval.until_us.min(at_us.max(interval.from_us));
+            }
+        } else if line.starts_with(ACTING_LINE) {
+            if let (Some(epoch), Some(from_us), Some(until_us)) = (
+                field(line, "epoch"),
+                field(line, "from_us"),
+                field(line, "until_us"),
+            ) {
+                intervals.push(ActingInterval {
+                    holder: holder.to_string(),
+                    epoch,
+                    from_us,
+                    until_us,
+                });
+            }
+        }
+    }
+    intervals
 }
 
 /// Moments where two contenders believed they may act at once: one sentence
@@ -371,6 +393,12 @@ mod tests {
         };
         let printed = format!("{ACTING_LINE} epoch=3 from_us=10 until_us=50\nother line\n");
         assert_eq!(acting_intervals(&printed, "a"), [interval("a", 3, 10, 50)]);
+        let stopped = format!("{printed}\n{STOPPED_ACTING_LINE} epoch=3 at_us=20\n");
+        assert_eq!(
+            acting_intervals(&stopped, "a"),
+            [interval("a", 3, 10, 20)],
+            "cut where it stopped acting"
+        );
         let clean = [
             interval("a", 1, 0, 100),
             interval("a", 1, 50, 150),

@@ -1,6 +1,7 @@
-//! The election across real processes on one SQLite store: kill -9 of the
-//! leader, over and over, and a leader paused past its lease (a zombie).
-//! A checker over the fenced writes the probes made verifies guarantee 1.
+//! The election across real processes on one store — SQLite, and a
+//! three-member etcd cluster: kill -9 of the leader, over and over, a leader
+//! paused past its lease (a zombie), and store latency spikes. A checker
+//! over the fenced writes the probes made verifies guarantee 1.
 
 mod common;
 
@@ -18,7 +19,15 @@ const KILLS: usize = 20;
 
 #[test]
 fn killing_the_leader_twenty_times_never_breaks_fencing() {
-    let mut cluster = Cluster::new(TIMING);
+    kill_loop(Cluster::new(TIMING));
+}
+
+#[test]
+fn on_etcd_killing_the_leader_twenty_times_never_breaks_fencing() {
+    kill_loop(Cluster::on_etcd(TIMING));
+}
+
+fn kill_loop(mut cluster: Cluster) {
     for host in ["a", "b", "c"] {
         cluster.start(host);
     }
@@ -31,7 +40,7 @@ fn killing_the_leader_twenty_times_never_breaks_fencing() {
         last_epoch = record.epoch;
         // Let the leader make some fenced writes, then kill it mid-stride.
         wait_until("a fenced write of the new leader", || {
-            read_probe_log(&store, "probe")
+            read_probe_log(&*store, "probe")
                 .unwrap()
                 .iter()
                 .any(|e| e.epoch == record.epoch)
@@ -47,7 +56,7 @@ fn killing_the_leader_twenty_times_never_breaks_fencing() {
         epochs.windows(2).all(|w| w[0] < w[1]),
         "epochs not strictly increasing: {epochs:?}"
     );
-    let log = read_probe_log(&cluster.store(), "probe").unwrap();
+    let log = read_probe_log(&*cluster.store(), "probe").unwrap();
     let report =
         check_probe_log(&log).unwrap_or_else(|v| panic!("fencing violated:\n{}", v.join("\n")));
     assert!(
@@ -65,7 +74,15 @@ fn killing_the_leader_twenty_times_never_breaks_fencing() {
 
 #[test]
 fn a_paused_leader_is_fenced_when_it_resumes_and_becomes_passive() {
-    let mut cluster = Cluster::new(TIMING);
+    paused_leader(Cluster::new(TIMING));
+}
+
+#[test]
+fn on_etcd_a_paused_leader_is_fenced_when_it_resumes_and_becomes_passive() {
+    paused_leader(Cluster::on_etcd(TIMING));
+}
+
+fn paused_leader(mut cluster: Cluster) {
     cluster.start("a");
     let (first, zombie) = cluster.wait_for_leader_above(0);
     cluster.start("b");
@@ -74,7 +91,7 @@ fn a_paused_leader_is_fenced_when_it_resumes_and_becomes_passive() {
     assert_ne!(successor, zombie);
     let store = cluster.store();
     wait_until("a write of the successor", || {
-        read_probe_log(&store, "probe")
+        read_probe_log(&*store, "probe")
             .unwrap()
             .iter()
             .any(|e| e.epoch == second.epoch)
@@ -95,7 +112,7 @@ fn a_paused_leader_is_fenced_when_it_resumes_and_becomes_passive() {
             || output.contains(&format!("fenced by epoch {}", second.epoch)),
         "{output}"
     );
-    let log = read_probe_log(&cluster.store(), "probe").unwrap();
+    let log = read_probe_log(&*cluster.store(), "probe").unwrap();
     check_probe_log(&log).unwrap_or_else(|v| panic!("fencing violated:\n{}", v.join("\n")));
     // Nothing of the old epoch was accepted after the successor's first write.
     let first_new = log.iter().position(|e| e.epoch == second.epoch).unwrap();
@@ -110,13 +127,47 @@ fn a_paused_leader_is_fenced_when_it_resumes_and_becomes_passive() {
 /// checks them pairwise.
 #[test]
 fn store_latency_spikes_never_let_two_contenders_act_at_once() {
+    let cluster = Cluster::new(TIMING);
+    let store_path = cluster.dir.path().join("store.db");
+    latency_spikes(
+        cluster,
+        "store latency spikes",
+        "the SQLite store's write lock held by another process for 20-260 ms (lease 300 ms) 60 times, 0-200 ms apart, 3 contenders, the leader killed every 15 spells",
+        |_, spell| common::lock_store(&store_path, spell),
+    );
+}
+
+/// The same on etcd: two of its three members stopped (SIGSTOP) for each
+/// spell, so the cluster has no quorum and every request waits — the
+/// latency a partitioned or overloaded etcd shows.
+#[test]
+fn on_etcd_store_latency_spikes_never_let_two_contenders_act_at_once() {
+    latency_spikes(
+        Cluster::on_etcd(TIMING),
+        "store latency spikes, on etcd",
+        "two of three etcd members stopped (SIGSTOP, no quorum) for 20-260 ms (lease 300 ms) 60 times, 0-200 ms apart, 3 contenders, the leader killed every 15 spells",
+        |cluster, spell| {
+            let etcd = cluster.etcd.as_ref().unwrap();
+            etcd.signal(1, "-STOP");
+            etcd.signal(2, "-STOP");
+            std::thread::sleep(spell);
+            etcd.signal(1, "-CONT");
+            etcd.signal(2, "-CONT");
+        },
+    );
+}
+
+fn latency_spikes(
+    mut cluster: Cluster,
+    scenario: &str,
+    injected: &str,
+    spike: impl Fn(&Cluster, Duration),
+) {
     const SPIKES: u64 = 60;
-    let mut cluster = Cluster::new(TIMING);
     for host in ["a", "b", "c"] {
         cluster.start(host);
     }
     let (mut leader, mut host) = cluster.wait_for_leader_above(0);
-    let store_path = cluster.dir.path().join("store.db");
     // A fixed-seed xorshift: spells of 20-260 ms (lease 300), gaps of 0-200.
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
@@ -125,10 +176,10 @@ fn store_latency_spikes_never_let_two_contenders_act_at_once() {
         x ^= x << 17;
         x
     };
-    for spike in 0..SPIKES {
-        common::lock_store(&store_path, Duration::from_millis(20 + next() % 240));
+    for spell in 0..SPIKES {
+        spike(&cluster, Duration::from_millis(20 + next() % 240));
         std::thread::sleep(Duration::from_millis(next() % 200));
-        if spike % 15 == 14 {
+        if spell % 15 == 14 {
             cluster.kill9(&host);
             cluster.start(&host);
             (leader, host) = cluster.wait_for_leader_above(leader.epoch);
@@ -149,8 +200,8 @@ fn store_latency_spikes_never_let_two_contenders_act_at_once() {
     let overlaps = overlapping_acting(&intervals);
     let epochs: std::collections::BTreeSet<u64> = intervals.iter().map(|i| i.epoch).collect();
     Row {
-        scenario: "store latency spikes",
-        injected: "the SQLite store's write lock held by another process for 20-260 ms (lease 300 ms) 60 times, 0-200 ms apart, 3 contenders, the leader killed every 15 spells",
+        scenario,
+        injected,
         times: SPIKES as usize,
         outcome: &format!(
             "{} moments where two contenders acted at once, over {} acting intervals of {} epochs",

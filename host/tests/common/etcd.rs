@@ -239,6 +239,19 @@ impl EtcdCluster {
         }
     }
 
+    /// Send `signal` (`-STOP`, `-CONT`) to member `i`.
+    pub fn signal(&self, member: usize, signal: &str) {
+        let child = self.members[member]
+            .child
+            .as_ref()
+            .expect("a running member");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} of etcd member {member}");
+    }
+
     /// Start member `i` again on its data (after [`kill`](Self::kill)).
     pub fn restart(&mut self, member: usize) {
         assert!(
@@ -253,6 +266,10 @@ impl EtcdCluster {
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
         for member in 0..self.members.len() {
+            // A stopped member cannot die of SIGKILL until continued.
+            if self.members[member].child.is_some() {
+                self.signal(member, "-CONT");
+            }
             self.kill(member);
         }
     }

@@ -1,11 +1,14 @@
 #![allow(dead_code)]
 
-//! Running `logstream probe-election` processes against one SQLite store.
+//! Running `logstream probe-election` processes against one store: a
+//! SQLite file ([`Cluster::new`]) or a three-member etcd cluster of the
+//! test's own ([`Cluster::on_etcd`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::etcd::EtcdCluster;
 use logstream_host::store::election::{read_leader, LeaderRecord};
 use logstream_host::store::{transact, KvStore, RetryPolicy, SqliteStore};
 
@@ -37,24 +40,47 @@ pub struct Cluster {
     pub timing: [u64; 3],
     pub probes: Vec<Probe>,
     restarts: usize,
+    /// The etcd cluster the store lives on, if not SQLite.
+    pub etcd: Option<EtcdCluster>,
 }
 
 impl Cluster {
     /// `timing`: lease, heartbeat, margin in ms.
     pub fn new(timing: [u64; 3]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = test_dir();
         let store_url = format!("sqlite:{}", dir.path().join("store.db").display());
+        Cluster::on(dir, store_url, timing, None)
+    }
+
+    /// Probes on a three-member etcd cluster started for them.
+    pub fn on_etcd(timing: [u64; 3]) -> Self {
+        let etcd = EtcdCluster::start(3);
+        let store_url = etcd.url();
+        Cluster::on(test_dir(), store_url, timing, Some(etcd))
+    }
+
+    fn on(
+        dir: tempfile::TempDir,
+        store_url: String,
+        timing: [u64; 3],
+        etcd: Option<EtcdCluster>,
+    ) -> Self {
         Cluster {
             dir,
             store_url,
             timing,
             probes: Vec::new(),
             restarts: 0,
+            etcd,
         }
     }
 
-    pub fn store(&self) -> SqliteStore {
-        SqliteStore::open(self.dir.path().join("store.db")).unwrap()
+    /// A new handle on the probes' store.
+    pub fn store(&self) -> Box<dyn KvStore> {
+        match &self.etcd {
+            Some(_) => EtcdCluster::open(&self.store_url),
+            None => Box::new(SqliteStore::open(self.dir.path().join("store.db")).unwrap()),
+        }
     }
 
     pub fn start(&mut self, host_id: &str) {
@@ -100,7 +126,7 @@ impl Cluster {
         let store = self.store();
         let deadline = Instant::now() + PROGRESS_BOUND;
         loop {
-            if let Some(record) = leader_record(&store) {
+            if let Some(record) = leader_record(&*store) {
                 if record.epoch > above && !record.released {
                     let pid = logstream_host::probe::pid_of(&record.holder).unwrap();
                     if let Some(probe) = self.probes.iter().find(|p| p.child.id() == pid) {
@@ -153,6 +179,18 @@ impl Drop for Cluster {
             let _ = probe.child.wait();
         }
     }
+}
+
+/// The probes' directory; `LOGSTREAM_KEEP_TEST_DIR=1` keeps it (the probes'
+/// logs) for a look after a failure.
+fn test_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("election-")
+        .disable_cleanup(std::env::var_os("LOGSTREAM_KEEP_TEST_DIR").is_some())
+        .tempdir()
+        .unwrap();
+    eprintln!("probe directory: {}", dir.path().display());
+    dir
 }
 
 pub fn leader_record(store: &dyn KvStore) -> Option<LeaderRecord> {
