@@ -28,13 +28,18 @@ pub fn tansu_binary() -> PathBuf {
 
 impl Broker {
     pub fn start() -> Broker {
+        Broker::start_on("127.0.0.1")
+    }
+
+    /// A broker listening on (and advertising) a free port of `ip`.
+    pub fn start_on(ip: &str) -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
+        let port = TcpListener::bind(format!("{ip}:0"))
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let address = format!("127.0.0.1:{port}");
+        let address = format!("{ip}:{port}");
         let child = spawn_tansu(dir.path(), &address);
         let broker = Broker {
             address,

@@ -17,6 +17,9 @@ pub struct Hosts {
     /// Extra `logstream host` options of every host.
     pub extra_args: Vec<String>,
     pub children: BTreeMap<String, Child>,
+    /// Makes the command that runs the binary for a host id (e.g. inside a
+    /// network namespace); `None`: the binary itself, here.
+    pub launcher: Option<Box<dyn Fn(&str, &PathBuf) -> Command>>,
     starts: usize,
 }
 
@@ -29,6 +32,7 @@ impl Hosts {
             dir,
             extra_args: Vec::new(),
             children: BTreeMap::new(),
+            launcher: None,
             starts: 0,
         }
     }
@@ -43,7 +47,11 @@ impl Hosts {
         self.starts += 1;
         let log = std::fs::File::create(self.dir.join(format!("host-{id}-{}.log", self.starts)))
             .expect("creating a host log");
-        let child = Command::new(&self.binary)
+        let mut command = match &self.launcher {
+            Some(launch) => launch(id, &self.binary),
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .args(["host", "--host-id", id, "--brokers", &self.brokers])
             .args(["--store", &self.store_url])
             // Several hosts on one machine: each on a free admin port.

@@ -200,6 +200,21 @@ impl Nodes {
         command
     }
 
+    /// What [`command`](Self::command) does, as a function that outlives
+    /// `self` borrows (for launchers stored elsewhere); the nodes must
+    /// still be up when it is called.
+    pub fn launcher(&self) -> impl Fn(u32, &std::ffi::OsStr) -> Command + 'static {
+        let (id, count) = (self.id, self.count);
+        move |n, program| {
+            assert!((1..=count).contains(&n), "node {n} does not exist");
+            let mut command = Command::new(script());
+            command
+                .args(["exec", &id.to_string(), &n.to_string()])
+                .arg(program);
+            command
+        }
+    }
+
     fn check(&self, n: u32) -> u32 {
         assert!(
             (1..=self.count).contains(&n),
