@@ -4,8 +4,10 @@
 #                                    client's gRPC code is generated at build
 #                                    time; Debian package protobuf-compiler)
 #   scripts/install-deps.sh --test   also what the tests start: an etcd
-#                                    cluster (etcd-server) and network
-#                                    namespaces (iproute2)
+#                                    cluster (etcd-server), network
+#                                    namespaces (iproute2) and a FUSE mount
+#                                    (bindfs: a SQLite store on a network
+#                                    filesystem is refused)
 # Exits non-zero with one sentence when a package is missing and cannot be
 # installed here (not root, or no apt-get).
 set -euo pipefail
@@ -15,6 +17,7 @@ command -v protoc >/dev/null 2>&1 || needed+=(protobuf-compiler)
 if [[ ${1:-} == --test ]]; then
     command -v etcd >/dev/null 2>&1 || needed+=(etcd-server)
     command -v ip >/dev/null 2>&1 || [[ -x /usr/sbin/ip ]] || needed+=(iproute2)
+    command -v bindfs >/dev/null 2>&1 || needed+=(bindfs)
 elif [[ -n ${1:-} ]]; then
     echo "usage: scripts/install-deps.sh [--test]" >&2
     exit 2

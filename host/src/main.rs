@@ -27,11 +27,16 @@ fn main() -> ExitCode {
     // Test builds only: arm the fault-injection points FAILPOINTS names.
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    match logstream_host::cli::run(cli, Some(&matches)) {
+    let code = match logstream_host::cli::run(cli, Some(&matches)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {}", logstream_host::cli::one_line(&error));
             ExitCode::FAILURE
         }
-    }
+    };
+    // FoundationDB's client network thread is joined before exit (a no-op
+    // when no FoundationDB store was opened).
+    #[cfg(feature = "fdb")]
+    logstream_host::store::fdb::stop_network();
+    code
 }

@@ -325,3 +325,60 @@ fn step_down_hands_pt0_to_the_other_host_and_status_shows_it() {
         "host a's log:\n{log_a}"
     );
 }
+
+/// A SQLite store on a network filesystem is refused with one sentence
+/// naming it and the distributed stores, and nothing is written there. The
+/// network filesystem is a FUSE mount (`bindfs`, which
+/// `scripts/install-deps.sh --test` installs) of a local directory; where
+/// FUSE or bindfs is missing the test says it is skipped (and fails when
+/// `CI` is set).
+#[test]
+fn a_sqlite_store_on_a_network_filesystem_is_refused() {
+    let source = tempfile::tempdir().unwrap();
+    let mount = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("bindfs")
+        .arg(source.path())
+        .arg(mount.path())
+        .output();
+    match mounted {
+        Ok(out) if out.status.success() => {}
+        other => {
+            let reason = format!("cannot mount a FUSE filesystem with bindfs: {other:?}");
+            assert!(std::env::var_os("CI").is_none(), "{reason}");
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("fusermount")
+                .arg("-u")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mount.path());
+    let store = format!("sqlite:{}", mount.path().join("store.db").display());
+    let passthrough = plugin("passthrough");
+    let deploy = [
+        "deploy",
+        passthrough.to_str().unwrap(),
+        "--name",
+        "pt",
+        "--input",
+        "logs",
+        "--output",
+        "pt-out",
+    ];
+    for args in [&deploy[..], &["host", "--host-id", "a"]] {
+        let out = logstream_on(&store, args);
+        assert_refused(&out, "is on a network filesystem (fuse)");
+        assert!(stderr(&out).contains("etcd"), "{}", stderr(&out));
+    }
+    assert_eq!(
+        std::fs::read_dir(source.path()).unwrap().count(),
+        0,
+        "nothing written on the network filesystem"
+    );
+}

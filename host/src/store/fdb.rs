@@ -28,7 +28,8 @@
 //! [`futures::executor::block_on`] on the calling thread; the client's own
 //! network thread completes them.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use foundationdb::api::{FdbApiBuilder, NetworkAutoStop};
@@ -61,29 +62,40 @@ const TRANSACTION_TIMED_OUT: i32 = 1031;
 const DATABASE_LOCKED: i32 = 1038;
 
 /// The process's FoundationDB client network, booted by the first
-/// [`FdbStore::open`] and kept for the life of the process.
+/// [`FdbStore::open`] and stopped by [`stop_network`] before the process
+/// exits.
 ///
-/// It is never dropped (statics are not), on purpose:
 /// - FoundationDB's client network can be set up and run only once per
-///   process. Dropping the guard stops it for good, so stopping it when the
-///   last store closes would make every later open in the process fail;
-/// - the crate asks for the guard to be dropped before exit because stopping
-///   the network joins its thread cleanly. Not doing so only means the
-///   network thread dies with the process, exactly as on a crash, which the
-///   store contract already tolerates: committed transactions are durable on
-///   the cluster, and an uncommitted one is abandoned (an in-flight commit is
-///   the `commit_unknown_result` case every transaction body handles).
+///   process: once stopped it cannot start again, so it is stopped only at
+///   exit (the binary's `main` calls [`stop_network`] after the command
+///   returned), never when a store closes.
+/// - Stopping it joins its thread, so commits the client still had in
+///   flight are finished or abandoned by the client itself, not cut by the
+///   process dying under it — the clean exit the crate asks for.
+/// - A process that dies without stopping it (kill -9) is the crash case
+///   the store contract already tolerates: committed transactions are
+///   durable on the cluster, an in-flight commit is the
+///   `commit_unknown_result` case every transaction body handles.
 ///
 /// The `Result` keeps a failed boot (no usable `libfdb_c`): it cannot be
-/// retried in the same process, so every open reports it.
-static NETWORK: OnceLock<Result<NetworkAutoStop, FdbError>> = OnceLock::new();
+/// retried in the same process, so every open reports it. `None` after
+/// [`stop_network`].
+static NETWORK: Mutex<Option<Result<NetworkAutoStop, FdbError>>> = Mutex::new(None);
+/// Set once the network was stopped: opening a store then fails.
+static STOPPED: AtomicBool = AtomicBool::new(false);
 
 fn boot_network() -> Result<(), StoreError> {
-    let network = NETWORK.get_or_init(|| {
+    let mut network = NETWORK.lock().unwrap_or_else(|p| p.into_inner());
+    if STOPPED.load(Ordering::SeqCst) {
+        return Err(StoreError::Unavailable(
+            "the FoundationDB client network was stopped (the process is exiting)".into(),
+        ));
+    }
+    let network = network.get_or_insert_with(|| {
         let builder = FdbApiBuilder::default().build()?;
         // SAFETY: `boot` requires the returned guard to be dropped before the
-        // process exits; it lives in a static and is deliberately never
-        // dropped — see `NETWORK` for why that is sound for this store.
+        // process exits; `stop_network` drops it, and a process killed
+        // before is the crash case (see `NETWORK`).
         unsafe { builder.boot() }
     });
     match network {
@@ -93,6 +105,14 @@ fn boot_network() -> Result<(), StoreError> {
             error.code()
         ))),
     }
+}
+
+/// Stop FoundationDB's client network and join its thread, if it was
+/// started. Call once, as the process exits: no store can open after it.
+pub fn stop_network() {
+    STOPPED.store(true, Ordering::SeqCst);
+    let network = NETWORK.lock().unwrap_or_else(|p| p.into_inner()).take();
+    drop(network);
 }
 
 /// Map a FoundationDB error onto the contract's errors (see the module docs).

@@ -9,6 +9,10 @@
 //! process at any point; `synchronous=NORMAL` in WAL mode is durable across
 //! process crashes, which is the failure this single-machine store exists
 //! for (a power loss takes every host of the machine down with it).
+//!
+//! A file on a network filesystem (NFS, SMB/CIFS, FUSE, 9p, Ceph, …) is
+//! refused at open: SQLite's locks are not reliable there, and hosts on
+//! several machines need a distributed store (etcd, FoundationDB) anyway.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -41,6 +45,16 @@ impl SqliteStore {
                     parent.display()
                 ))
             })?;
+        }
+        let directory = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => parent.to_path_buf(),
+            None => PathBuf::from("."),
+        };
+        if let Some(kind) = network_filesystem(&directory) {
+            return Err(StoreError::Other(format!(
+                "the SQLite store {} is on a network filesystem ({kind}), where SQLite's locks are not reliable: use a local disk, or etcd (`etcd:http://…`) or FoundationDB for hosts on several machines",
+                path.display()
+            )));
         }
         let deadline = std::time::Instant::now() + OPEN_TIMEOUT;
         loop {
@@ -75,6 +89,41 @@ impl SqliteStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The kind of network filesystem `directory` is on, if it is one.
+fn network_filesystem(directory: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(directory.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: a valid NUL-terminated path and a buffer of the right type.
+    let result = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if result != 0 {
+        // Not knowing is not a reason to refuse: SQLite reports what is wrong.
+        return None;
+    }
+    // SAFETY: statfs succeeded and filled the buffer.
+    let magic = unsafe { stat.assume_init() }.f_type as u64;
+    network_filesystem_kind(magic)
+}
+
+/// Network and cluster filesystems by their statfs(2) magic number.
+fn network_filesystem_kind(magic: u64) -> Option<&'static str> {
+    Some(match magic {
+        0x6969 => "nfs",
+        0x517b => "smb",
+        0xff53_4d42 => "cifs",
+        0xfe53_4d42 => "smb2",
+        0x6573_5546 => "fuse",
+        0x0102_1997 => "9p",
+        0x00c3_6400 => "ceph",
+        0x5346_414f => "afs",
+        0x7375_7245 => "coda",
+        0x0116_1970 => "gfs2",
+        0x7461_636f => "ocfs2",
+        0x0bd0_0bd0 => "lustre",
+        _ => return None,
+    })
 }
 
 fn open_error(path: &Path, error: rusqlite::Error) -> StoreError {
@@ -216,5 +265,22 @@ impl Drop for SqliteTxn<'_> {
             // to be rolled back when the connection next begins or closes.
             let _ = self.connection.execute_batch("ROLLBACK");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_filesystems_are_named_and_local_ones_are_not() {
+        assert_eq!(network_filesystem_kind(0x6969), Some("nfs"));
+        assert_eq!(network_filesystem_kind(0xff53_4d42), Some("cifs"));
+        assert_eq!(network_filesystem_kind(0x6573_5546), Some("fuse"));
+        // ext4 and tmpfs.
+        assert_eq!(network_filesystem_kind(0xef53), None);
+        assert_eq!(network_filesystem_kind(0x0102_1994), None);
+        let local = tempfile::tempdir().unwrap();
+        assert_eq!(network_filesystem(local.path()), None);
     }
 }

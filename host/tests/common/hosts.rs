@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+/// Makes the command that runs the binary (second argument) for a host id.
+pub type Launcher = Box<dyn Fn(&str, &PathBuf) -> Command>;
+
 pub struct Hosts {
     pub binary: PathBuf,
     pub store_url: String,
@@ -19,7 +22,7 @@ pub struct Hosts {
     pub children: BTreeMap<String, Child>,
     /// Makes the command that runs the binary for a host id (e.g. inside a
     /// network namespace); `None`: the binary itself, here.
-    pub launcher: Option<Box<dyn Fn(&str, &PathBuf) -> Command>>,
+    pub launcher: Option<Launcher>,
     starts: usize,
 }
 
