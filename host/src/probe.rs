@@ -133,6 +133,7 @@ pub fn run(store: Arc<dyn KvStore>, config: ProbeConfig, shutdown: Arc<AtomicBoo
                 &incarnation,
                 started_at_unix_ms,
                 None,
+                None,
             ) {
                 tracing::warn!("membership heartbeat failed: {error}");
             }

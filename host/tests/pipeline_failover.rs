@@ -792,6 +792,109 @@ fn on_nodes_an_active_cut_from_the_store_stops_acting_within_its_lease() {
     );
 }
 
+/// The active's machine loses the broker but still reaches the store: it
+/// would keep its leases and make no progress. It publishes that its
+/// brokers are unreachable, and after `HANDOVER_AFTER` yields every unit to
+/// the passive, which reaches them; when the link returns it takes nothing
+/// back.
+#[test]
+fn on_nodes_an_active_cut_from_the_broker_hands_over_to_a_passive_that_reaches_it() {
+    let _exclusive = exclusive();
+    let Some(setup) = on_nodes() else { return };
+    let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);
+    let mut handed_over_after = Duration::ZERO;
+    transparency_run_then(
+        setup,
+        "the active's machine cut from the broker only",
+        records,
+        |faults| {
+            std::thread::sleep(Duration::from_millis(800));
+            let victim = busiest_host(faults.hosts, faults.store);
+            wait_for_units_started(faults.hosts, other_host(&victim));
+            let survivor = faults.hosts.pid_of(other_host(&victim));
+            let nodes = faults.nodes.unwrap();
+            let cut_at = Instant::now();
+            nodes.cut(node_of(&victim), Link::Broker);
+            wait_until("the passive to lead every unit", cut_at + RUN_BOUND, || {
+                leaders(faults.store).iter().all(|l| *l == Some(survivor))
+            });
+            handed_over_after = cut_at.elapsed();
+            nodes.heal(node_of(&victim), Link::Broker);
+            let healed = Instant::now();
+            while healed.elapsed() < Duration::from_secs(2) {
+                assert!(
+                    leaders(faults.store).iter().all(|l| *l == Some(survivor)),
+                    "the healed old active took a unit back: {:?}",
+                    leaders(faults.store)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Injected {
+                what: format!("the broker link of the machine of the host leading most units cut (it still reaches the store) until the other led every unit, then restored; {records} records"),
+                times: 1,
+                fails_over: true,
+            }
+        },
+        |_, _| {},
+    );
+    eprintln!("every unit handed over {handed_over_after:?} after the broker link was cut");
+    // A liveness bound, not a performance figure: the bound of the
+    // handover (3 s unreachable) plus detection, the release round and the
+    // takeovers on a loaded 2-core machine.
+    assert!(
+        handed_over_after < Duration::from_secs(10),
+        "the handover took {handed_over_after:?}"
+    );
+}
+
+/// Every host loses the broker at once (both machines' broker links cut
+/// for 6 s): nobody could make progress, so nobody hands over — no epoch
+/// moves — and the pipeline resumes exactly once when the links return.
+#[test]
+fn on_nodes_the_broker_cut_from_every_host_moves_no_lease() {
+    let _exclusive = exclusive();
+    let Some(setup) = on_nodes() else { return };
+    let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);
+    transparency_run_then(
+        setup,
+        "the broker cut from every host",
+        records,
+        |faults| {
+            std::thread::sleep(Duration::from_millis(800));
+            let nodes = faults.nodes.unwrap();
+            // Who holds each lease: a host that yielded would have released
+            // it (same epoch, released), one that took over bumped it.
+            let epochs = |store: &dyn KvStore| -> Vec<Option<(u64, String, bool)>> {
+                units()
+                    .iter()
+                    .map(|unit| {
+                        transact(store, &RetryPolicy::default(), |txn| read_leader(txn, unit))
+                            .unwrap()
+                            .map(|r| (r.epoch, r.holder, r.released))
+                    })
+                    .collect()
+            };
+            let before = epochs(faults.store);
+            nodes.cut(1, Link::Broker);
+            nodes.cut(2, Link::Broker);
+            std::thread::sleep(Duration::from_secs(6));
+            let during = epochs(faults.store);
+            nodes.heal(1, Link::Broker);
+            nodes.heal(2, Link::Broker);
+            assert_eq!(
+                before, during,
+                "leases moved while no host reached the broker"
+            );
+            Injected {
+                what: format!("the broker links of both machines cut for 6 s (twice the handover bound), then restored; no lease moved; {records} records"),
+                times: 1,
+                fails_over: false,
+            }
+        },
+        |_, _| {},
+    );
+}
+
 /// Links of the busiest host's machine flap: down and up for 150-750 ms
 /// each, for 30 s (`FLAP_SECONDS`). Nothing is lost or duplicated, and
 /// leadership changes at most once per flap.

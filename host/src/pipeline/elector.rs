@@ -75,6 +75,10 @@ struct Shared {
     incarnation: String,
     timing: ElectionTiming,
     units: Mutex<BTreeMap<String, Arc<Slot>>>,
+    /// Set while the host yields its units to a peer (its brokers are
+    /// unreachable, a live peer's are not): rounds release held leases and
+    /// claim none.
+    yielding: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -86,6 +90,30 @@ impl Shared {
     /// One round for `units` (name and slot), in transactions of at most
     /// [`MAX_UNITS_PER_TRANSACTION`]; each slot's next round is scheduled.
     fn round(&self, units: &[(String, Arc<Slot>)]) {
+        let yielding;
+        let units = if self.yielding.load(Ordering::Relaxed) {
+            // Only the held leases take part, to be released; the others
+            // are not observed, so they cannot be claimed.
+            yielding = units
+                .iter()
+                .filter(|(_, slot)| {
+                    let mut election = slot.election();
+                    let held = election.held_epoch().is_some();
+                    if held {
+                        election.request_step_down();
+                    }
+                    held
+                })
+                .cloned()
+                .collect::<Vec<_>>();
+            for (_, slot) in units {
+                let next = self.clock.now() + self.timing.heartbeat;
+                *slot.next_round.lock().unwrap_or_else(|p| p.into_inner()) = next;
+            }
+            &yielding[..]
+        } else {
+            units
+        };
         for batch in units.chunks(MAX_UNITS_PER_TRANSACTION) {
             let started = self.clock.now();
             let mut guards: Vec<MutexGuard<'_, Election>> =
@@ -203,6 +231,7 @@ impl HostElector {
             incarnation: incarnation.to_string(),
             timing,
             units: Mutex::new(BTreeMap::new()),
+            yielding: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
         let handle = {
@@ -219,6 +248,18 @@ impl HostElector {
             }),
             shared,
         })
+    }
+
+    /// Yield every unit to other hosts (`true`: release held leases, claim
+    /// none) or contend again (`false`); see [`super::broker_health`].
+    pub fn set_yielding(&self, yielding: bool) {
+        if self.shared.yielding.swap(yielding, Ordering::Relaxed) != yielding {
+            if yielding {
+                tracing::warn!("yielding every unit to a host that reaches the brokers");
+            } else {
+                tracing::info!("contending for units again");
+            }
+        }
     }
 
     /// Contend for unit `name` from now on, until the lease is dropped.

@@ -5,6 +5,9 @@
 //!   reading back output ids, topic creation);
 //! - [`elector`]: the host's one elector thread, renewing every unit's lease
 //!   in batched store transactions;
+//! - [`broker_health`]: whether the host reaches its brokers (it yields its
+//!   units to a peer that does); [`heartbeat`]: the thread that publishes
+//!   the host's membership and makes that decision;
 //! - [`fenced`]: the unit's output producer, fenced at the broker by the
 //!   unit's epoch ([`wire`]: the protocol connection it speaks over,
 //!   [`record_batch`]: the batches it sends);
@@ -19,9 +22,11 @@
 //!   hot standby, takeover with output suppression, crash-only restarts;
 //! - [`node`]: a host: membership, registry polling, one thread per unit.
 
+pub mod broker_health;
 pub mod elector;
 pub mod fenced;
 pub mod fetchers;
+pub mod heartbeat;
 pub mod input;
 pub mod kafka;
 pub mod links;

@@ -19,19 +19,28 @@
 //!   started — so it never contends for their leases, and a host with room
 //!   leads them — and are reported as waiting (`/status`, `/readyz`,
 //!   `logstream_units_waiting`) until room frees up.
+//! - **A host cut off from the brokers hands over.** It publishes whether
+//!   it reaches them with its heartbeat ([`broker_health`]); unreachable
+//!   for [`broker_health::HANDOVER_AFTER`] while a live peer reaches them,
+//!   it releases its leases and claims none until its brokers answer again.
+//!   When no host reaches them, nobody yields. Membership heartbeats run on
+//!   a thread of their own ([`super::heartbeat`]), never behind a broker
+//!   call.
 //!
 //! With an admin address, the host also serves its metrics and status over
 //! HTTP ([`crate::admin`]) from startup until it has handed over.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::broker_health::BrokerHealth;
 use super::elector::HostElector;
+use super::heartbeat::{Duties, Heartbeat};
 use super::kafka;
 use super::shared_io::SharedIo;
 use super::standby_budget::StandbyBudget;
@@ -154,6 +163,25 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
         config.brokers
     );
     let elector = HostElector::start(store.clone(), &config.host_id, &incarnation, config.timing)?;
+    let broker_health =
+        BrokerHealth::start(&config.brokers).context("starting the broker health probe")?;
+    let capacity = Arc::new(Mutex::new(HostCapacity {
+        max_units: config.max_units,
+        units: 0,
+    }));
+    let heartbeat = Heartbeat::start(Duties {
+        store: store.clone(),
+        policy: policy.clone(),
+        host_id: config.host_id.clone(),
+        incarnation: incarnation.clone(),
+        started_at_unix_ms: started_at,
+        heartbeat: config.timing.heartbeat,
+        lease: config.timing.lease,
+        capacity: capacity.clone(),
+        broker_health,
+        elector: elector.clone(),
+        admin: admin.clone(),
+    })?;
     let mut host = Host {
         elector,
         store: store.clone(),
@@ -175,21 +203,10 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
     };
     let mut seen_version = None;
     while !shutdown.load(Ordering::Relaxed) {
-        let capacity = HostCapacity {
+        *capacity.lock().unwrap_or_else(|p| p.into_inner()) = HostCapacity {
             max_units: host.max_units,
             units: host.running_units() as u32,
         };
-        match membership::heartbeat(
-            store.as_ref(),
-            &policy,
-            &config.host_id,
-            &incarnation,
-            started_at,
-            Some(capacity),
-        ) {
-            Ok(_) => admin.status().heartbeat_succeeded(),
-            Err(error) => tracing::warn!(%error, "membership heartbeat failed"),
-        }
         let version = registry::registry_version(store.as_ref());
         if version.is_ok() {
             admin.status().registry_read();
@@ -225,6 +242,8 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
             let _ = unit.thread.join();
         }
     }
+    // No heartbeat may re-register the host after it deregistered.
+    drop(heartbeat);
     // The admin server stops when `_admin_server` drops, after deregistering.
     membership::deregister(store.as_ref(), &policy, &config.host_id, &incarnation)?;
     Ok(())

@@ -42,15 +42,21 @@ pub struct WireConnection {
 impl WireConnection {
     /// Connect to `address` (`host:port`) and negotiate API versions.
     pub fn connect(address: &str, client_id: &str) -> Result<Self> {
+        WireConnection::connect_within(address, client_id, IO_TIMEOUT)
+    }
+
+    /// [`connect`](Self::connect) with `timeout` on the connect and on each
+    /// read and write of the version negotiation (and of later requests).
+    pub fn connect_within(address: &str, client_id: &str, timeout: Duration) -> Result<Self> {
         let target = address
             .to_socket_addrs()
             .with_context(|| format!("resolving the broker address {address}"))?
             .next()
             .ok_or_else(|| anyhow!("the broker address {address} resolves to nothing"))?;
-        let stream = TcpStream::connect_timeout(&target, IO_TIMEOUT)
+        let stream = TcpStream::connect_timeout(&target, timeout)
             .with_context(|| format!("connecting to the broker at {address}"))?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         // Requests are written whole and waited for: no point in Nagle.
         stream.set_nodelay(true)?;
         let mut connection = WireConnection {

@@ -34,6 +34,17 @@ pub struct HostRecord {
     /// older hosts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<HostCapacity>,
+    /// Whether the host reaches its brokers (`pipeline::broker_health`);
+    /// absent from probes and older hosts, which count as reaching them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_reachable: Option<bool>,
+}
+
+impl HostRecord {
+    /// Whether the host says it reaches its brokers (absent: yes).
+    pub fn reaches_brokers(&self) -> bool {
+        self.broker_reachable != Some(false)
+    }
 }
 
 /// A host's unit capacity, as it last published it.
@@ -71,6 +82,7 @@ pub fn heartbeat(
     incarnation: &str,
     started_at_unix_ms: u64,
     capacity: Option<HostCapacity>,
+    broker_reachable: Option<bool>,
 ) -> Result<u64, MembershipError> {
     let key = keys::host(host_id);
     let result = transact(store, policy, |txn| {
@@ -87,6 +99,7 @@ pub fn heartbeat(
             started_at_unix_ms,
             version: env!("CARGO_PKG_VERSION").to_string(),
             capacity,
+            broker_reachable,
         };
         txn.set(&key, &serde_json::to_vec(&record).expect("serialises"))?;
         Ok(record.heartbeat)
@@ -187,9 +200,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("s.db")).unwrap();
         let policy = RetryPolicy::default();
-        assert_eq!(heartbeat(&store, &policy, "a", "a:1", 5, None).unwrap(), 0);
-        assert_eq!(heartbeat(&store, &policy, "a", "a:1", 5, None).unwrap(), 1);
-        heartbeat(&store, &policy, "b", "b:1", 6, None).unwrap();
+        assert_eq!(
+            heartbeat(&store, &policy, "a", "a:1", 5, None, None).unwrap(),
+            0
+        );
+        assert_eq!(
+            heartbeat(&store, &policy, "a", "a:1", 5, None, None).unwrap(),
+            1
+        );
+        heartbeat(&store, &policy, "b", "b:1", 6, None, None).unwrap();
         let hosts = list_hosts(&store, &policy).unwrap();
         assert_eq!(
             hosts.iter().map(|h| h.host_id.as_str()).collect::<Vec<_>>(),
@@ -212,6 +231,7 @@ mod tests {
             started_at_unix_ms: 0,
             version: "x".into(),
             capacity: None,
+            broker_reachable: None,
         };
         let mut view = LivenessView::default();
         view.observe(Duration::from_secs(1), &[record(1)]);
