@@ -17,11 +17,26 @@
 //! handover: final checkpoint, release) and the figure is from the signal
 //! to the passive's first output.
 //!
+//! With `STORE=etcd` the hosts share a three-member etcd cluster instead of
+//! the SQLite file. With `STOP=isolate` (etcd only, needs root) each host
+//! runs on a simulated machine of its own (a network namespace) and each
+//! trial cuts every link of the leader's machine instead of killing it;
+//! the links return after the trial and the old leader rejoins as the
+//! passive.
+//!
 //! Env: `TRIALS` (default 20), `STATE_BYTES` (default: none, passthrough),
-//! `STOP` (`kill`, default, or `term`).
+//! `STOP` (`kill`, default, `term` or `isolate`), `STORE` (`sqlite`,
+//! default, or `etcd`).
 
+#[allow(dead_code)]
 #[path = "../tests/common/broker.rs"]
 mod broker;
+#[allow(dead_code)]
+#[path = "../tests/common/etcd.rs"]
+mod etcd;
+#[allow(dead_code)]
+#[path = "../tests/common/netns.rs"]
+mod netns;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +46,7 @@ use std::time::{Duration, Instant};
 use logstream_host::pipeline::kafka::{self, Outgoing, OutputProducer, PartitionReader};
 use logstream_host::probe::{pid_of, unix_micros};
 use logstream_host::store::election::read_leader;
-use logstream_host::store::{transact, RetryPolicy, SqliteStore};
+use logstream_host::store::{transact, KvStore, RetryPolicy, SqliteStore};
 
 /// Pause between input records: about 1,000 records/s.
 const INPUT_INTERVAL: Duration = Duration::from_millis(1);
@@ -43,8 +58,24 @@ const CATCH_UP_BOUND: Duration = Duration::from_secs(600);
 /// Liveness bound of one trial.
 const TRIAL_BOUND: Duration = Duration::from_secs(60);
 
+/// Where the hosts run: here, or host `a` on node 1 and `b` on node 2.
+static NODES: std::sync::OnceLock<netns::Nodes> = std::sync::OnceLock::new();
+
+fn node_of(id: &str) -> u32 {
+    if id == "a" {
+        1
+    } else {
+        2
+    }
+}
+
 fn spawn_host(id: &str, store: &str, brokers: &str, dir: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_logstream"))
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_logstream"));
+    let mut command = match NODES.get() {
+        Some(nodes) => nodes.command(node_of(id), binary),
+        None => Command::new(binary),
+    };
+    command
         .args([
             "host",
             "--host-id",
@@ -130,7 +161,7 @@ fn claims(dir: &std::path::Path) -> std::collections::HashMap<u64, i64> {
     claims
 }
 
-fn leader(store: &SqliteStore) -> Option<(u64, u32)> {
+fn leader(store: &dyn KvStore) -> Option<(u64, u32)> {
     transact(store, &RetryPolicy::default(), |txn| {
         read_leader(txn, "pt/0")
     })
@@ -139,24 +170,56 @@ fn leader(store: &SqliteStore) -> Option<(u64, u32)> {
     .and_then(|r| Some((r.epoch, pid_of(&r.holder)?)))
 }
 
+/// How each trial stops the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Kill,
+    Term,
+    Isolate,
+}
+
 fn main() {
     let trials: usize = std::env::var("TRIALS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let broker = broker::Broker::start();
+    let stop_kind = match std::env::var("STOP").as_deref() {
+        Ok("term") => Stop::Term,
+        Ok("kill") | Err(_) => Stop::Kill,
+        Ok("isolate") => Stop::Isolate,
+        Ok(other) => panic!("STOP is `kill`, `term` or `isolate`, not {other:?}"),
+    };
+    let on_etcd = match std::env::var("STORE").as_deref() {
+        Ok("sqlite") | Err(_) => false,
+        Ok("etcd") => true,
+        Ok(other) => panic!("STORE is `sqlite` or `etcd`, not {other:?}"),
+    };
+    assert!(
+        stop_kind != Stop::Isolate || on_etcd,
+        "STOP=isolate needs STORE=etcd: hosts on separate machines cannot share a SQLite file"
+    );
+    let (store_ip, broker_ip) = if stop_kind == Stop::Isolate {
+        let nodes = netns::Nodes::up(2).unwrap_or_else(|netns::Skip(reason)| {
+            panic!("STOP=isolate needs network namespaces: {reason}")
+        });
+        let ips = (nodes.store_ip().to_string(), nodes.broker_ip().to_string());
+        let _ = NODES.set(nodes);
+        ips
+    } else {
+        ("127.0.0.1".to_string(), "127.0.0.1".to_string())
+    };
+    let broker = broker::Broker::start_on(&broker_ip);
     let dir = tempfile::tempdir().unwrap();
     let store_path = dir.path().join("store.db");
-    let store_url = format!("sqlite:{}", store_path.display());
+    let etcd_cluster = on_etcd.then(|| etcd::EtcdCluster::start_on(&store_ip, 3));
+    let store_url = match &etcd_cluster {
+        Some(cluster) => cluster.url(),
+        None => format!("sqlite:{}", store_path.display()),
+    };
     kafka::ensure_topics(&broker.address, &[("in", 1), ("out", 1)]).unwrap();
     let state_bytes: Option<u64> = std::env::var("STATE_BYTES")
         .ok()
         .map(|v| v.parse().expect("STATE_BYTES is a byte count"));
-    let graceful = match std::env::var("STOP").as_deref() {
-        Ok("term") => true,
-        Ok("kill") | Err(_) => false,
-        Ok(other) => panic!("STOP is `kill` or `term`, not {other:?}"),
-    };
     let mut prefill = 0;
     let (plugin, config) = match state_bytes {
         None => ("passthrough", String::new()),
@@ -179,7 +242,11 @@ fn main() {
         .status()
         .unwrap();
     assert!(deployed.success());
-    let store = SqliteStore::open(&store_path).unwrap();
+    let store: Box<dyn KvStore> = match &etcd_cluster {
+        Some(_) => etcd::EtcdCluster::open(&store_url),
+        None => Box::new(SqliteStore::open(&store_path).unwrap()),
+    };
+    let store = store.as_ref();
     let mut hosts = vec![
         (
             "a",
@@ -230,7 +297,7 @@ fn main() {
     for trial in 0..trials {
         let deadline = Instant::now() + TRIAL_BOUND;
         let (epoch, pid) = loop {
-            if let Some(current) = leader(&store) {
+            if let Some(current) = leader(store) {
                 break current;
             }
             assert!(Instant::now() < deadline, "no leader");
@@ -251,18 +318,28 @@ fn main() {
             .iter()
             .position(|(_, child)| child.id() == pid)
             .expect("the leader is one of ours");
-        let (id, mut child) = hosts.remove(index);
-        if graceful {
-            let sent = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(sent.success());
-        } else {
-            child.kill().unwrap();
-        }
-        child.wait().unwrap();
-        hosts.push((id, spawn_host(id, &store_url, &broker.address, dir.path())));
+        let isolated = match stop_kind {
+            Stop::Isolate => {
+                let id = hosts[index].0;
+                NODES.get().unwrap().cut(node_of(id), netns::Link::All);
+                Some(id)
+            }
+            Stop::Term | Stop::Kill => {
+                let (id, mut child) = hosts.remove(index);
+                if stop_kind == Stop::Term {
+                    let sent = Command::new("kill")
+                        .args(["-TERM", &child.id().to_string()])
+                        .status()
+                        .unwrap();
+                    assert!(sent.success());
+                } else {
+                    child.kill().unwrap();
+                }
+                child.wait().unwrap();
+                hosts.push((id, spawn_host(id, &store_url, &broker.address, dir.path())));
+                None
+            }
+        };
         let first_output_ms = loop {
             assert!(
                 Instant::now() < deadline,
@@ -275,7 +352,19 @@ fn main() {
                 break record.timestamp_ms;
             }
         };
-        let new_epoch = leader(&store).map_or(0, |(e, _)| e);
+        let new_epoch = loop {
+            match leader(store) {
+                Some((e, _)) if e > epoch => break e,
+                _ => {
+                    assert!(Instant::now() < deadline, "no new leader in trial {trial}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        if let Some(id) = isolated {
+            // The links return; the old leader rejoins as the passive.
+            NODES.get().unwrap().heal(node_of(id), netns::Link::All);
+        }
         eprintln!(
             "trial {trial}: epoch {epoch} -> {new_epoch}: an output {} ms after the signal",
             first_output_ms - killed_at_ms
@@ -339,8 +428,13 @@ fn main() {
         Some(bytes) => format!("dedup with ~{bytes} bytes of state"),
     };
     println!(
-        "pipeline failover, {state}, {} of the leading host, {trials} trials, lease 500 ms, heartbeat 100 ms, margin 100 ms, checkpoint every 200 ms, ~1,000 records/s:",
-        if graceful { "SIGTERM" } else { "kill -9" }
+        "pipeline failover on {}, {state}, {} of the leading host, {trials} trials, lease 500 ms, heartbeat 100 ms, margin 100 ms, checkpoint every 200 ms, ~1,000 records/s:",
+        if on_etcd { "a three-member etcd cluster" } else { "SQLite" },
+        match stop_kind {
+            Stop::Term => "SIGTERM",
+            Stop::Kill => "kill -9",
+            Stop::Isolate => "every network link cut",
+        }
     );
     println!(
         "  signal -> first output of the new leader ({} trials): p50 {:.0} ms, p99 {:.0} ms, min {:.0} ms, max {:.0} ms",
