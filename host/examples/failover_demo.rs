@@ -13,11 +13,31 @@
 //! `scripts/build-plugins.sh` and `cargo build --release -p logstream-host`.
 //! Env: `RECORDS` (default 200,000), `RATE` (records/s, default 20,000),
 //! `KILL_AT` (percent of the stream, default 40), `LOGSTREAM_BIN`, `TANSU`.
+//!
+//! The `--nodes` variant (`scripts/demo.sh --nodes`, or `DEMO_NODES=1`) runs
+//! each host on a simulated machine of its own: a network namespace with
+//! separate links to the store and to the broker (`scripts/netns.sh`; host
+//! `a` on node 1, `b` on node 2), the store a three-member etcd cluster on
+//! the store bridge, tansu on the broker bridge. At `KILL_AT` nobody is
+//! killed: every link of the active's machine is cut until the other host
+//! leads every unit, and [`HEAL_AFTER`] more; then the links are healed and
+//! the old active, never restarted, rejoins as the passive. Failover times
+//! count from the cut; the check is the same. It needs root (network
+//! namespaces) and `etcd` (`ETCD`, else on PATH), and says so in one sentence
+//! and exits non-zero without them.
 
 #[path = "../tests/common/broker.rs"]
 mod broker;
+// Shared with the tests, which use more of it than the demo.
+#[allow(dead_code)]
+#[path = "../tests/common/etcd.rs"]
+mod etcd;
 #[path = "../tests/common/hosts.rs"]
 mod hosts;
+// Shared with the tests, which use more of it than the demo.
+#[allow(dead_code)]
+#[path = "../tests/common/netns.rs"]
+mod netns;
 // Shared with the tests, which use more of it than the demo.
 #[allow(dead_code)]
 #[path = "../tests/common/verify.rs"]
@@ -25,11 +45,12 @@ mod verify;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use etcd::EtcdCluster;
 use hosts::Hosts;
 use indicatif::{ProgressBar, ProgressStyle};
 use logstream_host::pipeline::kafka::{self, Outgoing, OutputProducer, PartitionReader};
@@ -37,7 +58,8 @@ use logstream_host::probe::{pid_of, unix_micros};
 use logstream_host::sample_logs::SampleLogs;
 use logstream_host::store::checkpoint;
 use logstream_host::store::election::read_leader;
-use logstream_host::store::{transact, RetryPolicy, SqliteStore};
+use logstream_host::store::{transact, KvStore, RetryPolicy, SqliteStore};
+use netns::{Link, Nodes, Skip};
 
 const PARTITIONS: i32 = 3;
 const PROCESSOR: &str = "levels";
@@ -51,6 +73,11 @@ const CONFIG: &str = "every=100,alerts=levels-alerts";
 const WAIT_BOUND: Duration = Duration::from_secs(300);
 /// Records produced between flushes (and rate checks).
 const PRODUCE_CHUNK: u64 = 500;
+/// `--nodes`: how long the active's machine stays cut off after the other
+/// host leads every unit.
+const HEAL_AFTER: Duration = Duration::from_secs(2);
+/// `--nodes`: members of the etcd cluster (a quorum survives one loss).
+const ETCD_MEMBERS: usize = 3;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -82,7 +109,7 @@ fn units() -> Vec<String> {
 }
 
 /// (epoch, pid) of each unit's leader.
-fn leaders(store: &SqliteStore) -> Vec<Option<(u64, u32)>> {
+fn leaders(store: &dyn KvStore) -> Vec<Option<(u64, u32)>> {
     units()
         .iter()
         .map(|unit| {
@@ -95,8 +122,127 @@ fn leaders(store: &SqliteStore) -> Vec<Option<(u64, u32)>> {
         .collect()
 }
 
-/// Who was killed, when (Unix ms), and who led each unit just before.
+/// Who was killed (or cut off), when (Unix ms), and who led each unit just
+/// before.
 type Kill = (String, i64, Vec<Option<(u64, u32)>>);
+
+/// Whether to run the `--nodes` variant (the argument, or `DEMO_NODES=1`).
+fn nodes_requested() -> bool {
+    std::env::args().skip(1).any(|arg| arg == "--nodes")
+        || std::env::var("DEMO_NODES").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `--nodes`: the simulated machines and the etcd cluster on their store
+/// bridge. The cluster stops before the networks go down.
+struct Machines {
+    etcd: EtcdCluster,
+    nodes: Nodes,
+}
+
+impl Machines {
+    /// Two nodes and an etcd cluster, or the one sentence saying why not.
+    fn up() -> Result<Machines, String> {
+        let etcd = etcd::etcd_binary();
+        let found = Command::new(&etcd)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Err(error) = found {
+            return Err(format!(
+                "demo --nodes needs etcd on PATH or in ETCD (scripts/install-deps.sh --test installs Debian's etcd-server), and {} cannot run: {error}",
+                etcd.display()
+            ));
+        }
+        let nodes = Nodes::up(2).map_err(|Skip(reason)| {
+            format!("demo --nodes needs root and iproute2 for network namespaces: {reason}")
+        })?;
+        let etcd = EtcdCluster::start_on(&nodes.store_ip().to_string(), ETCD_MEMBERS);
+        Ok(Machines { etcd, nodes })
+    }
+}
+
+/// The node host `id` runs on with `--nodes`.
+fn node_of(id: &str) -> u32 {
+    match id {
+        "a" => 1,
+        "b" => 2,
+        other => panic!("no node for host {other}"),
+    }
+}
+
+/// The host other than `id`.
+fn other_host(id: &str) -> &'static str {
+    if id == "a" {
+        "b"
+    } else {
+        "a"
+    }
+}
+
+/// `--nodes`: the active's machine cut off (every link) until the other
+/// host leads every unit and [`HEAL_AFTER`] more, then healed. Advanced by
+/// [`Isolation::step`] from the progress loop, so the bar keeps moving.
+struct Isolation {
+    node: u32,
+    /// The host that takes over, and its PID.
+    survivor: &'static str,
+    survivor_pid: u32,
+    cut_at: Instant,
+    /// From the cut until the survivor led every unit.
+    replaced_after: Option<Duration>,
+    /// From the cut until the links were healed.
+    healed_after: Option<Duration>,
+}
+
+impl Isolation {
+    /// Cut every link of host `victim`'s machine; returns once they are down.
+    fn cut(nodes: &Nodes, hosts: &Hosts, victim: &str) -> Isolation {
+        let (node, survivor) = (node_of(victim), other_host(victim));
+        nodes.cut(node, Link::All);
+        Isolation {
+            node,
+            survivor,
+            survivor_pid: hosts.pid_of(survivor),
+            cut_at: Instant::now(),
+            replaced_after: None,
+            healed_after: None,
+        }
+    }
+
+    /// Note when the survivor leads every unit; heal [`HEAL_AFTER`] later.
+    /// True when it healed just now.
+    fn step(&mut self, store: &dyn KvStore, nodes: &Nodes) -> bool {
+        if self.healed_after.is_some() {
+            return false;
+        }
+        let Some(replaced_after) = self.replaced_after else {
+            let survivor = self.survivor_pid;
+            if leaders(store)
+                .iter()
+                .all(|l| l.is_some_and(|(_, pid)| pid == survivor))
+            {
+                self.replaced_after = Some(self.cut_at.elapsed());
+            }
+            return false;
+        };
+        if self.cut_at.elapsed() < replaced_after + HEAL_AFTER {
+            return false;
+        }
+        nodes.heal(self.node, Link::All);
+        self.healed_after = Some(self.cut_at.elapsed());
+        true
+    }
+
+    /// Step until healed (the stream may end first).
+    fn finish(&mut self, store: &dyn KvStore, nodes: &Nodes) -> Result<(), String> {
+        let what = format!("host {} to lead every unit (and the heal)", self.survivor);
+        wait_until(&what, || {
+            self.step(store, nodes);
+            self.healed_after.is_some()
+        })
+    }
+}
 
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + WAIT_BOUND;
@@ -172,11 +318,22 @@ fn run() -> Result<bool, String> {
         ));
     }
 
-    let broker = broker::Broker::start();
+    let machines = if nodes_requested() {
+        Some(Machines::up()?)
+    } else {
+        None
+    };
+    let broker = match &machines {
+        Some(m) => broker::Broker::start_on(&m.nodes.broker_ip().to_string()),
+        None => broker::Broker::start(),
+    };
     println!("broker: tansu on {} (sqlite storage)", broker.address);
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let store_path = dir.path().join("store.db");
-    let store_url = format!("sqlite:{}", store_path.display());
+    let store_url = match &machines {
+        Some(m) => m.etcd.url(),
+        None => format!("sqlite:{}", store_path.display()),
+    };
     kafka::ensure_topics(
         &broker.address,
         &[
@@ -206,25 +363,40 @@ fn run() -> Result<bool, String> {
     if !deployed.success() {
         return Err("deploying level-counter failed".into());
     }
-    let store = SqliteStore::open(&store_path).map_err(|e| e.to_string())?;
+    let store: Box<dyn KvStore> = match &machines {
+        Some(_) => EtcdCluster::open(&store_url),
+        None => Box::new(SqliteStore::open(&store_path).map_err(|e| e.to_string())?),
+    };
+    let store = &*store;
     let mut hosts = Hosts::new(
         binary.clone(),
         store_url.clone(),
         broker.address.clone(),
         dir.path().to_path_buf(),
     );
+    if let Some(m) = &machines {
+        let launch = m.nodes.launcher();
+        hosts.launcher = Some(Box::new(move |id, binary| {
+            launch(node_of(id), binary.as_os_str())
+        }));
+        println!(
+            "machines: host a on node 1, b on node 2 (network namespaces, each with a link to the store at {} and one to the broker at {}); store: a {ETCD_MEMBERS}-member etcd cluster",
+            m.nodes.store_ip(),
+            m.nodes.broker_ip()
+        );
+    }
     hosts.start("a");
     let a = hosts.pid_of("a");
     wait_until("host a to lead every unit", || {
-        leaders(&store)
+        leaders(store)
             .iter()
             .all(|l| l.is_some_and(|(_, pid)| pid == a))
     })?;
     hosts.start("b");
     println!("hosts: a (active for {PARTITIONS} units) and b (passive), store {store_url}");
 
-    // Produce at a steady rate on a thread; the main thread kills the
-    // active part-way through.
+    // Produce at a steady rate on a thread; the main thread kills (or cuts
+    // off) the active part-way through.
     let produced = Arc::new(AtomicU64::new(0));
     let producer = {
         let (brokers, produced) = (broker.address.clone(), produced.clone());
@@ -264,21 +436,45 @@ fn run() -> Result<bool, String> {
     );
     let kill_point = records * kill_at / 100;
     let mut killed: Option<Kill> = None;
+    let mut isolation: Option<Isolation> = None;
     while !producer.is_finished() {
         let done = produced.load(Ordering::Relaxed);
         bar.set_position(done);
         if killed.is_none() && done >= kill_point {
-            let before = leaders(&store);
+            let before = leaders(store);
             let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
             for (_, pid) in before.iter().flatten() {
                 *counts.entry(*pid).or_default() += 1;
             }
             let busiest = counts.iter().max_by_key(|(_, n)| **n).map(|(pid, _)| *pid);
             if let Some(id) = busiest.and_then(|pid| hosts.id_of_pid(pid)) {
-                let at_ms = (unix_micros() / 1000) as i64;
-                hosts.kill9(&id);
-                bar.set_message(format!("(killed host {id} with kill -9)"));
+                let at_ms = match &machines {
+                    Some(m) => {
+                        isolation = Some(Isolation::cut(&m.nodes, &hosts, &id));
+                        bar.set_message(format!(
+                            "(cut every link of host {id}'s machine, node {})",
+                            node_of(&id)
+                        ));
+                        // Once the links are down: outputs the old active
+                        // sent while netns.sh ran are not the new active's.
+                        (unix_micros() / 1000) as i64
+                    }
+                    None => {
+                        let at_ms = (unix_micros() / 1000) as i64;
+                        hosts.kill9(&id);
+                        bar.set_message(format!("(killed host {id} with kill -9)"));
+                        at_ms
+                    }
+                };
                 killed = Some((id, at_ms, before));
+            }
+        }
+        if let (Some(m), Some(cut)) = (&machines, &mut isolation) {
+            if cut.step(store, &m.nodes) {
+                bar.set_message(format!(
+                    "(host {} leads every unit; healed node {})",
+                    cut.survivor, cut.node
+                ));
             }
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -289,8 +485,12 @@ fn run() -> Result<bool, String> {
     bar.set_position(records);
     bar.finish();
     let (victim, killed_at_ms, before) = killed.ok_or("the stream ended before the kill point")?;
-    // The killed host comes back, as the passive.
-    hosts.start(&victim);
+    match (&machines, &mut isolation) {
+        // The healed host was never stopped: it rejoins as the passive.
+        (Some(m), Some(cut)) => cut.finish(store, &m.nodes)?,
+        // The killed host comes back, as the passive.
+        _ => hosts.start(&victim),
+    }
 
     let highs: Vec<i64> = (0..PARTITIONS)
         .map(|p| kafka::watermarks(&broker.address, INPUT_TOPIC, p).map(|w| w.1))
@@ -303,17 +503,19 @@ fn run() -> Result<bool, String> {
             .zip(&highs)
             .enumerate()
             .all(|(p, (unit, high))| {
-                checkpoint::read_current_meta(&store, unit)
+                checkpoint::read_current_meta(store, unit)
                     .ok()
                     .flatten()
                     .and_then(|m| m.offsets.get(&(p as i32)).copied())
                     == Some(*high)
             })
     })?;
-    let after = leaders(&store);
+    let after = leaders(store);
+    let event = if machines.is_some() { "cut" } else { "kill" };
 
-    // Failover time per unit the victim led: from the kill to the first
-    // output the new active produced (its CreateTime, same machine clock).
+    // Failover time per unit the victim led: from the kill (or the cut) to
+    // the first output the new active produced (its CreateTime, same machine
+    // clock: namespaces share it).
     let mut failovers = Vec::new();
     for (p, unit) in units().iter().enumerate() {
         let Some((epoch_before, _)) = before[p] else {
@@ -375,7 +577,7 @@ fn run() -> Result<bool, String> {
                 ok = false;
             }
         }
-        let state = checkpoint::read_current(&store, unit)
+        let state = checkpoint::read_current(store, unit)
             .map_err(|e| e.to_string())?
             .map(|c| c.state);
         if state.as_deref() != Some(&want_state[..]) {
@@ -383,6 +585,16 @@ fn run() -> Result<bool, String> {
             ok = false;
         }
     }
+    // `--nodes`: the old active is still the process it was before the cut.
+    let rejoined = isolation.as_ref().map(|_| {
+        let pid = hosts.pid_of(&victim);
+        let running = hosts
+            .children
+            .get_mut(&victim)
+            .is_some_and(|child| child.try_wait().ok().flatten().is_none());
+        let leads = after.iter().flatten().filter(|(_, p)| *p == pid).count();
+        (running, leads)
+    });
     hosts.stop_all();
 
     println!();
@@ -393,14 +605,32 @@ fn run() -> Result<bool, String> {
         total_out.get(PROCESSOR).copied().unwrap_or(0),
         total_out.get(ALERTS_TOPIC).copied().unwrap_or(0),
     );
-    println!("  failover:     host {victim} killed with kill -9 at {kill_at} % of the stream");
+    match &isolation {
+        Some(cut) => println!(
+            "  failover:     every link of host {victim}'s machine (node {}) cut at {kill_at} % of the stream; host {} led every unit {} ms after the cut; healed {} ms after it",
+            cut.node,
+            cut.survivor,
+            cut.replaced_after.unwrap_or_default().as_millis(),
+            cut.healed_after.unwrap_or_default().as_millis(),
+        ),
+        None => println!(
+            "  failover:     host {victim} killed with kill -9 at {kill_at} % of the stream"
+        ),
+    }
     for (unit, from, to, first_ms) in &failovers {
         match first_ms {
             Some(ms) => println!(
-                "                {unit}: epoch {from} -> {to}, first output of the new active {ms} ms after the kill"
+                "                {unit}: epoch {from} -> {to}, first output of the new active {ms} ms after the {event}"
             ),
             None => println!("                {unit}: epoch {from} -> {to}"),
         }
+    }
+    if let Some((running, leads)) = rejoined {
+        println!(
+            "  rejoined:     host {victim}, not restarted ({}), leads {leads} of {PARTITIONS} units at the end{}",
+            if running { "still running" } else { "EXITED" },
+            if leads == 0 { " (the passive)" } else { "" },
+        );
     }
     println!(
         "  check:        outputs identical to an uninterrupted run: {} ({lost} lost, {duplicated} duplicated); final states identical: {}",
