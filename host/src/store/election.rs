@@ -796,6 +796,10 @@ impl From<StoreError> for ElectionError {
 }
 
 #[cfg(test)]
+#[path = "election_occ_tests.rs"]
+mod occ_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::clock::{Clock, ManualClock};
