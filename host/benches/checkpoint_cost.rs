@@ -47,7 +47,7 @@ fn main() {
         false,
     )
     .unwrap();
-    let epoch = outcome.record.unwrap().epoch;
+    let epoch = outcome.state.unwrap().record.epoch;
     let fence = Fence::new("bench/0", epoch);
     println!("| state size | write median | read median | write MB/s |");
     println!("|---:|---:|---:|---:|");

@@ -2,9 +2,11 @@
 //! all the host's units, whatever their workers are doing — a slow takeover
 //! or flush must not cost a lease.
 //!
-//! Every round reads and writes the leader records of many units in one
-//! store transaction ([`election::step_many`], at most
-//! [`MAX_UNITS_PER_TRANSACTION`] each): a leader's lease is renewed once
+//! Every round reads the leader and renewal records of many units in one
+//! store transaction, and writes what changed ([`election::step_many`], at
+//! most [`MAX_UNITS_PER_TRANSACTION`] each): a renewal writes only the
+//! unit's renewal record, never the leader record its fenced writes read
+//! (see `store::election`). A leader's lease is renewed once
 //! per heartbeat, a passive looks four times per heartbeat (so a released
 //! lease is claimed within a quarter of one). A host with a thousand units
 //! makes a few dozen store transactions per heartbeat, not thousands, and
@@ -35,14 +37,19 @@ use crate::store::{KvStore, RetryPolicy};
 const PASSIVE_OBSERVATIONS_PER_HEARTBEAT: u32 = 4;
 /// Most units one election transaction reads and writes: well within
 /// FoundationDB's transaction size and etcd's 128 operations per
-/// transaction (a renewal is a compare and a put).
+/// transaction (each unit costs [`election::KEYS_PER_ROUND`] compares —
+/// its leader and renewal records — and at most as many puts, a claim).
 pub const MAX_UNITS_PER_TRANSACTION: usize = 50;
+/// etcd's default limit of operations in one transaction (`--max-txn-ops`),
+/// counted separately for compares and for puts.
+const ETCD_MAX_TXN_OPS: usize = 128;
+const _: () = assert!(MAX_UNITS_PER_TRANSACTION * election::KEYS_PER_ROUND <= ETCD_MAX_TXN_OPS);
 
 /// One unit's place in the rounds.
 struct Slot {
     election: Mutex<Election>,
     /// The epoch an operator asked to hand over (`logstream step-down`),
-    /// seen in the leader record read every round anyway; 0 when none
+    /// seen in the leader record every round reads (renewals too); 0 when none
     /// (epochs start at 1).
     step_down_asked: AtomicU64,
     /// When (elector clock) the unit's next round is due.
@@ -141,7 +148,8 @@ impl Shared {
                         }
                         log_event(name, outcome.event);
                         let asked = outcome
-                            .record
+                            .state
+                            .map(|s| s.record)
                             .filter(|r| {
                                 r.step_down_requested() && r.holder == election.incarnation()
                             })

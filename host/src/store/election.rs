@@ -1,32 +1,65 @@
 //! Lease election of one active host per processor, with epochs as fencing
 //! tokens (design: guarantee 1 and the timing model).
 //!
-//! The leader record at `("unit", UNIT, "leader")` holds the epoch, the
-//! holder (a host *incarnation*: host id plus a per-process nonce, so a
-//! restarted process never mistakes an old epoch for its own) and a renewal
-//! counter the leader bumps every heartbeat.
+//! Each unit has two records (`store::keys`):
 //!
-//! - A contender reads the record every heartbeat and decides the leader is
-//!   dead when `(epoch, renewal)` has not changed for the lease, measured on
-//!   its **own monotonic clock** from when it first saw that value — a clock
-//!   reading taken *after* the read returned, so a read delayed by the store
-//!   (a lock wait, throttling) never dates the value earlier than it was
-//!   seen. It then claims `epoch + 1` in the same serialisable transaction
-//!   as the read, which makes the claim a compare-and-set.
+//! - the **leader record** at `("unit", UNIT, "leader")`: the epoch, the
+//!   holder (a host *incarnation*: host id plus a per-process nonce, so a
+//!   restarted process never mistakes an old epoch for its own), whether it
+//!   was released, a pending step-down request and a preferred host. Every
+//!   fenced write reads it ([`check_fence`], `checkpoint::check_fence`), so
+//!   it is written only when leadership changes or is asked to: claims,
+//!   releases, step-down requests and preferred-host changes;
+//! - the **renewal record** at `("unit", UNIT, "renewal")`: `{epoch,
+//!   renewal, lease_ms}`, the heartbeat of the leader record's holder, who
+//!   bumps `renewal` every heartbeat and writes nothing else. Under
+//!   optimistic concurrency (FoundationDB, etcd) a fenced write that spans
+//!   several heartbeats — a large checkpoint — therefore never conflicts
+//!   with its own leader's renewals; were the counter in the leader record,
+//!   such a write would conflict, retry, run out of budget and the leader
+//!   would fence itself under load.
+//!
+//! The election stays serialisable through what each round reads: a
+//! renewal reads both records (the leader record, to check it still holds
+//! the epoch) and writes the renewal record; a claim reads both and writes
+//! both. Of a racing claim and renewal, whichever commits second read a key
+//! the first wrote, and fails with a conflict.
+//!
+//! - A contender reads both records every heartbeat and decides the leader
+//!   is dead when `(epoch, renewal)` has not changed for the lease, measured
+//!   on its **own monotonic clock** from when it first saw that value — a
+//!   clock reading taken *after* the read returned, so a read delayed by the
+//!   store (a lock wait, throttling) never dates the value earlier than it
+//!   was seen. It then claims `epoch + 1` in the same serialisable
+//!   transaction as the read, which makes the claim a compare-and-set.
 //! - The lease a contender waits is the longer of its own and the one the
-//!   record's holder wrote into it (`lease_ms`): hosts with different
+//!   holder wrote into its renewal record (`lease_ms`): hosts with different
 //!   timings never depose a leader that renews within its own lease.
 //! - The leader may act only until `start of its last successful renewal +
 //!   lease - margin` ([`Election::acting_epoch`]); it is quiet before any
 //!   contender can have waited out the lease.
 //! - A leader that reads a record it no longer holds is fenced: it becomes a
 //!   follower at once.
-//! - A graceful step-down marks the record released; contenders claim a
-//!   released record at once.
+//! - A graceful step-down marks the leader record released; contenders
+//!   claim a released record at once.
+//! - `logstream step-down` marks the epoch to hand over in the leader
+//!   record; the holder sees it in the record its renewals read.
 //! - A preferred host may be named; other contenders wait
 //!   [`ElectionTiming::preference_delay`] longer before claiming, and a
 //!   leader that is not the preferred host steps down when the preferred
 //!   host is alive (the driver checks membership).
+//!
+//! **Records of older hosts.** Before the renewal record existed the leader
+//! record itself carried `renewal` and `lease_ms` and its holder rewrote it
+//! every heartbeat. A renewal record counts only when its epoch is the
+//! leader record's ([`LeaderState`]); otherwise — absent, or left behind by
+//! an earlier epoch — contenders watch the leader record's own `renewal`
+//! and `lease_ms`, so a live old-format leader is neither deposed nor
+//! misread. This version never writes `renewal` into the leader record: an
+//! older host then fails to read a new record (its rounds fail loudly and it
+//! claims nothing) instead of watching a counter that never moves and
+//! deposing a live leader. Rewriting an old record (a step-down request, a
+//! preferred host) keeps those fields, so its older holder still reads it.
 //!
 //! [`Election`] is a pure state machine over injected time; [`step`] runs
 //! one round of it in a store transaction.
@@ -37,7 +70,9 @@ use serde::{Deserialize, Serialize};
 
 use super::clock::Clock;
 use super::keys;
-use super::kv::{transact, KvStore, KvTxn, RetryPolicy, StoreError, TransactError, TxnAbort};
+use super::kv::{
+    transact, KvStore, KvTxn, RetryPolicy, StoreError, TransactError, TxnAbort, TxnResult,
+};
 
 /// Default lease: a silent leader is replaced after this long.
 pub const DEFAULT_LEASE: Duration = Duration::from_millis(500);
@@ -48,6 +83,10 @@ pub const DEFAULT_MARGIN: Duration = Duration::from_millis(100);
 /// Fewest heartbeats a lease must span, so one lost renewal never costs
 /// the leadership.
 pub const MIN_HEARTBEATS_PER_LEASE: u32 = 3;
+/// Keys one unit's round reads (its leader and renewal records), and the
+/// most it writes (a claim writes both): what a batch of rounds costs in a
+/// store's per-transaction operation limit.
+pub const KEYS_PER_ROUND: usize = 2;
 
 /// The timing of an election; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,14 +139,14 @@ impl ElectionTiming {
     }
 }
 
-/// The stored leader record of one processor.
+/// The stored leader record of one unit: who holds which epoch. Written
+/// only by claims, releases, step-down requests and preferred-host changes
+/// (see the module docs), never by a renewal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderRecord {
     pub epoch: u64,
     /// The holder's incarnation id.
     pub holder: String,
-    /// Bumped by every renewal; a contender watches it change.
-    pub renewal: u64,
     /// Set by a graceful step-down: claim at once.
     #[serde(default)]
     pub released: bool,
@@ -115,14 +154,19 @@ pub struct LeaderRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preferred_host: Option<String>,
     /// Set by `logstream step-down` to the epoch it asks to hand over: the
-    /// holder of that epoch checkpoints and releases. Renewals carry it, a
-    /// claim (a new epoch) drops it, so a stale request never applies.
+    /// holder of that epoch checkpoints and releases. It stays until then;
+    /// a claim (a new epoch) writes a record without it, so a stale request
+    /// never applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_down_requested_epoch: Option<u64>,
-    /// The holder's lease, in milliseconds: contenders wait at least this
-    /// long (see the module docs). Absent in records of older hosts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease_ms: Option<u64>,
+    /// The renewal counter of a record written by an older host, which
+    /// renews by rewriting this record (module docs). This version never
+    /// sets it; it keeps it when rewriting such a record.
+    #[serde(rename = "renewal", default, skip_serializing_if = "Option::is_none")]
+    pub legacy_renewal: Option<u64>,
+    /// An older holder's lease, in milliseconds; as `legacy_renewal`.
+    #[serde(rename = "lease_ms", default, skip_serializing_if = "Option::is_none")]
+    pub legacy_lease_ms: Option<u64>,
 }
 
 impl LeaderRecord {
@@ -132,25 +176,111 @@ impl LeaderRecord {
     }
 }
 
+/// The stored renewal record of one unit: the heartbeat of the holder of
+/// `epoch`, the only thing a renewal writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewalRecord {
+    /// The epoch whose holder wrote it. One of another epoch than the
+    /// leader record's is stale and ignored ([`LeaderState::new`]).
+    pub epoch: u64,
+    /// Bumped by every renewal; a contender watches it change.
+    pub renewal: u64,
+    /// The holder's lease, in milliseconds: contenders wait at least this
+    /// long (see the module docs).
+    pub lease_ms: u64,
+}
+
+/// A unit's leader record and the renewal record of its epoch, as one
+/// round reads them (in one transaction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderState {
+    pub record: LeaderRecord,
+    /// `None` when there is none of the record's epoch: none yet, a stale
+    /// one, or the holder is an older host renewing the record itself.
+    pub renewal: Option<RenewalRecord>,
+}
+
+impl LeaderState {
+    /// The state of `record`, with `renewal` if it is of the same epoch.
+    pub fn new(record: LeaderRecord, renewal: Option<RenewalRecord>) -> Self {
+        let renewal = renewal.filter(|r| r.epoch == record.epoch);
+        LeaderState { record, renewal }
+    }
+
+    /// The renewal counter contenders watch: the renewal record's, else
+    /// the one an older holder keeps in the leader record, else 0.
+    pub fn renewal(&self) -> u64 {
+        match &self.renewal {
+            Some(r) => r.renewal,
+            None => self.record.legacy_renewal.unwrap_or(0),
+        }
+    }
+
+    /// The holder's lease in milliseconds, wherever it wrote it.
+    pub fn lease_ms(&self) -> Option<u64> {
+        match &self.renewal {
+            Some(r) => Some(r.lease_ms),
+            None => self.record.legacy_lease_ms,
+        }
+    }
+}
+
 /// What a round of the election wants written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Nothing to write (follower watching a live leader).
     Observe,
-    /// Claim the epoch in this record.
-    Claim(LeaderRecord),
-    /// Renew: write this record (renewal bumped).
-    Renew(LeaderRecord),
-    /// Step down: write this record (released).
+    /// Claim: write a fresh leader record of the next epoch and its
+    /// renewal record.
+    Claim {
+        record: LeaderRecord,
+        renewal: RenewalRecord,
+    },
+    /// Renew: write this renewal record (renewal bumped); the leader record
+    /// is only read.
+    Renew(RenewalRecord),
+    /// Step down: write this leader record (released).
     Release(LeaderRecord),
 }
 
 impl Decision {
-    fn record(&self) -> Option<&LeaderRecord> {
+    /// The state after this decision committed over `current` (what the
+    /// round read).
+    pub fn outcome(&self, current: Option<&LeaderState>) -> Option<LeaderState> {
         match self {
-            Decision::Observe => None,
-            Decision::Claim(r) | Decision::Renew(r) | Decision::Release(r) => Some(r),
+            Decision::Observe => current.cloned(),
+            Decision::Claim { record, renewal } => Some(LeaderState {
+                record: record.clone(),
+                renewal: Some(renewal.clone()),
+            }),
+            Decision::Renew(renewal) => current.map(|c| LeaderState {
+                record: c.record.clone(),
+                renewal: Some(renewal.clone()),
+            }),
+            Decision::Release(record) => Some(LeaderState::new(
+                record.clone(),
+                current.and_then(|c| c.renewal.clone()),
+            )),
         }
+    }
+
+    /// Write what this decision changes of unit `name` in `txn`.
+    fn write(&self, txn: &mut dyn KvTxn, name: &str) -> Result<(), StoreError> {
+        let (record, renewal) = match self {
+            Decision::Observe => (None, None),
+            Decision::Claim { record, renewal } => (Some(record), Some(renewal)),
+            Decision::Renew(renewal) => (None, Some(renewal)),
+            Decision::Release(record) => (Some(record), None),
+        };
+        if let Some(record) = record {
+            let value = serde_json::to_vec(record).expect("a leader record always serialises");
+            txn.set(&keys::leader(name), &value)?;
+        }
+        if let Some(renewal) = renewal {
+            let value = serde_json::to_vec(renewal).expect("a renewal record always serialises");
+            txn.set(&keys::renewal(name), &value)?;
+        }
+        Ok(())
     }
 }
 
@@ -192,8 +322,6 @@ pub struct Election {
     timing: ElectionTiming,
     role: Role,
     observed: Option<Observed>,
-    /// The record we last wrote as leader (to recognise our own renewals).
-    last_written: Option<LeaderRecord>,
     step_down_requested: bool,
 }
 
@@ -206,7 +334,6 @@ impl Election {
             timing,
             role: Role::Follower,
             observed: None,
-            last_written: None,
             step_down_requested: false,
         }
     }
@@ -249,7 +376,7 @@ impl Election {
         self.step_down_requested = true;
     }
 
-    /// Decide a round, given the record read in a transaction whose read
+    /// Decide a round, given the state read in a transaction whose read
     /// returned at `read_at` (this contender's clock): a contender dates what
     /// it saw by it, the conservative side (a leader counts its validity
     /// from the start of the transaction instead, in [`Election::apply`]).
@@ -258,32 +385,33 @@ impl Election {
     pub fn decide(
         &mut self,
         read_at: Duration,
-        current: Option<&LeaderRecord>,
+        current: Option<&LeaderState>,
         preferred_alive: bool,
     ) -> Decision {
         let Some(current) = current else {
-            return Decision::Claim(self.claim_record(0, None));
+            return self.claim(0, None);
         };
-        if current.holder == self.incarnation && !current.released {
+        let record = &current.record;
+        if record.holder == self.incarnation && !record.released {
             // We hold it (also after a commit whose outcome was unknown).
-            let prefers_other = current
+            let prefers_other = record
                 .preferred_host
                 .as_ref()
                 .is_some_and(|p| *p != self.host_id && preferred_alive);
             if self.step_down_requested || prefers_other {
                 return Decision::Release(LeaderRecord {
                     released: true,
-                    ..current.clone()
+                    ..record.clone()
                 });
             }
-            return Decision::Renew(LeaderRecord {
-                renewal: current.renewal + 1,
-                lease_ms: Some(self.lease_ms()),
-                ..current.clone()
+            return Decision::Renew(RenewalRecord {
+                epoch: record.epoch,
+                renewal: current.renewal() + 1,
+                lease_ms: self.lease_ms(),
             });
         }
         // Someone else's record (or our own released one).
-        let seen = (current.epoch, current.renewal);
+        let seen = (record.epoch, current.renewal());
         let since = match &self.observed {
             Some(o) if (o.epoch, o.renewal) == seen => o.since,
             _ => {
@@ -298,8 +426,8 @@ impl Election {
         let lease = self
             .timing
             .lease
-            .max(Duration::from_millis(current.lease_ms.unwrap_or(0)));
-        let other_preferred = current
+            .max(Duration::from_millis(current.lease_ms().unwrap_or(0)));
+        let other_preferred = record
             .preferred_host
             .as_ref()
             .is_some_and(|p| *p != self.host_id);
@@ -308,28 +436,38 @@ impl Election {
         } else {
             Duration::ZERO
         };
-        let own_release = current.released && current.holder == self.incarnation;
-        let claimable = if current.released && !own_release {
+        let own_release = record.released && record.holder == self.incarnation;
+        let claimable = if record.released && !own_release {
             read_at >= since + delay
         } else {
             read_at >= since + lease + delay
         };
         if claimable && !self.step_down_requested {
-            Decision::Claim(self.claim_record(current.epoch, current.preferred_host.clone()))
+            self.claim(record.epoch, record.preferred_host.clone())
         } else {
             Decision::Observe
         }
     }
 
-    fn claim_record(&self, previous_epoch: u64, preferred_host: Option<String>) -> LeaderRecord {
-        LeaderRecord {
-            epoch: previous_epoch + 1,
-            holder: self.incarnation.clone(),
-            renewal: 0,
-            released: false,
-            preferred_host,
-            step_down_requested_epoch: None,
-            lease_ms: Some(self.lease_ms()),
+    /// Claim the epoch after `previous_epoch`: a fresh leader record (no
+    /// step-down request, no legacy fields) and its first renewal.
+    fn claim(&self, previous_epoch: u64, preferred_host: Option<String>) -> Decision {
+        let epoch = previous_epoch + 1;
+        Decision::Claim {
+            record: LeaderRecord {
+                epoch,
+                holder: self.incarnation.clone(),
+                released: false,
+                preferred_host,
+                step_down_requested_epoch: None,
+                legacy_renewal: None,
+                legacy_lease_ms: None,
+            },
+            renewal: RenewalRecord {
+                epoch,
+                renewal: 0,
+                lease_ms: self.lease_ms(),
+            },
         }
     }
 
@@ -338,11 +476,11 @@ impl Election {
     }
 
     /// Apply the outcome of the round's commit. `committed` is false when
-    /// the transaction failed; `current` is the record it had read.
+    /// the transaction failed; `current` is the state it had read.
     pub fn apply(
         &mut self,
         started: Duration,
-        current: Option<&LeaderRecord>,
+        current: Option<&LeaderState>,
         decision: &Decision,
         committed: bool,
     ) -> Option<ElectionEvent> {
@@ -351,45 +489,43 @@ impl Election {
             // Keep the role; validity runs out on its own (acting_epoch).
             return None;
         }
+        let held = match decision {
+            Decision::Claim { record, .. } => Some(record.epoch),
+            Decision::Renew(renewal) => Some(renewal.epoch),
+            Decision::Release(_) | Decision::Observe => None,
+        };
+        if let Some(epoch) = held {
+            self.role = Role::Leader {
+                epoch,
+                valid_until: started + self.timing.validity(),
+            };
+            self.observed = None;
+            return match previous {
+                Role::Leader { epoch: was, .. } if was == epoch => None,
+                _ => Some(ElectionEvent::BecameLeader { epoch }),
+            };
+        }
         match decision {
-            Decision::Claim(record) | Decision::Renew(record) => {
-                self.role = Role::Leader {
-                    epoch: record.epoch,
-                    valid_until: started + self.timing.validity(),
-                };
-                self.last_written = Some(record.clone());
-                self.observed = None;
-                match previous {
-                    Role::Leader { epoch, .. } if epoch == record.epoch => None,
-                    _ => Some(ElectionEvent::BecameLeader {
-                        epoch: record.epoch,
-                    }),
-                }
-            }
             Decision::Release(record) => {
                 self.role = Role::Follower;
                 self.step_down_requested = false;
-                self.last_written = None;
                 self.observed = None;
                 Some(ElectionEvent::SteppedDown {
                     epoch: record.epoch,
                 })
             }
-            Decision::Observe => {
-                self.last_written = None;
-                match previous {
-                    Role::Leader { epoch, .. } => {
-                        self.role = Role::Follower;
-                        // Fenced: there is nothing left to step down from,
-                        // and a pending request must not stop us claiming
-                        // again later.
-                        self.step_down_requested = false;
-                        let by_epoch = current.map_or(epoch, |c| c.epoch);
-                        Some(ElectionEvent::Fenced { epoch, by_epoch })
-                    }
-                    Role::Follower => None,
+            _ => match previous {
+                Role::Leader { epoch, .. } => {
+                    self.role = Role::Follower;
+                    // Fenced: there is nothing left to step down from,
+                    // and a pending request must not stop us claiming
+                    // again later.
+                    self.step_down_requested = false;
+                    let by_epoch = current.map_or(epoch, |c| c.record.epoch);
+                    Some(ElectionEvent::Fenced { epoch, by_epoch })
                 }
-            }
+                Role::Follower => None,
+            },
         }
     }
 }
@@ -397,39 +533,66 @@ impl Election {
 /// Why a round failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ElectionError {
-    #[error("the leader record of '{processor}' is unreadable: {reason}")]
-    Corrupt { processor: String, reason: String },
+    #[error("the {record} of '{processor}' is unreadable: {reason}")]
+    Corrupt {
+        processor: String,
+        /// Which record: "leader record" or "renewal record".
+        record: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     Store(#[from] TransactError),
 }
 
-/// Read a processor's leader record inside a transaction.
-pub fn read_leader(txn: &mut dyn KvTxn, processor: &str) -> Result<Option<LeaderRecord>, TxnAbort> {
-    let Some(bytes) = txn.get(&keys::leader(processor))? else {
+/// Read and decode the JSON record at `key` inside a transaction.
+fn read_json<T: serde::de::DeserializeOwned>(
+    txn: &mut dyn KvTxn,
+    key: &[u8],
+    processor: &str,
+    record: &'static str,
+) -> Result<Option<T>, TxnAbort> {
+    let Some(bytes) = txn.get(key)? else {
         return Ok(None);
     };
     serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        TxnAbort::Abort(
-            ElectionError::Corrupt {
-                processor: processor.to_string(),
-                reason: e.to_string(),
-            }
-            .into(),
-        )
+        TxnAbort::with(ElectionError::Corrupt {
+            processor: processor.to_string(),
+            record,
+            reason: e.to_string(),
+        })
     })
+}
+
+/// Read a processor's leader record inside a transaction (the renewal
+/// record is not read: what the leader record says does not need it).
+pub fn read_leader(txn: &mut dyn KvTxn, processor: &str) -> Result<Option<LeaderRecord>, TxnAbort> {
+    read_json(txn, &keys::leader(processor), processor, "leader record")
+}
+
+/// Read a processor's leader state — both records — inside a transaction.
+/// Both keys are read even when there is no leader record, so every round
+/// conflicts with any claim or renewal committed while it ran.
+pub fn read_leader_state(
+    txn: &mut dyn KvTxn,
+    processor: &str,
+) -> Result<Option<LeaderState>, TxnAbort> {
+    let record = read_leader(txn, processor)?;
+    let renewal: Option<RenewalRecord> =
+        read_json(txn, &keys::renewal(processor), processor, "renewal record")?;
+    Ok(record.map(|record| LeaderState::new(record, renewal)))
 }
 
 /// The outcome of one [`step`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepOutcome {
     pub event: Option<ElectionEvent>,
-    /// The record as it stands after the round.
-    pub record: Option<LeaderRecord>,
+    /// The state as it stands after the round.
+    pub state: Option<LeaderState>,
 }
 
-/// Run one round for `processor`: read the record, decide, write, apply,
+/// Run one round for `processor`: read the records, decide, write, apply,
 /// reading `clock` just before the transaction begins and again right
-/// after the record was read (see [`Election::decide`]); `preferred_alive`
+/// after the records were read (see [`Election::decide`]); `preferred_alive`
 /// as there. A store failure leaves the role as it was (validity runs out
 /// by itself) and is returned.
 pub fn step(
@@ -451,11 +614,12 @@ pub fn step(
 }
 
 /// [`step`] for several elections (each `(name, election)`) in one
-/// transaction: every record is read, then the clock (so each contender
-/// dates what it saw no earlier than its read), then each decides and the
-/// writes commit together — a host renews all its units in one
+/// transaction: every unit's records are read, then the clock (so each
+/// contender dates what it saw no earlier than its read), then each decides
+/// and the writes commit together — a host renews all its units in one
 /// transaction per heartbeat. A store failure leaves every role as it was.
-/// Keep the batch within the store's limits (a few dozen records).
+/// Keep the batch within the store's limits (each unit reads and at most
+/// writes [`KEYS_PER_ROUND`] keys).
 pub fn step_many(
     store: &dyn KvStore,
     policy: &RetryPolicy,
@@ -465,35 +629,58 @@ pub fn step_many(
 ) -> Result<Vec<StepOutcome>, ElectionError> {
     let started = clock.now();
     let result = transact(store, policy, |txn| {
-        let mut current = Vec::with_capacity(elections.len());
-        for (name, _) in elections.iter() {
-            current.push(read_leader(txn, name)?);
-        }
-        let read_at = clock.now();
-        let mut decisions = Vec::with_capacity(elections.len());
-        for ((name, election), current) in elections.iter_mut().zip(&current) {
-            let decision = election.decide(read_at, current.as_ref(), preferred_alive);
-            if let Some(record) = decision.record() {
-                let value = serde_json::to_vec(record).expect("a leader record always serialises");
-                txn.set(&keys::leader(name), &value)?;
-            }
-            decisions.push(decision);
-        }
-        Ok((current, decisions))
+        round_in(txn, elections, clock, preferred_alive)
     });
     match result {
-        Ok((current, decisions)) => Ok(elections
-            .iter_mut()
-            .zip(current)
-            .zip(decisions)
-            .map(|(((_, election), current), decision)| {
-                let event = election.apply(started, current.as_ref(), &decision, true);
-                let record = decision.record().cloned().or(current);
-                StepOutcome { event, record }
-            })
-            .collect()),
+        Ok(round) => Ok(round.apply(elections, started)),
         Err(error) => Err(error.into_typed(ElectionError::Store)),
     }
+}
+
+/// What one round read and decided, per election, until its commit is
+/// known.
+#[derive(Debug)]
+struct Round {
+    current: Vec<Option<LeaderState>>,
+    decisions: Vec<Decision>,
+}
+
+impl Round {
+    /// Apply the committed round to its elections (in the same order).
+    fn apply(self, elections: &mut [(&str, &mut Election)], started: Duration) -> Vec<StepOutcome> {
+        elections
+            .iter_mut()
+            .zip(self.current)
+            .zip(self.decisions)
+            .map(|(((_, election), current), decision)| {
+                let event = election.apply(started, current.as_ref(), &decision, true);
+                let state = decision.outcome(current.as_ref());
+                StepOutcome { event, state }
+            })
+            .collect()
+    }
+}
+
+/// The body of one round's transaction: read every unit's records, read the
+/// clock, decide and write. Tests interleave it with other transactions.
+fn round_in(
+    txn: &mut dyn KvTxn,
+    elections: &mut [(&str, &mut Election)],
+    clock: &dyn Clock,
+    preferred_alive: bool,
+) -> TxnResult<Round> {
+    let mut current = Vec::with_capacity(elections.len());
+    for (name, _) in elections.iter() {
+        current.push(read_leader_state(txn, name)?);
+    }
+    let read_at = clock.now();
+    let mut decisions = Vec::with_capacity(elections.len());
+    for ((name, election), current) in elections.iter_mut().zip(&current) {
+        let decision = election.decide(read_at, current.as_ref(), preferred_alive);
+        decision.write(txn, name)?;
+        decisions.push(decision);
+    }
+    Ok(Round { current, decisions })
 }
 
 /// Name a preferred host for a processor (or clear it with `None`).
@@ -508,20 +695,21 @@ pub fn set_preferred_host(
         let record = read_leader(txn, processor)?.unwrap_or(LeaderRecord {
             epoch: 0,
             holder: String::new(),
-            renewal: 0,
             released: true,
             preferred_host: None,
             step_down_requested_epoch: None,
-            lease_ms: None,
+            legacy_renewal: None,
+            legacy_lease_ms: None,
         });
+        // `..record` keeps an older holder's fields (module docs).
         let record = LeaderRecord {
             preferred_host: host_id.map(str::to_string),
             ..record
         };
         txn.set(&key, &serde_json::to_vec(&record).expect("serialises"))?;
         Ok(())
-    })?;
-    Ok(())
+    })
+    .map_err(|error| error.into_typed(ElectionError::Store))
 }
 
 /// Ask the leader of `unit` to hand over (`logstream step-down`): mark its
@@ -546,6 +734,7 @@ pub fn request_step_down(
             return Ok(None);
         }
         if !record.step_down_requested() {
+            // `..record` keeps an older holder's fields (module docs).
             let marked = LeaderRecord {
                 step_down_requested_epoch: Some(record.epoch),
                 ..record.clone()
@@ -570,6 +759,8 @@ pub struct Fenced {
 /// Inside a transaction, refuse unless `incarnation` holds `epoch` of
 /// `processor`. Every write made on behalf of a processor calls this first,
 /// so a zombie's write conflicts with, or is refused after, a newer claim.
+/// It reads the leader record only, never the renewal record, so the
+/// leader's own renewals do not conflict with its writes (module docs).
 pub fn check_fence(
     txn: &mut dyn KvTxn,
     processor: &str,
@@ -603,6 +794,10 @@ impl From<StoreError> for ElectionError {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "election_occ_tests.rs"]
+mod occ_tests;
 
 #[cfg(test)]
 mod tests {
@@ -642,6 +837,27 @@ mod tests {
 
     fn contender(name: &str) -> Election {
         Election::new(name, &format!("{name}#1"), ElectionTiming::default())
+    }
+
+    /// The state of a live leader `holder` of `epoch` at `renewal`, as
+    /// this version writes it (with its renewal record).
+    fn held(epoch: u64, holder: &str, renewal: u64, preferred_host: Option<&str>) -> LeaderState {
+        LeaderState {
+            record: LeaderRecord {
+                epoch,
+                holder: holder.into(),
+                released: false,
+                preferred_host: preferred_host.map(str::to_string),
+                step_down_requested_epoch: None,
+                legacy_renewal: None,
+                legacy_lease_ms: None,
+            },
+            renewal: Some(RenewalRecord {
+                epoch,
+                renewal,
+                lease_ms: DEFAULT_LEASE.as_millis() as u64,
+            }),
+        }
     }
 
     #[test]
@@ -686,7 +902,7 @@ mod tests {
             assert_eq!(world.round(&mut b).event, None);
             assert_eq!(a.acting_epoch(world.clock.now()), Some(1));
         }
-        assert_eq!(world.round(&mut a).record.unwrap().renewal, 51);
+        assert_eq!(world.round(&mut a).state.unwrap().renewal(), 51);
     }
 
     #[test]
@@ -742,7 +958,7 @@ mod tests {
         assert_eq!(a.acting_epoch(committed_at), Some(1));
         assert_eq!(a.acting_epoch(t0 + DEFAULT_LEASE - DEFAULT_MARGIN), None);
         // A failed renewal leaves the role but not the right to act.
-        let record = decision.record().cloned().unwrap();
+        let record = decision.outcome(None).unwrap();
         let later = t0 + Duration::from_millis(100);
         let renewal = a.decide(later, Some(&record), false);
         a.apply(later, Some(&record), &renewal, false);
@@ -772,7 +988,7 @@ mod tests {
     }
 
     #[test]
-    fn a_step_down_request_names_the_epoch_renewals_keep_it_and_a_claim_drops_it() {
+    fn a_step_down_request_names_the_epoch_renewals_see_it_and_a_claim_drops_it() {
         let world = World::new();
         let (mut a, mut b) = (contender("a"), contender("b"));
         assert_eq!(
@@ -791,15 +1007,15 @@ mod tests {
             .unwrap();
         assert_eq!(asked.epoch, 1);
         world.tick();
-        let renewed = world.round(&mut a).record.unwrap();
+        let renewed = world.round(&mut a).state.unwrap().record;
         assert!(renewed.step_down_requested(), "{renewed:?}");
         // The holder releases (the unit does after its final checkpoint)...
         a.request_step_down();
         world.tick();
-        let released = world.round(&mut a).record.unwrap();
+        let released = world.round(&mut a).state.unwrap().record;
         assert!(released.released && !released.step_down_requested());
         // ...the other claims at once, with a clean record.
-        let claimed = world.round(&mut b).record.unwrap();
+        let claimed = world.round(&mut b).state.unwrap().record;
         assert_eq!(
             (claimed.epoch, claimed.step_down_requested_epoch),
             (2, None)
@@ -820,15 +1036,7 @@ mod tests {
         let claim = a.decide(t0, None, false);
         a.apply(t0, None, &claim, true);
         a.request_step_down();
-        let other = LeaderRecord {
-            epoch: 2,
-            holder: "b#1".into(),
-            renewal: 0,
-            released: false,
-            preferred_host: None,
-            step_down_requested_epoch: None,
-            lease_ms: None,
-        };
+        let other = held(2, "b#1", 0, None);
         let later = t0 + DEFAULT_HEARTBEAT;
         let observe = a.decide(later, Some(&other), false);
         assert_eq!(observe, Decision::Observe);
@@ -836,7 +1044,7 @@ mod tests {
         // Free to claim once b's lease runs out.
         let much_later = later + DEFAULT_LEASE;
         assert!(
-            matches!(a.decide(much_later, Some(&other), false), Decision::Claim(r) if r.epoch == 3)
+            matches!(a.decide(much_later, Some(&other), false), Decision::Claim { record, .. } if record.epoch == 3)
         );
     }
 
@@ -914,22 +1122,14 @@ mod tests {
     #[test]
     fn a_non_preferred_contender_waits_the_preference_delay_longer() {
         let mut c = contender("c");
-        let record = LeaderRecord {
-            epoch: 3,
-            holder: "a#1".into(),
-            renewal: 7,
-            released: false,
-            preferred_host: Some("b".into()),
-            step_down_requested_epoch: None,
-            lease_ms: None,
-        };
+        let record = held(3, "a#1", 7, Some("b"));
         let t0 = Duration::from_secs(1);
         assert_eq!(c.decide(t0, Some(&record), false), Decision::Observe);
         let at_lease = t0 + DEFAULT_LEASE;
         assert_eq!(c.decide(at_lease, Some(&record), false), Decision::Observe);
         let later = t0 + DEFAULT_LEASE + ElectionTiming::default().preference_delay();
         assert!(
-            matches!(c.decide(later, Some(&record), false), Decision::Claim(r) if r.epoch == 4)
+            matches!(c.decide(later, Some(&record), false), Decision::Claim { record, .. } if record.epoch == 4)
         );
     }
 
@@ -940,7 +1140,7 @@ mod tests {
         let t0 = Duration::from_secs(10);
         let claim = a.decide(t0, None, false);
         a.apply(t0, None, &claim, true);
-        let record = claim.record().cloned().unwrap();
+        let record = claim.outcome(None).unwrap();
         // b's transaction starts at t0 but its read waits 300 ms on the
         // store (say, behind a's lock) and sees a's fresh record.
         let read_at = t0 + Duration::from_millis(300);
@@ -959,7 +1159,7 @@ mod tests {
         let at = read_at + DEFAULT_LEASE;
         assert!(matches!(
             b.decide(at, Some(&record), false),
-            Decision::Claim(r) if r.epoch == 2
+            Decision::Claim { record, .. } if record.epoch == 2
         ));
     }
 
@@ -975,8 +1175,8 @@ mod tests {
         let t0 = Duration::from_secs(10);
         let claim = a.decide(t0, None, false);
         a.apply(t0, None, &claim, true);
-        let record = claim.record().cloned().unwrap();
-        assert_eq!(record.lease_ms, Some(5_000));
+        let record = claim.outcome(None).unwrap();
+        assert_eq!(record.lease_ms(), Some(5_000));
         assert_eq!(b.decide(t0, Some(&record), false), Decision::Observe);
         // b's own lease (500 ms) has long passed, a's has not: a renews
         // every second and must not be deposed between renewals.
@@ -985,8 +1185,125 @@ mod tests {
         let after = t0 + Duration::from_secs(5);
         assert!(matches!(
             b.decide(after, Some(&record), false),
-            Decision::Claim(_)
+            Decision::Claim { .. }
         ));
+    }
+
+    /// The leader record's bytes, as fenced writes read them.
+    fn leader_bytes(world: &World) -> Option<Vec<u8>> {
+        let mut txn = world.store.begin().unwrap();
+        txn.get(&keys::leader(P)).unwrap()
+    }
+
+    fn set_raw(world: &World, key: &[u8], value: &[u8]) {
+        transact(&world.store, &world.policy, |txn| Ok(txn.set(key, value)?)).unwrap();
+    }
+
+    #[test]
+    fn renewals_write_the_renewal_record_and_never_the_leader_record() {
+        let world = World::new();
+        let mut a = contender("a");
+        world.round(&mut a);
+        let claimed = leader_bytes(&world);
+        for renewal in 1..=10 {
+            world.tick();
+            let state = world.round(&mut a).state.unwrap();
+            assert_eq!(
+                state.renewal,
+                Some(RenewalRecord {
+                    epoch: 1,
+                    renewal,
+                    lease_ms: DEFAULT_LEASE.as_millis() as u64,
+                })
+            );
+        }
+        assert_eq!(leader_bytes(&world), claimed);
+        // Nor does this version write the old fields into the record: an
+        // older host refuses it rather than depose its leader.
+        let json: serde_json::Value = serde_json::from_slice(&claimed.unwrap()).unwrap();
+        assert_eq!(json.get("renewal"), None);
+        assert_eq!(json.get("lease_ms"), None);
+    }
+
+    /// What an older host wrote when it claimed (epoch 3, its lease 1 s),
+    /// over a renewal record left by an earlier epoch's newer holder.
+    fn old_format_leader(world: &World) {
+        set_raw(
+            world,
+            &keys::leader(P),
+            br#"{"epoch":3,"holder":"old#1","renewal":0,"released":false,"lease_ms":1000}"#,
+        );
+        set_raw(
+            world,
+            &keys::renewal(P),
+            br#"{"epoch":2,"renewal":40,"lease_ms":500}"#,
+        );
+    }
+
+    /// One heartbeat of the older host: it bumps the record's own counter.
+    fn old_format_renewal(world: &World) {
+        transact(&world.store, &world.policy, |txn| {
+            let record = read_leader(txn, P)?.unwrap();
+            let renewed = LeaderRecord {
+                legacy_renewal: Some(record.legacy_renewal.unwrap() + 1),
+                ..record
+            };
+            txn.set(&keys::leader(P), &serde_json::to_vec(&renewed).unwrap())?;
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_live_leader_of_an_older_version_is_watched_through_its_own_record() {
+        let world = World::new();
+        old_format_leader(&world);
+        let mut b = contender("b");
+        // The stale renewal record (epoch 2) is ignored: b watches the
+        // record's own counter, which the older leader keeps bumping.
+        let state = world.round(&mut b).state.unwrap();
+        assert_eq!(
+            (&state.renewal, state.renewal(), state.lease_ms()),
+            (&None, 0, Some(1000))
+        );
+        for _ in 0..30 {
+            world.tick();
+            old_format_renewal(&world);
+            assert_eq!(world.round(&mut b).event, None, "deposed a live leader");
+        }
+        // Once it falls silent, b waits out the older holder's lease (1 s,
+        // longer than its own), then claims.
+        let silent_at = world.clock.now();
+        while world.clock.now() + DEFAULT_HEARTBEAT < silent_at + Duration::from_secs(1) {
+            world.tick();
+            assert_eq!(world.round(&mut b).event, None, "claimed before the lease");
+        }
+        world
+            .clock
+            .advance(silent_at + Duration::from_secs(1) - world.clock.now());
+        assert_eq!(
+            world.round(&mut b).event,
+            Some(ElectionEvent::BecameLeader { epoch: 4 })
+        );
+        let state = world.round(&mut b).state.unwrap();
+        assert_eq!((state.record.legacy_renewal, state.renewal()), (None, 1));
+    }
+
+    #[test]
+    fn a_step_down_request_keeps_an_older_records_own_fields() {
+        let world = World::new();
+        old_format_leader(&world);
+        let asked = request_step_down(&world.store, &world.policy, P, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!((asked.epoch, asked.holder.as_str()), (3, "old#1"));
+        let json: serde_json::Value =
+            serde_json::from_slice(&leader_bytes(&world).unwrap()).unwrap();
+        assert_eq!(json["step_down_requested_epoch"], 3);
+        assert_eq!(
+            (json["renewal"].as_u64(), json["lease_ms"].as_u64()),
+            (Some(0), Some(1000))
+        );
     }
 
     /// Lease exclusivity under arbitrary store delays: two contenders whose
@@ -1069,12 +1386,12 @@ mod tests {
         /// A round in flight: its start, and what its read saw.
         struct InFlight {
             start: Micros,
-            seen: Option<LeaderRecord>,
+            seen: Option<LeaderState>,
             seen_version: u64,
             decision: Decision,
         }
 
-        /// Run both contenders' rounds against one record with optimistic
+        /// Run both contenders' rounds against one unit's records with optimistic
         /// commits, event by event in real-time order (a read sees the
         /// commits before it; a commit fails if a write landed since its
         /// read); returns both acting histories.
@@ -1088,7 +1405,7 @@ mod tests {
                 Commit,
             }
             let heartbeat = DEFAULT_HEARTBEAT.as_micros() as u64;
-            let mut record: Option<LeaderRecord> = None;
+            let mut state: Option<LeaderState> = None;
             let mut version = 0u64;
             let mut in_flight: [Option<InFlight>; 2] = [None, None];
             let mut current: [Option<Round>; 2] = [None, None];
@@ -1115,19 +1432,19 @@ mod tests {
                     Event::Read => {
                         let round = current[who].as_ref().expect("a round in flight");
                         let flight = in_flight[who].as_mut().expect("a round in flight");
-                        flight.seen = record.clone();
+                        flight.seen = state.clone();
                         flight.seen_version = version;
-                        flight.decision = c.election.decide(c.clock(now), record.as_ref(), false);
+                        flight.decision = c.election.decide(c.clock(now), state.as_ref(), false);
                         events.push(Reverse((now + round.commit_delay, who, Event::Commit)));
                     }
                     Event::Commit => {
                         let flight = in_flight[who].take().expect("a round in flight");
                         let committed = flight.seen_version == version;
-                        if committed {
-                            if let Some(written) = flight.decision.record() {
-                                record = Some(written.clone());
-                                version += 1;
-                            }
+                        // Every round reads both records, so a write of
+                        // either fails every round in flight (one version).
+                        if committed && flight.decision != Decision::Observe {
+                            state = flight.decision.outcome(flight.seen.as_ref());
+                            version += 1;
                         }
                         c.election.apply(
                             c.clock(flight.start),

@@ -5,7 +5,8 @@
 //! | key | value |
 //! |---|---|
 //! | `("meta", "deployment")` | the deployment's name (`store::deployment`) |
-//! | `("unit", UNIT, "leader")` | a unit's leader record (election) |
+//! | `("unit", UNIT, "leader")` | a unit's leader record: epoch, holder, release, step-down request, preferred host (election); written only by claims, releases, step-down requests and preferred-host changes — the key every fenced write reads |
+//! | `("unit", UNIT, "renewal")` | the heartbeat of the leader record's epoch: `{epoch, renewal, lease_ms}` (election); rewritten every heartbeat, read by the election only, never by fenced writes |
 //! | `("unit", UNIT, "ckpt", "current")` | pointer to the current checkpoint generation |
 //! | `("unit", UNIT, "ckpt", "gen", GEN, …)` | one checkpoint generation: metadata and chunks |
 //! | `("unit", UNIT, "producer")` | the unit's producer generation (`pipeline::fenced`) |
@@ -36,9 +37,16 @@ pub fn unit(name: &str) -> Subspace {
     units().subspace(&name)
 }
 
-/// The leader record of a unit.
+/// The leader record of a unit: what fenced writes read, so it changes
+/// only when leadership does (never on a heartbeat).
 pub fn leader(name: &str) -> Vec<u8> {
     unit(name).pack(&"leader")
+}
+
+/// The renewal record of a unit: the leader's heartbeat, kept apart from
+/// [`leader`] so a renewal never conflicts with a fenced write.
+pub fn renewal(name: &str) -> Vec<u8> {
+    unit(name).pack(&"renewal")
 }
 
 /// The subspace of a unit's checkpoints.
@@ -94,6 +102,9 @@ mod tests {
     fn keys_of_one_unit_share_its_prefix_and_not_anothers() {
         let a = unit("a/1");
         assert!(leader("a/1").starts_with(a.bytes()));
+        assert!(renewal("a/1").starts_with(a.bytes()));
+        assert_ne!(renewal("a/1"), leader("a/1"));
+        assert!(!checkpoints("a/1").is_start_of(&renewal("a/1")));
         assert!(checkpoints("a/1").bytes().starts_with(a.bytes()));
         assert!(producer("a/1").starts_with(a.bytes()));
         assert!(!leader("a/11").starts_with(a.bytes()));

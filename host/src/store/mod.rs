@@ -13,7 +13,9 @@
 //! - [`membership`]: host registration, heartbeats and liveness;
 //! - [`checkpoint`]: fenced, chunked checkpoints of processor state;
 //! - [`producer_generation`]: which transactional id a unit produces as;
-//! - [`registry`]: content-addressed modules and processor specs.
+//! - [`registry`]: content-addressed modules and processor specs;
+//! - `occ_memory` (tests only): an in-memory store with optimistic
+//!   concurrency, to test the logic above against conflicts SQLite hides.
 
 pub mod checkpoint;
 pub mod clock;
@@ -22,6 +24,8 @@ pub mod election;
 pub mod keys;
 pub mod kv;
 pub mod membership;
+#[cfg(test)]
+pub(crate) mod occ_memory;
 pub mod producer_generation;
 pub mod registry;
 pub mod sqlite;

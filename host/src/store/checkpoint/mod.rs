@@ -15,7 +15,9 @@
 //! - **One writer.** Every transaction that writes (allocation, chunks,
 //!   commit, garbage collection) reads the leader record in the same
 //!   transaction and is refused with [`CheckpointError::Fenced`] unless the
-//!   record's epoch is the writer's. A zombie can at most leave chunks of a
+//!   record's epoch is the writer's. The leader record changes only with
+//!   leadership (renewals write the separate renewal record), so a slow
+//!   checkpoint never conflicts with its own leader's heartbeat. A zombie can at most leave chunks of a
 //!   generation that never becomes current; the leader's next garbage
 //!   collection removes them.
 //! - **Atomic switch.** A generation becomes current — with its offsets and
@@ -315,7 +317,10 @@ impl CurrentPointer {
 
 /// The epoch of a processor's leader record, read inside `txn` (so a write
 /// in the same transaction is fenced by it). Only the `epoch` field is read;
-/// the rest of the record belongs to the election.
+/// the rest of the record belongs to the election. Only the leader record
+/// is read, never the renewal record (`keys::renewal`): the leader's
+/// heartbeat rewrites that one, and under optimistic concurrency a
+/// checkpoint spanning a heartbeat would conflict with it.
 pub fn read_leader_epoch(txn: &mut dyn KvTxn, name: &str) -> TxnResult<Option<u64>> {
     #[derive(Deserialize)]
     struct EpochOnly {
