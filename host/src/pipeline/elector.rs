@@ -40,10 +40,10 @@ const PASSIVE_OBSERVATIONS_PER_HEARTBEAT: u32 = 4;
 /// transaction (each unit costs [`election::KEYS_PER_ROUND`] compares —
 /// its leader and renewal records — and at most as many puts, a claim).
 pub const MAX_UNITS_PER_TRANSACTION: usize = 50;
-/// etcd's default limit of operations in one transaction (`--max-txn-ops`),
-/// counted separately for compares and for puts.
-const ETCD_MAX_TXN_OPS: usize = 128;
-const _: () = assert!(MAX_UNITS_PER_TRANSACTION * election::KEYS_PER_ROUND <= ETCD_MAX_TXN_OPS);
+// Each unit of a round reads and writes at most `KEYS_PER_ROUND` keys.
+const _: () = assert!(
+    MAX_UNITS_PER_TRANSACTION * election::KEYS_PER_ROUND <= crate::store::kv::MAX_TXN_OPERATIONS
+);
 
 /// One unit's place in the rounds.
 struct Slot {

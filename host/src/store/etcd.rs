@@ -50,14 +50,17 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, Txn, TxnOp,
 };
 
-use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, MAX_TXN_WRITE_BYTES};
+use super::kv::{
+    check_write, KeyValue, KvStore, KvTxn, StoreError, MAX_TXN_OPERATIONS, MAX_TXN_WRITE_BYTES,
+};
 
 /// The key prefix of a store whose URL names none.
 pub const DEFAULT_PREFIX: &str = "logstream/";
 
-/// Most compares, and most write operations, in one `Txn`: 128, etcd's
-/// `--max-txn-ops` default (a larger `Txn` is refused by the server).
-pub const MAX_TXN_OPS: usize = 128;
+/// Most compares, and most write operations, in one `Txn`: the contract's
+/// [`MAX_TXN_OPERATIONS`], etcd's `--max-txn-ops` default (a larger `Txn`
+/// is refused by the server).
+pub const MAX_TXN_OPS: usize = MAX_TXN_OPERATIONS;
 
 /// Largest `Txn` request: 1.5 MiB, etcd's `--max-request-bytes` default,
 /// less 64 KiB for the request's framing and compares' keys we do not

@@ -25,6 +25,13 @@ pub const MAX_TXN_WRITE_BYTES: usize = 1_000_000;
 /// the backend's directory prefix (which FoundationDB counts).
 pub const MAX_KEY_BYTES: usize = 9_900;
 
+/// Most keys and ranges a transaction that writes may read, and most keys
+/// and ranges it may write: 128, etcd's `--max-txn-ops` default (each read
+/// becomes a compare of its one `Txn`, each write an operation). The etcd
+/// backend refuses more with [`StoreError::TooLarge`]; logic above the
+/// contract keeps its batches within it so every backend accepts them.
+pub const MAX_TXN_OPERATIONS: usize = 128;
+
 /// A key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
