@@ -8,18 +8,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rows=target/tmp/reliability
-rm -rf "$rows"
-scripts/build-plugins.sh >/dev/null
+# RELIABILITY_ROWS=DIR assembles the table from the rows a test run already
+# wrote there (e.g. a CI clone's target/tmp/reliability) without running the
+# suites again.
 status=0
-# The suites whose scenarios write rows (host/tests/common/reliability.rs).
-suites=(pipeline_failover exactly_once_paths election_processes capacity many_units hostile_input checkpoint_faults)
-# --include-ignored: scenarios quarantined from CI (known intermittent
-# failures) still belong in the table.
-for suite in "${suites[@]}"; do
-    [[ -f host/tests/$suite.rs ]] || continue
-    cargo test -p logstream-host --features failpoints --test "$suite" -- --include-ignored --test-threads=1 || status=$?
-done
+if [[ -n ${RELIABILITY_ROWS:-} ]]; then
+    rows=$RELIABILITY_ROWS
+    [[ -n $(ls "$rows"/*.row 2>/dev/null) ]] || { echo "no rows in $rows" >&2; exit 1; }
+else
+    rows=target/tmp/reliability
+    rm -rf "$rows"
+    scripts/build-plugins.sh >/dev/null
+    # The suites whose scenarios write rows (host/tests/common/reliability.rs).
+    suites=(pipeline_failover exactly_once_paths election_processes capacity many_units hostile_input checkpoint_faults)
+    # --include-ignored: scenarios quarantined from CI (known intermittent
+    # failures) still belong in the table.
+    for suite in "${suites[@]}"; do
+        [[ -f host/tests/$suite.rs ]] || continue
+        cargo test -p logstream-host --features failpoints --test "$suite" -- --include-ignored --test-threads=1 || status=$?
+    done
+fi
 
 {
     echo "# Reliability: fault-injection results"
@@ -28,7 +36,8 @@ done
     echo "\`host/tests/pipeline_failover.rs\`, \`exactly_once_paths.rs\`,"
     echo "\`election_processes.rs\`, \`capacity.rs\`, \`many_units.rs\`, \`hostile_input.rs\` and \`checkpoint_faults.rs\`"
     echo "write; do not edit by hand. Every scenario runs the real \`logstream\` binary"
-    echo "against a real tansu broker and the SQLite store."
+    echo "against a real tansu broker and a real store: the SQLite file, or (scenarios"
+    echo "marked *on etcd*) a three-member etcd cluster."
     echo
     echo "- *Failover scenarios* (pipeline_failover): two \`logstream host\` processes"
     echo "  with \`passthrough\` and \`level-counter\` on 3 partitions while records are"
@@ -52,6 +61,12 @@ done
     echo "  or added (0: the store is byte-identical)."
     echo "- *Checkpoint faults* (checkpoint_faults): corrupt or unrestorable"
     echo "  checkpoint generations met at a takeover, and incompatible state versions."
+    echo "- *etcd and separate machines* (pipeline_failover, election_processes): the"
+    echo "  same scenarios on a three-member etcd cluster, its members killed and its"
+    echo "  quorum lost; and each host on a simulated machine of its own (a network"
+    echo "  namespace, \`scripts/netns.sh\`) whose links to the store and to the broker"
+    echo "  are cut: the whole machine, the store only, the broker only, the broker for"
+    echo "  every host, and flapping links."
     echo
     echo "Run $(date -u +%Y-%m-%d) on $(nproc) vCPUs, PIPELINE_KILLS=${PIPELINE_KILLS:-20};"
     echo "test exit status $status. A row whose outcome is not \"identical\" is a"
