@@ -5,9 +5,11 @@
 //! **optimistic concurrency**, the same conflict semantics as FoundationDB:
 //!
 //! - **Snapshot.** A transaction's first read is linearizable and fixes its
-//!   snapshot revision; every later read is at that revision, so the
-//!   transaction sees one consistent state. A snapshot compacted away under
-//!   it is a [`StoreError::Conflict`] (retry at a fresh revision).
+//!   snapshot revision; every later read is at that revision (served by the
+//!   member from its own copy of the history, without a round through the
+//!   Raft leader), so the transaction sees one consistent state. A snapshot
+//!   compacted away under it, or not yet applied by the member asked, is a
+//!   [`StoreError::Conflict`] (retry at a fresh revision).
 //! - **Writes are buffered** in the transaction and read back by its own
 //!   reads (sets, clears and cleared ranges overlay the snapshot).
 //! - **Commit is one conditional `Txn`**: compares that every key read still
@@ -22,7 +24,7 @@
 //!   reset, member down) may have been applied: [`StoreError::CommitUnknown`],
 //!   which [`transact`](super::transact) retries with the idempotent body.
 //! - **Limits.** The contract's limits ([`MAX_VALUE_BYTES`](super::kv::MAX_VALUE_BYTES),
-//!   [`MAX_TXN_WRITE_BYTES`]) are enforced as on every backend, and etcd's
+//!   [`MAX_TXN_WRITE_BYTES`](super::kv::MAX_TXN_WRITE_BYTES)) are enforced as on every backend, and etcd's
 //!   own are checked before sending: at most [`MAX_TXN_OPS`] compares and
 //!   [`MAX_TXN_OPS`] writes per `Txn` (etcd's `--max-txn-ops` default) and a
 //!   request under [`MAX_REQUEST_BYTES`] (its `--max-request-bytes`
@@ -51,7 +53,7 @@ use etcd_client::{
 };
 
 use super::kv::{
-    check_write, KeyValue, KvStore, KvTxn, StoreError, MAX_TXN_OPERATIONS, MAX_TXN_WRITE_BYTES,
+    check_write, KeyValue, KvStore, KvTxn, StoreError, WriteBudget, MAX_TXN_OPERATIONS,
 };
 
 /// The key prefix of a store whose URL names none.
@@ -248,7 +250,8 @@ fn status(error: &etcd_client::Error) -> Option<&tonic::Status> {
 fn read_error(error: etcd_client::Error) -> StoreError {
     use tonic::Code;
     match status(&error) {
-        // The snapshot revision was compacted: retry at a fresh one.
+        // The snapshot revision was compacted, or the member has not
+        // applied it yet: retry at a fresh one.
         Some(s) if s.code() == Code::OutOfRange => StoreError::Conflict,
         Some(s)
             if matches!(
@@ -291,7 +294,7 @@ impl KvStore for EtcdStore {
             read_keys: BTreeMap::new(),
             read_ranges: Vec::new(),
             writes: Writes::default(),
-            written_bytes: 0,
+            written: WriteBudget::default(),
         }))
     }
 
@@ -456,18 +459,12 @@ struct EtcdTxn<'a> {
     /// Spans `[begin, end)` a range read covered in the snapshot.
     read_ranges: Vec<(Vec<u8>, Vec<u8>)>,
     writes: Writes,
-    written_bytes: usize,
+    written: WriteBudget,
 }
 
 impl EtcdTxn<'_> {
     fn account(&mut self, bytes: usize) -> Result<(), StoreError> {
-        self.written_bytes += bytes;
-        if self.written_bytes > MAX_TXN_WRITE_BYTES {
-            return Err(StoreError::TooLarge(format!(
-                "the transaction writes more than {MAX_TXN_WRITE_BYTES} bytes"
-            )));
-        }
-        Ok(())
+        self.written.spend(bytes)
     }
 
     /// Read `[begin, end)` (or the key `begin` when `end` is `None`) from
@@ -482,6 +479,13 @@ impl EtcdTxn<'_> {
         let mut options = GetOptions::new()
             .with_revision(self.snapshot.unwrap_or(0))
             .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        if self.snapshot.is_some() {
+            // At a fixed revision every member holds the same history, so
+            // the member may answer from its own store without a round
+            // through the Raft leader. A member that has not applied the
+            // revision yet answers "future revision": a conflict, retried.
+            options = options.with_serializable();
+        }
         if let Some(end) = end {
             options = options.with_range(self.store.key(end));
         }

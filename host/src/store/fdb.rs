@@ -38,7 +38,7 @@ use foundationdb::options::{DatabaseOption, StreamingMode};
 use foundationdb::{Database, FdbError, KeySelector, RangeOption, Transaction};
 use futures::executor::block_on;
 
-use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, MAX_TXN_WRITE_BYTES};
+use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, WriteBudget};
 
 /// The directory-layer path whose subspace holds every key of the store.
 pub const DIRECTORY: &str = "logstream";
@@ -248,7 +248,7 @@ impl KvStore for FdbStore {
         Ok(Box::new(FdbTxn {
             trx,
             prefix: &self.prefix,
-            written_bytes: 0,
+            written: WriteBudget::default(),
         }))
     }
 
@@ -268,7 +268,7 @@ struct FdbTxn<'a> {
     prefix: &'a [u8],
     /// Bytes of keys and values written so far, counted like the SQLite
     /// backend counts them (contract keys, without the prefix).
-    written_bytes: usize,
+    written: WriteBudget,
 }
 
 impl FdbTxn<'_> {
@@ -280,13 +280,7 @@ impl FdbTxn<'_> {
     }
 
     fn account(&mut self, bytes: usize) -> Result<(), StoreError> {
-        self.written_bytes += bytes;
-        if self.written_bytes > MAX_TXN_WRITE_BYTES {
-            return Err(StoreError::TooLarge(format!(
-                "the transaction writes more than {MAX_TXN_WRITE_BYTES} bytes"
-            )));
-        }
-        Ok(())
+        self.written.spend(bytes)
     }
 }
 

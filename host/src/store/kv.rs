@@ -225,6 +225,29 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; prefix.len() + 1]
 }
 
+/// The bytes a transaction has written so far, against
+/// [`MAX_TXN_WRITE_BYTES`]: keys and values of sets, keys of clears, both
+/// ends of cleared ranges — counted the same way by every backend, so all
+/// accept and refuse the same transactions.
+#[derive(Debug, Default)]
+pub(crate) struct WriteBudget {
+    written: usize,
+}
+
+impl WriteBudget {
+    /// Count `bytes` more; refuse once the total passes the limit (and go
+    /// on refusing: the budget stays spent).
+    pub(crate) fn spend(&mut self, bytes: usize) -> Result<(), StoreError> {
+        self.written += bytes;
+        if self.written > MAX_TXN_WRITE_BYTES {
+            return Err(StoreError::TooLarge(format!(
+                "the transaction writes more than {MAX_TXN_WRITE_BYTES} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Check a write against the limits.
 pub(crate) fn check_write(key: &[u8], value: &[u8]) -> Result<(), StoreError> {
     if key.len() > MAX_KEY_BYTES {

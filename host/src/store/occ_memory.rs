@@ -28,7 +28,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, MAX_TXN_WRITE_BYTES};
+use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, WriteBudget};
 
 /// A key range `[begin, end)`.
 type Range = (Vec<u8>, Vec<u8>);
@@ -142,7 +142,7 @@ impl KvStore for OccStore {
             view: state.data.clone(),
             reads: Vec::new(),
             writes: Vec::new(),
-            written_bytes: 0,
+            written: WriteBudget::default(),
         }))
     }
 
@@ -159,17 +159,12 @@ struct OccTxn<'a> {
     view: Data,
     reads: Vec<Range>,
     writes: Vec<Range>,
-    written_bytes: usize,
+    written: WriteBudget,
 }
 
 impl OccTxn<'_> {
     fn wrote(&mut self, range: Range, bytes: usize) -> Result<(), StoreError> {
-        self.written_bytes += bytes;
-        if self.written_bytes > MAX_TXN_WRITE_BYTES {
-            return Err(StoreError::TooLarge(format!(
-                "the transaction writes over {MAX_TXN_WRITE_BYTES} bytes"
-            )));
-        }
+        self.written.spend(bytes)?;
         self.writes.push(range);
         Ok(())
     }

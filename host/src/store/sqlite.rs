@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, MAX_TXN_WRITE_BYTES};
+use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, WriteBudget};
 
 /// How long a transaction waits for another process's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
@@ -164,7 +164,7 @@ impl KvStore for SqliteStore {
         Ok(Box::new(SqliteTxn {
             connection,
             finished: false,
-            written_bytes: 0,
+            written: WriteBudget::default(),
         }))
     }
 
@@ -176,18 +176,12 @@ impl KvStore for SqliteStore {
 struct SqliteTxn<'a> {
     connection: MutexGuard<'a, Connection>,
     finished: bool,
-    written_bytes: usize,
+    written: WriteBudget,
 }
 
 impl SqliteTxn<'_> {
     fn account(&mut self, bytes: usize) -> Result<(), StoreError> {
-        self.written_bytes += bytes;
-        if self.written_bytes > MAX_TXN_WRITE_BYTES {
-            return Err(StoreError::TooLarge(format!(
-                "the transaction writes more than {MAX_TXN_WRITE_BYTES} bytes"
-            )));
-        }
-        Ok(())
+        self.written.spend(bytes)
     }
 }
 
