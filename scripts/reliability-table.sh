@@ -36,8 +36,8 @@ fi
     echo "\`host/tests/pipeline_failover.rs\`, \`exactly_once_paths.rs\`,"
     echo "\`election_processes.rs\`, \`capacity.rs\`, \`many_units.rs\`, \`hostile_input.rs\` and \`checkpoint_faults.rs\`"
     echo "write; do not edit by hand. Every scenario runs the real \`logstream\` binary"
-    echo "against a real tansu broker and a real store: the SQLite file, or (scenarios"
-    echo "marked *on etcd*) a three-member etcd cluster."
+    echo "against a real tansu broker and a real store: the SQLite file, or (the"
+    echo "scenarios that name etcd or a machine) a three-member etcd cluster."
     echo
     echo "- *Failover scenarios* (pipeline_failover): two \`logstream host\` processes"
     echo "  with \`passthrough\` and \`level-counter\` on 3 partitions while records are"
