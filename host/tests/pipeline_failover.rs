@@ -27,7 +27,7 @@ use logstream_host::pipeline::fenced::FencedProducer;
 use logstream_host::pipeline::kafka;
 use logstream_host::record::LogRecord;
 use logstream_host::store::checkpoint;
-use logstream_host::store::election::read_leader;
+use logstream_host::store::election::{read_leader, LeaderRecord};
 use logstream_host::store::{deployment, transact, KvStore, RetryPolicy, SqliteStore};
 use logstream_host::unit_id::UnitId;
 
@@ -93,15 +93,21 @@ fn units() -> Vec<String> {
 
 /// pid of the process holding each unit's leader record.
 fn leaders(store: &dyn KvStore) -> Vec<Option<u32>> {
-    units()
-        .iter()
-        .map(|unit| {
-            let record =
-                transact(store, &RetryPolicy::default(), |txn| read_leader(txn, unit)).unwrap();
+    leader_records(store)
+        .into_iter()
+        .map(|record| {
             record
                 .filter(|r| !r.released)
                 .and_then(|r| logstream_host::probe::pid_of(&r.holder))
         })
+        .collect()
+}
+
+/// Each unit's leader record, in `units()` order.
+fn leader_records(store: &dyn KvStore) -> Vec<Option<LeaderRecord>> {
+    units()
+        .iter()
+        .map(|unit| transact(store, &RetryPolicy::default(), |txn| read_leader(txn, unit)).unwrap())
         .collect()
 }
 
@@ -395,12 +401,12 @@ fn transparency_run_then(
     hosts.stop_all();
 
     // Every unit really failed over (its epoch moved past the first leader's).
-    for unit in units().into_iter().filter(|_| injected.fails_over) {
-        let record = transact(store, &RetryPolicy::default(), |txn| {
-            read_leader(txn, &unit)
-        })
-        .unwrap()
-        .unwrap();
+    for (unit, record) in units()
+        .into_iter()
+        .zip(leader_records(store))
+        .filter(|_| injected.fails_over)
+    {
+        let record = record.unwrap();
         assert!(
             record.epoch > 1,
             "{unit} never failed over (epoch {})",
@@ -846,23 +852,13 @@ fn on_nodes_the_broker_cut_from_every_host_moves_no_lease() {
         |faults| {
             std::thread::sleep(Duration::from_millis(800));
             let nodes = faults.nodes.unwrap();
-            // Who holds each lease: a host that yielded would have released
-            // it (same epoch, released), one that took over bumped it.
-            let epochs = |store: &dyn KvStore| -> Vec<Option<(u64, String, bool)>> {
-                units()
-                    .iter()
-                    .map(|unit| {
-                        transact(store, &RetryPolicy::default(), |txn| read_leader(txn, unit))
-                            .unwrap()
-                            .map(|r| (r.epoch, r.holder, r.released))
-                    })
-                    .collect()
-            };
-            let before = epochs(faults.store);
+            // The leader records: a host that yielded would have released its
+            // leases (same epoch, released), one that took over bumped it.
+            let before = leader_records(faults.store);
             nodes.cut(1, Link::Broker);
             nodes.cut(2, Link::Broker);
             std::thread::sleep(Duration::from_secs(6));
-            let during = epochs(faults.store);
+            let during = leader_records(faults.store);
             nodes.heal(1, Link::Broker);
             nodes.heal(2, Link::Broker);
             assert_eq!(
@@ -918,13 +914,9 @@ fn on_nodes_flapping_links_lose_nothing_and_churn_boundedly() {
             }
         },
         |_, store| {
-            let epochs: Vec<u64> = units()
-                .iter()
-                .map(|unit| {
-                    transact(store, &RetryPolicy::default(), |txn| read_leader(txn, unit))
-                        .unwrap()
-                        .map_or(0, |record| record.epoch)
-                })
+            let epochs: Vec<u64> = leader_records(store)
+                .into_iter()
+                .map(|record| record.map_or(0, |r| r.epoch))
                 .collect();
             eprintln!("epochs after {} flaps: {epochs:?}", flaps.get());
             // One claim at the start, then at most one change of leader per

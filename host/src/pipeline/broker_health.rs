@@ -14,7 +14,6 @@
 //! brokers nobody yields, so leadership does not churn where no host could
 //! make progress anyway.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,7 +41,6 @@ pub struct BrokerHealth {
     /// When a probe last succeeded (the start counts as success: a host
     /// does not judge its brokers before it tried).
     last_ok: Mutex<Instant>,
-    stop: AtomicBool,
 }
 
 impl BrokerHealth {
@@ -52,7 +50,6 @@ impl BrokerHealth {
     pub fn start(brokers: &str) -> std::io::Result<Arc<BrokerHealth>> {
         let health = Arc::new(BrokerHealth {
             last_ok: Mutex::new(Instant::now()),
-            stop: AtomicBool::new(false),
         });
         let addresses: Vec<String> = brokers
             .split(',')
@@ -68,10 +65,9 @@ impl BrokerHealth {
                 let reached = addresses
                     .iter()
                     .any(|a| WireConnection::connect_within(a, CLIENT_ID, PROBE_TIMEOUT).is_ok());
+                // The thread holds only a weak handle: it ends once the
+                // host dropped the last strong one.
                 let Some(health) = weak.upgrade() else { return };
-                if health.stop.load(Ordering::Relaxed) {
-                    return;
-                }
                 if reached {
                     *health.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                 }
@@ -108,12 +104,6 @@ pub fn should_yield(
         && hosts
             .iter()
             .any(|h| h.host_id != own_host_id && h.reaches_brokers() && alive(&h.host_id))
-}
-
-impl Drop for BrokerHealth {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]

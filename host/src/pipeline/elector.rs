@@ -97,27 +97,10 @@ impl Shared {
     /// One round for `units` (name and slot), in transactions of at most
     /// [`MAX_UNITS_PER_TRANSACTION`]; each slot's next round is scheduled.
     fn round(&self, units: &[(String, Arc<Slot>)]) {
-        let yielding;
+        let releasing;
         let units = if self.yielding.load(Ordering::Relaxed) {
-            // Only the held leases take part, to be released; the others
-            // are not observed, so they cannot be claimed.
-            yielding = units
-                .iter()
-                .filter(|(_, slot)| {
-                    let mut election = slot.election();
-                    let held = election.held_epoch().is_some();
-                    if held {
-                        election.request_step_down();
-                    }
-                    held
-                })
-                .cloned()
-                .collect::<Vec<_>>();
-            for (_, slot) in units {
-                let next = self.clock.now() + self.timing.heartbeat;
-                *slot.next_round.lock().unwrap_or_else(|p| p.into_inner()) = next;
-            }
-            &yielding[..]
+            releasing = self.to_release(units);
+            &releasing[..]
         } else {
             units
         };
@@ -177,6 +160,23 @@ impl Shared {
                 *slot.next_round.lock().unwrap_or_else(|p| p.into_inner()) = started + period;
             }
         }
+    }
+
+    /// While the host yields: the held leases among `units`, each asked to
+    /// step down, so the round releases them. The others sit the round out
+    /// (put off a heartbeat): not observed, they cannot be claimed.
+    fn to_release(&self, units: &[(String, Arc<Slot>)]) -> Vec<(String, Arc<Slot>)> {
+        let next = self.clock.now() + self.timing.heartbeat;
+        let mut held = Vec::new();
+        for (name, slot) in units {
+            *slot.next_round.lock().unwrap_or_else(|p| p.into_inner()) = next;
+            let mut election = slot.election();
+            if election.held_epoch().is_some() {
+                election.request_step_down();
+                held.push((name.clone(), slot.clone()));
+            }
+        }
+        held
     }
 
     /// The units whose round is due at `now`, and when the next one after

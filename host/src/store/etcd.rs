@@ -25,8 +25,8 @@
 //!   which [`transact`](super::transact) retries with the idempotent body.
 //! - **Limits.** The contract's limits ([`MAX_VALUE_BYTES`](super::kv::MAX_VALUE_BYTES),
 //!   [`MAX_TXN_WRITE_BYTES`](super::kv::MAX_TXN_WRITE_BYTES)) are enforced as on every backend, and etcd's
-//!   own are checked before sending: at most [`MAX_TXN_OPS`] compares and
-//!   [`MAX_TXN_OPS`] writes per `Txn` (etcd's `--max-txn-ops` default) and a
+//!   own are checked before sending: at most [`MAX_TXN_OPERATIONS`] compares and
+//!   [`MAX_TXN_OPERATIONS`] writes per `Txn` (etcd's `--max-txn-ops` default) and a
 //!   request under [`MAX_REQUEST_BYTES`] (its `--max-request-bytes`
 //!   default). Beyond them the transaction is refused with
 //!   [`StoreError::TooLarge`] naming the limit.
@@ -58,11 +58,6 @@ use super::kv::{
 
 /// The key prefix of a store whose URL names none.
 pub const DEFAULT_PREFIX: &str = "logstream/";
-
-/// Most compares, and most write operations, in one `Txn`: the contract's
-/// [`MAX_TXN_OPERATIONS`], etcd's `--max-txn-ops` default (a larger `Txn`
-/// is refused by the server).
-pub const MAX_TXN_OPS: usize = MAX_TXN_OPERATIONS;
 
 /// Largest `Txn` request: 1.5 MiB, etcd's `--max-request-bytes` default,
 /// less 64 KiB for the request's framing and compares' keys we do not
@@ -141,7 +136,8 @@ impl EtcdTarget {
 
 /// An etcd coordination store: one cluster, one key prefix.
 pub struct EtcdStore {
-    runtime: tokio::runtime::Runtime,
+    /// The store's runtime; `None` only once dropped (see `Drop`).
+    runtime: Option<tokio::runtime::Runtime>,
     kv: KvClient,
     target: EtcdTarget,
 }
@@ -176,7 +172,7 @@ impl EtcdStore {
             .max_decoding_message_size(MAX_REPLY_BYTES)
             .max_encoding_message_size(MAX_REQUEST_BYTES + 65_536);
         let store = EtcdStore {
-            runtime,
+            runtime: Some(runtime),
             kv,
             target,
         };
@@ -207,7 +203,8 @@ impl EtcdStore {
         &self,
         request: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     ) -> Result<T, etcd_client::Error> {
-        wait_on(&self.runtime, request)
+        let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
+        wait_on(runtime, request)
     }
 }
 
@@ -215,13 +212,9 @@ impl Drop for EtcdStore {
     fn drop(&mut self) {
         // Dropping a runtime blocks on its tasks, which panics inside an
         // async context; nothing of ours is left running, so let it go.
-        let runtime = std::mem::replace(
-            &mut self.runtime,
-            tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("an empty runtime"),
-        );
-        runtime.shutdown_background();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -273,10 +266,7 @@ fn commit_error(error: etcd_client::Error) -> StoreError {
         Some(s) if s.code() == Code::InvalidArgument => {
             StoreError::TooLarge(format!("etcd refused the transaction: {}", s.message()))
         }
-        Some(s) if s.code() == Code::ResourceExhausted => {
-            StoreError::Other(format!("etcd refused the transaction: {}", s.message()))
-        }
-        Some(s) if s.code() == Code::PermissionDenied => {
+        Some(s) if matches!(s.code(), Code::ResourceExhausted | Code::PermissionDenied) => {
             StoreError::Other(format!("etcd refused the transaction: {}", s.message()))
         }
         _ => {
@@ -463,10 +453,6 @@ struct EtcdTxn<'a> {
 }
 
 impl EtcdTxn<'_> {
-    fn account(&mut self, bytes: usize) -> Result<(), StoreError> {
-        self.written.spend(bytes)
-    }
-
     /// Read `[begin, end)` (or the key `begin` when `end` is `None`) from
     /// the snapshot, at most `limit` keys: the pairs (unprefixed) with
     /// their modification revisions, and whether more keys follow.
@@ -586,19 +572,19 @@ impl KvTxn for EtcdTxn<'_> {
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         check_write(key, value)?;
-        self.account(key.len() + value.len())?;
+        self.written.spend(key.len() + value.len())?;
         self.writes.set(key, value);
         Ok(())
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        self.account(key.len())?;
+        self.written.spend(key.len())?;
         self.writes.clear(key);
         Ok(())
     }
 
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError> {
-        self.account(begin.len() + end.len())?;
+        self.written.spend(begin.len() + end.len())?;
         self.writes.clear_range(begin, end);
         Ok(())
     }
@@ -609,9 +595,9 @@ impl KvTxn for EtcdTxn<'_> {
         }
         let guards = self.guards();
         let operations = self.writes.operations();
-        if guards.len() > MAX_TXN_OPS || operations.len() > MAX_TXN_OPS {
+        if guards.len() > MAX_TXN_OPERATIONS || operations.len() > MAX_TXN_OPERATIONS {
             return Err(StoreError::TooLarge(format!(
-                "the transaction reads {} keys or ranges and writes {} keys or ranges; etcd allows at most {MAX_TXN_OPS} of each",
+                "the transaction reads {} keys or ranges and writes {} keys or ranges; etcd allows at most {MAX_TXN_OPERATIONS} of each",
                 guards.len(),
                 operations.len()
             )));

@@ -278,10 +278,6 @@ impl FdbTxn<'_> {
         full.extend_from_slice(key);
         full
     }
-
-    fn account(&mut self, bytes: usize) -> Result<(), StoreError> {
-        self.written.spend(bytes)
-    }
 }
 
 impl KvTxn for FdbTxn<'_> {
@@ -340,19 +336,19 @@ impl KvTxn for FdbTxn<'_> {
                 self.prefix.len()
             )));
         }
-        self.account(key.len() + value.len())?;
+        self.written.spend(key.len() + value.len())?;
         self.trx.set(&self.key(key), value);
         Ok(())
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        self.account(key.len())?;
+        self.written.spend(key.len())?;
         self.trx.clear(&self.key(key));
         Ok(())
     }
 
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError> {
-        self.account(begin.len() + end.len())?;
+        self.written.spend(begin.len() + end.len())?;
         // An inverted range is an error in FoundationDB, and removes nothing
         // in the contract.
         if begin < end {

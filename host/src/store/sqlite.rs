@@ -38,7 +38,8 @@ impl SqliteStore {
     /// Open (creating if needed) the store file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent {
             std::fs::create_dir_all(parent).map_err(|e| {
                 StoreError::Other(format!(
                     "cannot create the directory {}: {e}",
@@ -46,11 +47,7 @@ impl SqliteStore {
                 ))
             })?;
         }
-        let directory = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            Some(parent) => parent.to_path_buf(),
-            None => PathBuf::from("."),
-        };
-        if let Some(kind) = network_filesystem(&directory) {
+        if let Some(kind) = network_filesystem(parent.unwrap_or(Path::new("."))) {
             return Err(StoreError::Other(format!(
                 "the SQLite store {} is on a network filesystem ({kind}), where SQLite's locks are not reliable: use a local disk, or etcd (`etcd:http://…`) or FoundationDB for hosts on several machines",
                 path.display()
@@ -179,12 +176,6 @@ struct SqliteTxn<'a> {
     written: WriteBudget,
 }
 
-impl SqliteTxn<'_> {
-    fn account(&mut self, bytes: usize) -> Result<(), StoreError> {
-        self.written.spend(bytes)
-    }
-}
-
 impl KvTxn for SqliteTxn<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.connection
@@ -216,7 +207,7 @@ impl KvTxn for SqliteTxn<'_> {
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         check_write(key, value)?;
-        self.account(key.len() + value.len())?;
+        self.written.spend(key.len() + value.len())?;
         self.connection
             .prepare_cached("INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
             .and_then(|mut statement| statement.execute([key, value]))
@@ -225,7 +216,7 @@ impl KvTxn for SqliteTxn<'_> {
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        self.account(key.len())?;
+        self.written.spend(key.len())?;
         self.connection
             .prepare_cached("DELETE FROM kv WHERE key = ?1")
             .and_then(|mut statement| statement.execute([key]))
@@ -234,7 +225,7 @@ impl KvTxn for SqliteTxn<'_> {
     }
 
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError> {
-        self.account(begin.len() + end.len())?;
+        self.written.spend(begin.len() + end.len())?;
         self.connection
             .prepare_cached("DELETE FROM kv WHERE key >= ?1 AND key < ?2")
             .and_then(|mut statement| statement.execute([begin, end]))
