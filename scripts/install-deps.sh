@@ -7,7 +7,8 @@
 #                                    cluster (etcd-server), network
 #                                    namespaces (iproute2) and a FUSE mount
 #                                    (bindfs: a SQLite store on a network
-#                                    filesystem is refused)
+#                                    filesystem is refused); openssl makes
+#                                    the secure etcd cluster's certificates
 # Exits non-zero with one sentence when a package is missing and cannot be
 # installed here (not root, or no apt-get).
 set -euo pipefail
@@ -18,6 +19,7 @@ if [[ ${1:-} == --test ]]; then
     command -v etcd >/dev/null 2>&1 || needed+=(etcd-server)
     command -v ip >/dev/null 2>&1 || [[ -x /usr/sbin/ip ]] || needed+=(iproute2)
     command -v bindfs >/dev/null 2>&1 || needed+=(bindfs)
+    command -v openssl >/dev/null 2>&1 || needed+=(openssl)
 elif [[ -n ${1:-} ]]; then
     echo "usage: scripts/install-deps.sh [--test]" >&2
     exit 2

@@ -9,6 +9,8 @@
 #[allow(dead_code)]
 #[path = "../tests/common/etcd.rs"]
 mod etcd;
+#[path = "../tests/common/tls.rs"]
+mod tls;
 
 use std::collections::BTreeMap;
 use std::time::Instant;

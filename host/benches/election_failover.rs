@@ -14,6 +14,8 @@
 mod etcd;
 #[path = "../tests/common/probes.rs"]
 mod probes;
+#[path = "../tests/common/tls.rs"]
+mod tls;
 
 use std::time::Duration;
 

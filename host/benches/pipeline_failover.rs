@@ -37,6 +37,8 @@ mod etcd;
 #[allow(dead_code)]
 #[path = "../tests/common/netns.rs"]
 mod netns;
+#[path = "../tests/common/tls.rs"]
+mod tls;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};

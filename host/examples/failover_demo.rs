@@ -34,6 +34,8 @@ mod broker;
 mod etcd;
 #[path = "../tests/common/hosts.rs"]
 mod hosts;
+#[path = "../tests/common/tls.rs"]
+mod tls;
 // Shared with the tests, which use more of it than the demo.
 #[allow(dead_code)]
 #[path = "../tests/common/netns.rs"]

@@ -187,6 +187,10 @@ enum StoreKind {
     Sqlite,
     /// A three-member etcd cluster of the scenario's own.
     Etcd,
+    /// The same, secured as in production: TLS with client certificates
+    /// and password authentication (every security option of the store
+    /// URL).
+    EtcdSecure,
 }
 
 /// A scenario's store: its URL for the hosts, a handle for the test.
@@ -209,8 +213,12 @@ impl ScenarioStore {
                     etcd: None,
                 }
             }
-            StoreKind::Etcd => {
-                let cluster = EtcdCluster::start_on(ip, 3);
+            StoreKind::Etcd | StoreKind::EtcdSecure => {
+                let cluster = if kind == StoreKind::Etcd {
+                    EtcdCluster::start_on(ip, 3)
+                } else {
+                    EtcdCluster::start_secure_on(ip, 3)
+                };
                 let url = cluster.url();
                 ScenarioStore {
                     handle: EtcdCluster::open(&url),
@@ -508,7 +516,9 @@ fn outputs_and_state_survive_kill_9_failovers_exactly_once() {
 
 /// The kill -9 loop on a three-member etcd cluster: the store hosts on
 /// separate machines share, with optimistic transactions (conflicts SQLite's
-/// writer lock never shows).
+/// writer lock never shows), secured as production clusters are (TLS with
+/// client certificates, password authentication), so every option of the
+/// `etcd:` URL is on a failover path.
 #[test]
 fn on_etcd_outputs_and_state_survive_kill_9_failovers_exactly_once() {
     // Fewer records than on SQLite: three etcd members, the broker, two
@@ -516,10 +526,10 @@ fn on_etcd_outputs_and_state_survive_kill_9_failovers_exactly_once() {
     // speed starved the broker past the producer's 30 s delivery bound.
     let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);
     kill_loop(
-        StoreKind::Etcd,
+        StoreKind::EtcdSecure,
         "kill -9 of the active in a loop, on etcd",
         records,
-        ", on a three-member etcd cluster",
+        ", on a three-member etcd cluster with TLS client certificates and password authentication",
     );
 }
 

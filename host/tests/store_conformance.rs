@@ -29,7 +29,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use logstream_host::store::kv::{
-    prefix_end, KeyValue, MAX_KEY_BYTES, MAX_TXN_WRITE_BYTES, MAX_VALUE_BYTES,
+    prefix_end, KeyValue, MAX_KEY_BYTES, MAX_TXN_READ_BYTES, MAX_TXN_WRITE_BYTES, MAX_VALUE_BYTES,
 };
 use logstream_host::store::{
     transact, KvStore, KvTxn, RetryPolicy, SqliteStore, StoreError, TransactError, TxnAbort,
@@ -187,6 +187,7 @@ macro_rules! conformance_suite {
                 values_over_the_limit_are_refused_and_not_written,
                 keys_over_the_limit_are_refused_and_not_written,
                 transactions_over_the_write_limit_are_refused_and_not_written,
+                reads_past_the_read_limit_are_refused_and_paging_reads_everything,
                 transact_does_not_retry_an_abort,
                 transact_retries_retryable_errors_and_keeps_only_the_last_attempt,
                 transact_gives_up_on_non_retryable_errors_and_when_out_of_attempts,
@@ -507,6 +508,57 @@ fn keys_over_the_limit_are_refused_and_not_written(store: &dyn KvStore) {
     txn.commit().expect("commit");
     assert_eq!(read(store, &too_long), None);
     assert_eq!(scan(store).len(), 1, "only the accepted key is stored");
+}
+
+/// A transaction reads at most `MAX_TXN_READ_BYTES` (FoundationDB's
+/// 5 s lifetime): one range read or a run of point reads past it is
+/// refused with `TooLarge` on every backend; the same data read in pages of
+/// one transaction each comes back whole.
+fn reads_past_the_read_limit_are_refused_and_paging_reads_everything(store: &dyn KvStore) {
+    let value = vec![7u8; MAX_VALUE_BYTES];
+    let key = |i: usize| format!("wide/{i:04}").into_bytes();
+    // Just over the read budget, written within the write budget.
+    let count = MAX_TXN_READ_BYTES / MAX_VALUE_BYTES + 1;
+    let per_txn = MAX_TXN_WRITE_BYTES / (MAX_VALUE_BYTES + 16);
+    for first in (0..count).step_by(per_txn) {
+        let mut txn = store.begin().expect("begin");
+        for i in first..(first + per_txn).min(count) {
+            txn.set(&key(i), &value).expect("set");
+        }
+        txn.commit().expect("commit");
+    }
+
+    let mut txn = store.begin().expect("begin");
+    assert!(is_too_large(txn.get_range(
+        b"wide/",
+        &prefix_end(b"wide/"),
+        usize::MAX
+    )));
+    drop(txn);
+    let mut txn = store.begin().expect("begin");
+    let refused = (0..count)
+        .map(|i| txn.get(&key(i)))
+        .find(|read| read.is_err());
+    assert!(
+        matches!(refused, Some(Err(StoreError::TooLarge(_)))),
+        "point reads add up to the same budget"
+    );
+    drop(txn);
+
+    let page = 8;
+    let mut read = 0;
+    let mut from = key(0);
+    loop {
+        let mut txn = store.begin().expect("begin");
+        let rows = txn
+            .get_range(&from, &prefix_end(b"wide/"), page)
+            .expect("a page within the read budget");
+        let Some((last, _)) = rows.last() else { break };
+        assert!(rows.iter().all(|(_, v)| *v == value));
+        read += rows.len();
+        from = [last.as_slice(), &[0]].concat();
+    }
+    assert_eq!(read, count);
 }
 
 fn transactions_over_the_write_limit_are_refused_and_not_written(store: &dyn KvStore) {
@@ -1062,4 +1114,131 @@ fn check_against_model(
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// etcd security: TLS with client certificates, password authentication
+// ---------------------------------------------------------------------------
+
+/// Every security option of the `etcd:` URL against a secure cluster (TLS
+/// with required client certificates, authentication on): the right ones
+/// give a working store, each wrong one is refused with one sentence naming
+/// what to fix — by the library and by the binary (non-zero exit, one
+/// line, the store untouched).
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_security_options_reach_a_secure_cluster_and_wrong_ones_say_what_to_fix() {
+    use common::etcd::EtcdCluster;
+    use logstream_host::store::etcd::EtcdStore;
+
+    let cluster = EtcdCluster::start_secure_on("127.0.0.1", 1);
+    let url = cluster.url();
+    let open = |url: &str| EtcdStore::open_url(url.strip_prefix("etcd:").unwrap());
+    let refusal = |url: &str| match open(url) {
+        Err(error) => {
+            eprintln!("refused as it should be: {error}");
+            error.to_string()
+        }
+        Ok(_) => panic!("{url} was not refused"),
+    };
+
+    // The hosts' URL: a working store.
+    let store = open(&url).expect("the hosts' URL opens the secure store");
+    let mut txn = store.begin().unwrap();
+    txn.set(b"k", b"v").unwrap();
+    txn.commit().unwrap();
+    assert_eq!(
+        store.begin().unwrap().get(b"k").unwrap(),
+        Some(b"v".to_vec())
+    );
+    assert!(store.describe().contains("password_file="));
+
+    // A wrong password.
+    let wrong = cluster.add_user("somebody", "right", None);
+    std::fs::write(&wrong, "wrong\n").unwrap();
+    let (members, options) = url.split_once('?').unwrap();
+    let prefix = options.split('&').next().unwrap();
+    let tls: Vec<&str> = options
+        .split('&')
+        .filter(|o| {
+            ["ca_file", "cert_file", "key_file"]
+                .iter()
+                .any(|n| o.starts_with(n))
+        })
+        .collect();
+    let tls = tls.join("&");
+    let wrong_password = format!(
+        "{members}?{prefix}&{tls}&user=somebody&password_file={}",
+        wrong.display()
+    );
+    let said = refusal(&wrong_password);
+    assert!(
+        said.contains("password") && said.contains("is wrong"),
+        "{said}"
+    );
+
+    // A user whose role does not cover the prefix.
+    let outsider = cluster.add_user("outsider", "theirs", None);
+    let said = refusal(&format!(
+        "{members}?{prefix}&{tls}&user=outsider&password_file={}",
+        outsider.display()
+    ));
+    assert!(said.contains("denied") && said.contains("grant"), "{said}");
+
+    // No user on a cluster with authentication on: the member takes the
+    // client certificate's common name ("hosts", no such user) instead.
+    let said = refusal(&format!("{members}?{prefix}&{tls}"));
+    assert!(
+        said.contains("denied this client") && said.contains("user=NAME"),
+        "{said}"
+    );
+
+    // No client certificate: the member refuses the handshake (its alert
+    // may or may not arrive before it closes the connection).
+    let ca_only = tls.split('&').next().unwrap();
+    let said = refusal(&format!("{members}?{prefix}&{ca_only}"));
+    assert!(
+        said.contains("refused our TLS client certificate")
+            || said.contains("name one with `cert_file=PATH&key_file=PATH`"),
+        "{said}"
+    );
+
+    // A CA that did not sign the members' certificates.
+    let stranger = common::tls::TestCa::new(&tempfile::tempdir().unwrap().keep());
+    let said = refusal(&format!(
+        "{members}?{prefix}&ca_file={}",
+        stranger.ca_file().display()
+    ));
+    assert!(said.contains("not signed by the CA"), "{said}");
+
+    // Plain http:// to a TLS member.
+    let plain = members.replace("https://", "http://");
+    let said = refusal(&format!("{plain}?{prefix}"));
+    assert!(
+        said.contains("cannot connect") || said.contains("did not answer"),
+        "{said}"
+    );
+
+    // A user named to a cluster without authentication.
+    let said = refusal(&format!(
+        "{}&user=somebody&password_file={}",
+        common::etcd::shared().url(),
+        wrong.display()
+    ));
+    assert!(said.contains("authentication off"), "{said}");
+
+    // The binary: one line, non-zero, and the store untouched.
+    let output = common::run(
+        common::logstream()
+            .args(["status", "--store"])
+            .arg(&wrong_password),
+    );
+    assert!(!output.status.success());
+    let stderr = common::stderr(&output);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("is wrong"), "{stderr}");
+    assert_eq!(
+        store.begin().unwrap().get(b"k").unwrap(),
+        Some(b"v".to_vec())
+    );
 }

@@ -38,7 +38,7 @@ use foundationdb::options::{DatabaseOption, StreamingMode};
 use foundationdb::{Database, FdbError, KeySelector, RangeOption, Transaction};
 use futures::executor::block_on;
 
-use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, WriteBudget};
+use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, TxnBudget};
 
 /// The directory-layer path whose subspace holds every key of the store.
 pub const DIRECTORY: &str = "logstream";
@@ -248,7 +248,7 @@ impl KvStore for FdbStore {
         Ok(Box::new(FdbTxn {
             trx,
             prefix: &self.prefix,
-            written: WriteBudget::default(),
+            budget: TxnBudget::default(),
         }))
     }
 
@@ -266,9 +266,9 @@ impl KvStore for FdbStore {
 struct FdbTxn<'a> {
     trx: Transaction,
     prefix: &'a [u8],
-    /// Bytes of keys and values written so far, counted like the SQLite
-    /// backend counts them (contract keys, without the prefix).
-    written: WriteBudget,
+    /// Bytes of keys and values written and read so far, counted like the
+    /// SQLite backend counts them (contract keys, without the prefix).
+    budget: TxnBudget,
 }
 
 impl FdbTxn<'_> {
@@ -283,7 +283,11 @@ impl FdbTxn<'_> {
 impl KvTxn for FdbTxn<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let value = block_on(self.trx.get(&self.key(key), false)).map_err(store_error)?;
-        Ok(value.map(|slice| slice.to_vec()))
+        let value = value.map(|slice| slice.to_vec());
+        if let Some(value) = &value {
+            self.budget.read([(key, value.as_slice())])?;
+        }
+        Ok(value)
     }
 
     fn get_range(
@@ -307,9 +311,14 @@ impl KvTxn for FdbTxn<'_> {
         let mut pairs = Vec::new();
         // One read may return fewer rows than asked (byte limits) and say
         // there are more: continue after its last key until the limit.
+        // Each batch is counted as it comes, so a read wider than the
+        // budget stops at the batch that passes it, well inside the
+        // transaction's 5 s, rather than fetching on until FoundationDB
+        // cancels the transaction (and every retry of it).
         for iteration in 1.. {
             let batch =
                 block_on(self.trx.get_range(&range, iteration, false)).map_err(store_error)?;
+            let first = pairs.len();
             for pair in batch.iter() {
                 let key = pair.key().strip_prefix(self.prefix).ok_or_else(|| {
                     StoreError::Other(
@@ -318,6 +327,11 @@ impl KvTxn for FdbTxn<'_> {
                 })?;
                 pairs.push((key.to_vec(), pair.value().to_vec()));
             }
+            self.budget.read(
+                pairs[first..]
+                    .iter()
+                    .map(|(k, v): &KeyValue| (k.as_slice(), v.as_slice())),
+            )?;
             match range.next_range(&batch) {
                 Some(next) => range = next,
                 None => break,
@@ -336,19 +350,19 @@ impl KvTxn for FdbTxn<'_> {
                 self.prefix.len()
             )));
         }
-        self.written.spend(key.len() + value.len())?;
+        self.budget.write(key.len() + value.len())?;
         self.trx.set(&self.key(key), value);
         Ok(())
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        self.written.spend(key.len())?;
+        self.budget.write(key.len())?;
         self.trx.clear(&self.key(key));
         Ok(())
     }
 
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError> {
-        self.written.spend(begin.len() + end.len())?;
+        self.budget.write(begin.len() + end.len())?;
         // An inverted range is an error in FoundationDB, and removes nothing
         // in the contract.
         if begin < end {

@@ -24,6 +24,14 @@ pub const MAX_TXN_WRITE_BYTES: usize = 1_000_000;
 /// Largest key: 9,900 bytes, under FoundationDB's 10 kB limit with room for
 /// the backend's directory prefix (which FoundationDB counts).
 pub const MAX_KEY_BYTES: usize = 9_900;
+/// Most bytes (keys and values) one transaction may read: 10 MB.
+/// FoundationDB cancels a transaction after 5 s and advises keeping reads
+/// well under 10 MB; a transaction within this budget reads in well under a
+/// second on a healthy cluster, leaving the rest of the 5 s for its writes,
+/// commit and a retry. Wider reads page across transactions, as checkpoints
+/// and modules do (`checkpoint::MAX_CHUNKS_PER_TXN` chunks per
+/// transaction).
+pub const MAX_TXN_READ_BYTES: usize = 10_000_000;
 
 /// Most keys and ranges a transaction that writes may read, and most keys
 /// and ranges it may write: 128, etcd's `--max-txn-ops` default (each read
@@ -225,23 +233,45 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; prefix.len() + 1]
 }
 
-/// The bytes a transaction has written so far, against
-/// [`MAX_TXN_WRITE_BYTES`]: keys and values of sets, keys of clears, both
-/// ends of cleared ranges — counted the same way by every backend, so all
-/// accept and refuse the same transactions.
+/// What a transaction has written and read so far, against
+/// [`MAX_TXN_WRITE_BYTES`] and [`MAX_TXN_READ_BYTES`]. Writes count keys
+/// and values of sets, keys of clears, both ends of cleared ranges; reads
+/// count the keys and values returned — the same way on every backend, so
+/// all accept and refuse the same transactions.
 #[derive(Debug, Default)]
-pub(crate) struct WriteBudget {
+pub(crate) struct TxnBudget {
     written: usize,
+    read: usize,
 }
 
-impl WriteBudget {
-    /// Count `bytes` more; refuse once the total passes the limit (and go
-    /// on refusing: the budget stays spent).
-    pub(crate) fn spend(&mut self, bytes: usize) -> Result<(), StoreError> {
+impl TxnBudget {
+    /// Count `bytes` more written; refuse once the total passes the limit
+    /// (and go on refusing: the budget stays spent).
+    pub(crate) fn write(&mut self, bytes: usize) -> Result<(), StoreError> {
         self.written += bytes;
         if self.written > MAX_TXN_WRITE_BYTES {
             return Err(StoreError::TooLarge(format!(
                 "the transaction writes more than {MAX_TXN_WRITE_BYTES} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Count the pairs a read returned; refuse once the total passes the
+    /// limit. Backends that fetch a range in pages count each page as it
+    /// comes, so a read too wide stops early instead of running into
+    /// FoundationDB's transaction lifetime.
+    pub(crate) fn read<'a>(
+        &mut self,
+        pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<(), StoreError> {
+        self.read += pairs
+            .into_iter()
+            .map(|(key, value)| key.len() + value.len())
+            .sum::<usize>();
+        if self.read > MAX_TXN_READ_BYTES {
+            return Err(StoreError::TooLarge(format!(
+                "the transaction reads more than {MAX_TXN_READ_BYTES} bytes: page the read across transactions"
             )));
         }
         Ok(())

@@ -28,7 +28,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, WriteBudget};
+use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, TxnBudget};
 
 /// A key range `[begin, end)`.
 type Range = (Vec<u8>, Vec<u8>);
@@ -142,7 +142,7 @@ impl KvStore for OccStore {
             view: state.data.clone(),
             reads: Vec::new(),
             writes: Vec::new(),
-            written: WriteBudget::default(),
+            budget: TxnBudget::default(),
         }))
     }
 
@@ -159,12 +159,12 @@ struct OccTxn<'a> {
     view: Data,
     reads: Vec<Range>,
     writes: Vec<Range>,
-    written: WriteBudget,
+    budget: TxnBudget,
 }
 
 impl OccTxn<'_> {
     fn wrote(&mut self, range: Range, bytes: usize) -> Result<(), StoreError> {
-        self.written.spend(bytes)?;
+        self.budget.write(bytes)?;
         self.writes.push(range);
         Ok(())
     }
@@ -173,7 +173,11 @@ impl OccTxn<'_> {
 impl KvTxn for OccTxn<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.reads.push(key_range(key));
-        Ok(self.view.get(key).map(|v| v.to_vec()))
+        let value = self.view.get(key).map(|v| v.to_vec());
+        if let Some(value) = &value {
+            self.budget.read([(key, value.as_slice())])?;
+        }
+        Ok(value)
     }
 
     fn get_range(
@@ -186,12 +190,15 @@ impl KvTxn for OccTxn<'_> {
             return Ok(Vec::new());
         }
         self.reads.push((begin.to_vec(), end.to_vec()));
-        Ok(self
+        let pairs: Vec<KeyValue> = self
             .view
             .range(bounds(begin, end))
             .take(limit)
             .map(|(k, v)| (k.clone(), v.to_vec()))
-            .collect())
+            .collect();
+        self.budget
+            .read(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))?;
+        Ok(pairs)
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {

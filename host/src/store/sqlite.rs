@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, WriteBudget};
+use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, TxnBudget};
 
 /// How long a transaction waits for another process's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
@@ -161,7 +161,7 @@ impl KvStore for SqliteStore {
         Ok(Box::new(SqliteTxn {
             connection,
             finished: false,
-            written: WriteBudget::default(),
+            budget: TxnBudget::default(),
         }))
     }
 
@@ -173,15 +173,20 @@ impl KvStore for SqliteStore {
 struct SqliteTxn<'a> {
     connection: MutexGuard<'a, Connection>,
     finished: bool,
-    written: WriteBudget,
+    budget: TxnBudget,
 }
 
 impl KvTxn for SqliteTxn<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.connection
+        let value: Option<Vec<u8>> = self
+            .connection
             .prepare_cached("SELECT value FROM kv WHERE key = ?1")
             .and_then(|mut statement| statement.query_row([key], |row| row.get(0)).optional())
-            .map_err(store_error)
+            .map_err(store_error)?;
+        if let Some(value) = &value {
+            self.budget.read([(key, value.as_slice())])?;
+        }
+        Ok(value)
     }
 
     fn get_range(
@@ -202,12 +207,15 @@ impl KvTxn for SqliteTxn<'_> {
                 Ok((row.get(0)?, row.get(1)?))
             })
             .map_err(store_error)?;
-        rows.collect::<Result<_, _>>().map_err(store_error)
+        let pairs: Vec<KeyValue> = rows.collect::<Result<_, _>>().map_err(store_error)?;
+        self.budget
+            .read(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))?;
+        Ok(pairs)
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         check_write(key, value)?;
-        self.written.spend(key.len() + value.len())?;
+        self.budget.write(key.len() + value.len())?;
         self.connection
             .prepare_cached("INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
             .and_then(|mut statement| statement.execute([key, value]))
@@ -216,7 +224,7 @@ impl KvTxn for SqliteTxn<'_> {
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        self.written.spend(key.len())?;
+        self.budget.write(key.len())?;
         self.connection
             .prepare_cached("DELETE FROM kv WHERE key = ?1")
             .and_then(|mut statement| statement.execute([key]))
@@ -225,7 +233,7 @@ impl KvTxn for SqliteTxn<'_> {
     }
 
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError> {
-        self.written.spend(begin.len() + end.len())?;
+        self.budget.write(begin.len() + end.len())?;
         self.connection
             .prepare_cached("DELETE FROM kv WHERE key >= ?1 AND key < ?2")
             .and_then(|mut statement| statement.execute([begin, end]))

@@ -6,6 +6,13 @@
 //! Each test gets its own key prefix ([`EtcdCluster::url`]), so tests of
 //! one binary may share a cluster ([`shared`]); tests that kill members
 //! start their own ([`EtcdCluster::start`]).
+//!
+//! A *secure* cluster ([`EtcdCluster::start_secure_on`]) is set up the way
+//! production clusters are: clients speak TLS to members that require a
+//! client certificate signed by the cluster's CA (`--client-cert-auth`),
+//! and password authentication is on, the hosts' user allowed read-write
+//! on the tests' prefix only. Its URLs carry every option of the `etcd:`
+//! store URL (`ca_file`, `cert_file`, `key_file`, `user`, `password_file`).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -16,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use logstream_host::store::etcd::EtcdStore;
 use logstream_host::store::KvStore;
+
+use super::tls::TestCa;
 
 /// How long a new cluster may take to elect a leader and answer.
 const STARTUP_BOUND: Duration = Duration::from_secs(30);
@@ -45,9 +54,31 @@ pub struct EtcdCluster {
     token: String,
     dir: tempfile::TempDir,
     ip: String,
+    secure: Option<Secure>,
+}
+
+/// The key prefix every test URL lies under: what the secure cluster's
+/// hosts' user may read and write.
+const TEST_PREFIX_ROOT: &str = "test/";
+/// The user the hosts of a secure cluster authenticate as.
+pub const HOSTS_USER: &str = "logstream";
+/// The administrator of a secure cluster (etcd's `root`).
+const ROOT_USER: &str = "root";
+
+/// What clients of a secure cluster need.
+struct Secure {
+    ca: TestCa,
+    /// `ca_file=…&cert_file=…&key_file=…` of the hosts' client
+    /// certificate.
+    tls_options: String,
+    /// `user=…&password_file=…` once authentication is on; empty before.
+    auth_options: String,
 }
 
 static NEXT_PREFIX: AtomicU64 = AtomicU64::new(0);
+
+/// The secure clusters' `root` password (a test secret).
+const ROOT_PASSWORD: &str = "root-secret";
 
 /// One cluster per test binary, for the tests that do not kill members.
 /// Its members are started by a thread that lives as long as the process,
@@ -99,21 +130,49 @@ impl EtcdCluster {
 
     /// Start a cluster of `members` listening on `ip`.
     pub fn start_on(ip: &str, members: usize) -> EtcdCluster {
+        EtcdCluster::start_with(ip, members, false)
+    }
+
+    /// Start a secure cluster (see the module doc) of `members` listening
+    /// on `ip`, and turn authentication on.
+    pub fn start_secure_on(ip: &str, members: usize) -> EtcdCluster {
+        let mut cluster = EtcdCluster::start_with(ip, members, true);
+        cluster.enable_auth();
+        cluster
+    }
+
+    fn start_with(ip: &str, members: usize, secure: bool) -> EtcdCluster {
         let scratch = std::path::Path::new("/dev/shm");
         let dir = if scratch.is_dir() {
             tempfile::tempdir_in(scratch).unwrap()
         } else {
             tempfile::tempdir().unwrap()
         };
+        let client_scheme = if secure { "https" } else { "http" };
         let peers: Vec<(String, String, String)> = (0..members)
             .map(|i| {
                 (
                     format!("m{i}"),
                     format!("http://{ip}:{}", free_port(ip)),
-                    format!("http://{ip}:{}", free_port(ip)),
+                    format!("{client_scheme}://{ip}:{}", free_port(ip)),
                 )
             })
             .collect();
+        let secure = secure.then(|| {
+            let ca = TestCa::new(&dir.path().join("tls"));
+            ca.issue("server", Some(ip));
+            let client = ca.issue("hosts", None);
+            Secure {
+                tls_options: format!(
+                    "ca_file={}&cert_file={}&key_file={}",
+                    ca.ca_file().display(),
+                    client.cert.display(),
+                    client.key.display()
+                ),
+                ca,
+                auth_options: String::new(),
+            }
+        });
         let initial_cluster = peers
             .iter()
             .map(|(name, peer, _)| format!("{name}={peer}"))
@@ -133,6 +192,7 @@ impl EtcdCluster {
             token,
             dir,
             ip: ip.to_string(),
+            secure,
         };
         for (i, (_, peer, _)) in peers.iter().enumerate() {
             cluster.spawn(i, peer);
@@ -156,6 +216,18 @@ impl EtcdCluster {
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", m.name))).unwrap();
         let mut command = Command::new(etcd_binary());
         die_with_parent(&mut command);
+        if let Some(secure) = &self.secure {
+            let tls = secure.ca.ca_file();
+            let tls = tls.parent().unwrap();
+            command
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(tls.join("ca.pem"))
+                .arg("--cert-file")
+                .arg(tls.join("server.pem"))
+                .arg("--key-file")
+                .arg(tls.join("server-key.pem"));
+        }
         let child = command
             .args(["--name", &m.name])
             .arg("--data-dir")
@@ -189,7 +261,7 @@ impl EtcdCluster {
     fn wait_until_up(&self) {
         let started = Instant::now();
         loop {
-            match EtcdStore::open_url(&self.members_url()) {
+            match EtcdStore::open_url(&format!("{}?{}", self.members_url(), self.options())) {
                 Ok(_) => return,
                 Err(error) if started.elapsed() > STARTUP_BOUND => panic!(
                     "the etcd cluster did not answer within {STARTUP_BOUND:?}: {error}; logs in {}",
@@ -208,14 +280,108 @@ impl EtcdCluster {
             .join(",")
     }
 
+    /// The URL options a client of this cluster needs (none for a plain
+    /// one), `&`-separated.
+    fn options(&self) -> String {
+        match &self.secure {
+            None => String::new(),
+            Some(secure) if secure.auth_options.is_empty() => secure.tls_options.clone(),
+            Some(secure) => format!("{}&{}", secure.tls_options, secure.auth_options),
+        }
+    }
+
     /// A store URL on a key prefix no other caller got.
     pub fn url(&self) -> String {
         let n = NEXT_PREFIX.fetch_add(1, Ordering::Relaxed);
-        format!(
-            "etcd:{}?prefix=test/{}/{n}/",
+        let mut url = format!(
+            "etcd:{}?prefix={TEST_PREFIX_ROOT}{}/{n}/",
             self.members_url(),
             std::process::id()
-        )
+        );
+        if self.secure.is_some() {
+            url.push('&');
+            url.push_str(&self.options());
+        }
+        url
+    }
+
+    /// On a secure cluster: add `user` with `password` (written to a file
+    /// whose path is returned), allowed read-write on `prefix` when given,
+    /// on nothing otherwise.
+    pub fn add_user(&self, user: &str, password: &str, prefix: Option<&str>) -> PathBuf {
+        let role = format!("{user}-role");
+        let prefix = prefix.map(str::to_string);
+        let (user_name, password_text) = (user.to_string(), password.to_string());
+        self.as_root(move |mut client| async move {
+            use etcd_client::Permission;
+            client
+                .user_add(user_name.as_str(), password_text, None)
+                .await?;
+            if let Some(prefix) = prefix {
+                client.role_add(role.as_str()).await?;
+                client
+                    .role_grant_permission(
+                        role.as_str(),
+                        Permission::read_write(prefix).with_prefix(),
+                    )
+                    .await?;
+                client.user_grant_role(user_name, role).await?;
+            }
+            Ok(())
+        });
+        let file = self.dir.path().join(format!("{user}.password"));
+        std::fs::write(&file, format!("{password}\n")).unwrap();
+        file
+    }
+
+    /// Run `admin` with a client of the secure cluster, authenticated as
+    /// `root` once authentication is on.
+    fn as_root<F: std::future::Future<Output = Result<(), etcd_client::Error>>>(
+        &self,
+        admin: impl FnOnce(etcd_client::Client) -> F,
+    ) {
+        use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+        let secure = self.secure.as_ref().expect("a secure cluster");
+        let tls = secure.ca.ca_file();
+        let tls = tls.parent().unwrap();
+        let read = |name: &str| std::fs::read(tls.join(name)).unwrap();
+        let mut options = ConnectOptions::new().with_tls(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(read("ca.pem")))
+                .identity(Identity::from_pem(read("hosts.pem"), read("hosts-key.pem"))),
+        );
+        if !secure.auth_options.is_empty() {
+            options = options.with_user(ROOT_USER, ROOT_PASSWORD);
+        }
+        let endpoints: Vec<String> = self.members.iter().map(|m| m.client_url.clone()).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(async move {
+                let client = etcd_client::Client::connect(endpoints, Some(options)).await?;
+                admin(client).await
+            })
+            .expect("administer the secure etcd cluster");
+    }
+
+    /// Create `root` and the hosts' user, then turn authentication on.
+    fn enable_auth(&mut self) {
+        self.as_root(|mut client| async move {
+            client.user_add(ROOT_USER, ROOT_PASSWORD, None).await?;
+            client.user_grant_role(ROOT_USER, "root").await?;
+            Ok(())
+        });
+        let password_file = self.add_user(HOSTS_USER, "hosts-secret", Some(TEST_PREFIX_ROOT));
+        self.as_root(|mut client| async move {
+            client.auth_enable().await?;
+            Ok(())
+        });
+        self.secure.as_mut().unwrap().auth_options = format!(
+            "user={HOSTS_USER}&password_file={}",
+            password_file.display()
+        );
     }
 
     /// A new handle on the store named by `url`.

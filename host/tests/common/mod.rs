@@ -12,6 +12,7 @@ pub mod netns;
 pub mod probes;
 pub mod records;
 pub mod reliability;
+pub mod tls;
 pub mod verify;
 pub mod world;
 

@@ -52,12 +52,12 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, Txn, TxnOp,
 };
 
-use super::kv::{
-    check_write, KeyValue, KvStore, KvTxn, StoreError, WriteBudget, MAX_TXN_OPERATIONS,
-};
+use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, TxnBudget, MAX_TXN_OPERATIONS};
 
-/// The key prefix of a store whose URL names none.
-pub const DEFAULT_PREFIX: &str = "logstream/";
+mod target;
+pub use target::{
+    ClientCertificate, EtcdTarget, PasswordAuth, TlsFiles, DEFAULT_PREFIX, MAX_OPTION_FILE_BYTES,
+};
 
 /// Largest `Txn` request: 1.5 MiB, etcd's `--max-request-bytes` default,
 /// less 64 KiB for the request's framing and compares' keys we do not
@@ -84,56 +84,6 @@ const MAX_REPLY_BYTES: usize = 64 << 20;
 /// calling threads, the runtime only drives the connections.
 const RUNTIME_THREADS: usize = 1;
 
-/// Where an etcd store lives: its members and its key prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdTarget {
-    pub endpoints: Vec<String>,
-    pub prefix: String,
-}
-
-impl EtcdTarget {
-    /// Parse the part of a store URL after `etcd:`:
-    /// `http://HOST:PORT[,http://HOST:PORT…][?prefix=PREFIX]`.
-    pub fn parse(spec: &str) -> Result<EtcdTarget, StoreError> {
-        let (members, query) = match spec.split_once('?') {
-            Some((members, query)) => (members, Some(query)),
-            None => (spec, None),
-        };
-        let endpoints: Vec<String> = members
-            .split(',')
-            .map(str::trim)
-            .filter(|member| !member.is_empty())
-            .map(str::to_string)
-            .collect();
-        if endpoints.is_empty() {
-            return Err(StoreError::Other(
-                "the store URL `etcd:` needs at least one member, e.g. `etcd:http://127.0.0.1:2379`"
-                    .into(),
-            ));
-        }
-        if let Some(bad) = endpoints
-            .iter()
-            .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
-        {
-            return Err(StoreError::Other(format!(
-                "the etcd member {bad:?} is not an http:// or https:// URL (e.g. `etcd:http://127.0.0.1:2379`)"
-            )));
-        }
-        let mut prefix = DEFAULT_PREFIX.to_string();
-        for pair in query.into_iter().flat_map(|q| q.split('&')) {
-            match pair.split_once('=') {
-                Some(("prefix", value)) if !value.is_empty() => prefix = value.to_string(),
-                _ => {
-                    return Err(StoreError::Other(format!(
-                    "the etcd store option {pair:?} is unknown: the only option is `prefix=NAME`"
-                )))
-                }
-            }
-        }
-        Ok(EtcdTarget { endpoints, prefix })
-    }
-}
-
 /// An etcd coordination store: one cluster, one key prefix.
 pub struct EtcdStore {
     /// The store's runtime; `None` only once dropped (see `Drop`).
@@ -153,19 +103,24 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Other(format!("cannot start the etcd client runtime: {e}")))?;
-        let options = ConnectOptions::new()
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_require_leader(true);
+        let options = target.security(
+            ConnectOptions::new()
+                .with_timeout(REQUEST_TIMEOUT)
+                .with_connect_timeout(CONNECT_TIMEOUT)
+                .with_require_leader(true),
+        )?;
         let endpoints = target.endpoints.clone();
         let client = wait_on(&runtime, async move {
             Client::connect(endpoints, Some(options)).await
         })
-        .map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot connect to etcd at {}: {e}",
-                target.endpoints.join(",")
-            ))
+        .map_err(|e| match refusal(&e, &target) {
+            Some(refused) => refused,
+            None => StoreError::Unavailable(format!(
+                "cannot connect to etcd at {}: {}{}",
+                target.endpoints.join(","),
+                causes(&e),
+                unanswered_hint(&target)
+            )),
         })?;
         let kv = client
             .kv_client()
@@ -239,39 +194,138 @@ fn status(error: &etcd_client::Error) -> Option<&tonic::Status> {
     }
 }
 
-/// Map an error of a read (nothing applied, ever) onto the contract.
-fn read_error(error: etcd_client::Error) -> StoreError {
-    use tonic::Code;
-    match status(&error) {
-        // The snapshot revision was compacted, or the member has not
-        // applied it yet: retry at a fresh one.
-        Some(s) if s.code() == Code::OutOfRange => StoreError::Conflict,
-        Some(s)
-            if matches!(
-                s.code(),
-                Code::InvalidArgument | Code::FailedPrecondition | Code::PermissionDenied
-            ) && !s.message().contains("leader") =>
-        {
-            StoreError::Other(format!("etcd refused the request: {}", s.message()))
+/// An error and its causes, outermost first: tonic's transport errors say
+/// only "transport error" at the top, the reason (a refused connection, a
+/// certificate the CA did not sign) is further down.
+fn causes(error: &etcd_client::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
         }
-        _ => StoreError::Unavailable(format!("etcd did not answer: {error}")),
+        source = cause.source();
+    }
+    text
+}
+
+/// An error that retrying cannot cure, because etcd refused *us* (a wrong
+/// user or password, a role without access to the prefix, authentication
+/// asked of a cluster that has none): one sentence naming what to fix.
+fn refusal(error: &etcd_client::Error, target: &EtcdTarget) -> Option<StoreError> {
+    use tonic::Code;
+    if target.tls.is_some() {
+        if let Some(sentence) = tls_refusal(&causes(error)) {
+            return Some(StoreError::Other(sentence));
+        }
+    }
+    let s = status(error)?;
+    let user = target.auth.as_ref().map(|auth| auth.user.as_str());
+    let message = s.message();
+    let sentence = match s.code() {
+        Code::InvalidArgument if message.contains("authentication failed") => format!(
+            "etcd refused the user {:?}: the user or the password in {} is wrong ({message})",
+            user.unwrap_or(""),
+            target
+                .auth
+                .as_ref()
+                .map(|auth| auth.password_file.display().to_string())
+                .unwrap_or_default()
+        ),
+        Code::InvalidArgument if message.contains("user name is empty") => format!(
+            "etcd has authentication enabled: name a user with `user=NAME&password_file=PATH` in the store URL ({message})"
+        ),
+        Code::FailedPrecondition if message.contains("authentication is not enabled") => format!(
+            "the store URL names an etcd user but the cluster has authentication off: drop `user=` and `password_file=`, or enable it (`etcdctl auth enable`) ({message})"
+        ),
+        Code::PermissionDenied => match user {
+            Some(user) => format!(
+                "etcd denied the user {user:?} access to the prefix {:?}: grant its role readwrite on it (`etcdctl role grant-permission ROLE readwrite --prefix=true {}`) ({message})",
+                target.prefix, target.prefix
+            ),
+            // Without a token, a member with `--client-cert-auth` takes the
+            // client certificate's common name as the user.
+            None => format!(
+                "etcd denied this client access to the prefix {:?}: name a user allowed on it with `user=NAME&password_file=PATH`, or grant it to the user named by the client certificate's common name ({message})",
+                target.prefix
+            ),
+        },
+        _ => return None,
+    };
+    Some(StoreError::Other(sentence))
+}
+
+/// A TLS handshake that failed for a reason of configuration (rustls's
+/// alert and error names), as one sentence saying which option to fix.
+fn tls_refusal(causes: &str) -> Option<String> {
+    let sentence = if causes.contains("BadCertificate") || causes.contains("CertificateRequired") {
+        "the etcd member refused our TLS client certificate: it requires one signed by the cluster's CA, named with `cert_file=PATH&key_file=PATH`"
+    } else if causes.contains("UnknownIssuer") || causes.contains("invalid peer certificate") {
+        "the etcd member's TLS certificate is not signed by the CA of `ca_file` (or, without it, by one the system trusts)"
+    } else {
+        return None;
+    };
+    Some(format!("{sentence} ({causes})"))
+}
+
+/// What to check when members do not answer a TLS client without a
+/// certificate: under TLS 1.3 a member that requires one (`--client-cert-auth`)
+/// may close the connection before its alert reaches us, so the error alone
+/// can read as a broken pipe.
+fn unanswered_hint(target: &EtcdTarget) -> &'static str {
+    match &target.tls {
+        Some(tls) if tls.client.is_none() => {
+            " (if the members require a client certificate, name one with `cert_file=PATH&key_file=PATH`)"
+        }
+        _ => "",
     }
 }
 
-/// Map an error of a commit onto the contract: anything but a refusal the
-/// server gave before applying may have been applied.
-fn commit_error(error: etcd_client::Error) -> StoreError {
-    use tonic::Code;
-    match status(&error) {
-        Some(s) if s.code() == Code::InvalidArgument => {
-            StoreError::TooLarge(format!("etcd refused the transaction: {}", s.message()))
+impl EtcdStore {
+    /// Map an error of a read (nothing applied, ever) onto the contract.
+    fn read_error(&self, error: etcd_client::Error) -> StoreError {
+        use tonic::Code;
+        if let Some(refused) = refusal(&error, &self.target) {
+            return refused;
         }
-        Some(s) if matches!(s.code(), Code::ResourceExhausted | Code::PermissionDenied) => {
-            StoreError::Other(format!("etcd refused the transaction: {}", s.message()))
+        match status(&error) {
+            // The snapshot revision was compacted, or the member has not
+            // applied it yet: retry at a fresh one.
+            Some(s) if s.code() == Code::OutOfRange => StoreError::Conflict,
+            Some(s)
+                if matches!(s.code(), Code::InvalidArgument | Code::FailedPrecondition)
+                    && !s.message().contains("leader") =>
+            {
+                StoreError::Other(format!("etcd refused the request: {}", s.message()))
+            }
+            _ => StoreError::Unavailable(format!(
+                "etcd did not answer: {}{}",
+                causes(&error),
+                unanswered_hint(&self.target)
+            )),
         }
-        _ => {
-            tracing::debug!("etcd commit outcome unknown: {error}");
-            StoreError::CommitUnknown
+    }
+
+    /// Map an error of a commit onto the contract: anything but a refusal
+    /// the server gave before applying may have been applied.
+    fn commit_error(&self, error: etcd_client::Error) -> StoreError {
+        use tonic::Code;
+        if let Some(refused) = refusal(&error, &self.target) {
+            return refused;
+        }
+        match status(&error) {
+            Some(s) if s.code() == Code::InvalidArgument => {
+                StoreError::TooLarge(format!("etcd refused the transaction: {}", s.message()))
+            }
+            Some(s) if s.code() == Code::ResourceExhausted => {
+                StoreError::Other(format!("etcd refused the transaction: {}", s.message()))
+            }
+            _ => {
+                tracing::debug!("etcd commit outcome unknown: {}", causes(&error));
+                StoreError::CommitUnknown
+            }
         }
     }
 }
@@ -284,16 +338,12 @@ impl KvStore for EtcdStore {
             read_keys: BTreeMap::new(),
             read_ranges: Vec::new(),
             writes: Writes::default(),
-            written: WriteBudget::default(),
+            budget: TxnBudget::default(),
         }))
     }
 
     fn describe(&self) -> String {
-        format!(
-            "etcd:{}?prefix={}",
-            self.target.endpoints.join(","),
-            self.target.prefix
-        )
+        self.target.to_string()
     }
 }
 
@@ -449,7 +499,7 @@ struct EtcdTxn<'a> {
     /// Spans `[begin, end)` a range read covered in the snapshot.
     read_ranges: Vec<(Vec<u8>, Vec<u8>)>,
     writes: Writes,
-    written: WriteBudget,
+    budget: TxnBudget,
 }
 
 impl EtcdTxn<'_> {
@@ -480,7 +530,7 @@ impl EtcdTxn<'_> {
         let response = self
             .store
             .run(async move { kv.get(key, Some(options)).await })
-            .map_err(read_error)?;
+            .map_err(|e| self.store.read_error(e))?;
         if self.snapshot.is_none() {
             let revision = response.header().map(|h| h.revision()).ok_or_else(|| {
                 StoreError::Other("etcd answered a read without its revision".into())
@@ -524,6 +574,9 @@ impl KvTxn for EtcdTxn<'_> {
         }
         let (pairs, _) = self.snapshot_read(key, None, 1)?;
         let found = pairs.into_iter().next();
+        if let Some(((key, value), _)) = &found {
+            self.budget.read([(key.as_slice(), value.as_slice())])?;
+        }
         let revision = found.as_ref().map_or(0, |(_, revision)| *revision);
         self.read_keys.insert(key.to_vec(), revision);
         Ok(found.map(|((_, value), _)| value))
@@ -548,6 +601,13 @@ impl KvTxn for EtcdTxn<'_> {
                 (true, Some(((last, _), _))) => successor(last),
                 _ => end.to_vec(),
             };
+            // Counted page by page, so a read wider than the budget stops
+            // at the page that passes it.
+            self.budget.read(
+                pairs
+                    .iter()
+                    .map(|((key, value), _)| (key.as_slice(), value.as_slice())),
+            )?;
             let mut snapshot = Vec::with_capacity(pairs.len());
             for ((key, value), revision) in pairs {
                 self.read_keys.insert(key.clone(), revision);
@@ -572,19 +632,19 @@ impl KvTxn for EtcdTxn<'_> {
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         check_write(key, value)?;
-        self.written.spend(key.len() + value.len())?;
+        self.budget.write(key.len() + value.len())?;
         self.writes.set(key, value);
         Ok(())
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        self.written.spend(key.len())?;
+        self.budget.write(key.len())?;
         self.writes.clear(key);
         Ok(())
     }
 
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError> {
-        self.written.spend(begin.len() + end.len())?;
+        self.budget.write(begin.len() + end.len())?;
         self.writes.clear_range(begin, end);
         Ok(())
     }
@@ -633,7 +693,7 @@ impl KvTxn for EtcdTxn<'_> {
         let response = self
             .store
             .run(async move { kv.txn(txn).await })
-            .map_err(commit_error)?;
+            .map_err(|e| self.store.commit_error(e))?;
         if response.succeeded() {
             Ok(())
         } else {
@@ -645,20 +705,6 @@ impl KvTxn for EtcdTxn<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_name_members_and_a_prefix() {
-        let target = EtcdTarget::parse("http://a:2379,http://b:2379?prefix=t/1/").unwrap();
-        assert_eq!(target.endpoints, vec!["http://a:2379", "http://b:2379"]);
-        assert_eq!(target.prefix, "t/1/");
-        assert_eq!(
-            EtcdTarget::parse("http://a:2379").unwrap().prefix,
-            DEFAULT_PREFIX
-        );
-        assert!(EtcdTarget::parse("").is_err());
-        assert!(EtcdTarget::parse("a:2379").is_err());
-        assert!(EtcdTarget::parse("http://a:2379?name=x").is_err());
-    }
 
     #[test]
     fn a_key_set_inside_a_cleared_range_splits_it() {
