@@ -1,0 +1,15 @@
+//! The deterministic simulator of LogStream's failover protocol.
+//!
+//! Hosts elect one active per unit; the active consumes, produces its
+//! outputs as one Kafka transactional id and checkpoints its state; a
+//! passive takes over after a lease, fences the id and reads the output
+//! tails back before replaying. This crate models the parties of that
+//! protocol as pure, synchronous state machines so that a test can drive
+//! every interleaving of their steps, reproducibly, without a network,
+//! clocks or threads.
+//!
+//! - [`broker`]: the producer-facing state of a Kafka broker (transaction
+//!   coordinator, partition logs, per-partition producer state), with
+//!   Apache Kafka's per-partition epoch check or tansu's global one.
+
+pub mod broker;
