@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use logstream_host::pipeline::kafka::{self, Outgoing, OutputProducer, PartitionReader};
+use logstream_host::pipeline::kafka::{
+    self, is_fence_record, Outgoing, OutputProducer, PartitionReader,
+};
 use logstream_host::probe::{pid_of, unix_micros};
 use logstream_host::store::election::read_leader;
 use logstream_host::store::{transact, RetryPolicy, SqliteStore};
@@ -290,7 +292,7 @@ fn main() {
             next = batch.last().map_or(next, |r| r.offset + 1);
             first = batch
                 .iter()
-                .find(|r| r.timestamp_ms > killed_at_ms)
+                .find(|r| r.timestamp_ms > killed_at_ms && !is_fence_record(r))
                 .map(|r| r.timestamp_ms - killed_at_ms);
         }
         per_unit_ms.extend(first);

@@ -45,7 +45,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use logstream_host::pipeline::kafka::{self, Outgoing, OutputProducer, PartitionReader};
+use logstream_host::pipeline::kafka::{
+    self, is_fence_record, Outgoing, OutputProducer, PartitionReader,
+};
 use logstream_host::probe::{pid_of, unix_micros};
 use logstream_host::store::election::read_leader;
 use logstream_host::store::{transact, KvStore, RetryPolicy, SqliteStore};
@@ -350,7 +352,10 @@ fn main() {
             let batch = outputs
                 .poll_batch(10_000, 64 << 20, Duration::from_millis(50), Duration::ZERO)
                 .unwrap();
-            if let Some(record) = batch.iter().find(|r| r.timestamp_ms > killed_at_ms) {
+            if let Some(record) = batch
+                .iter()
+                .find(|r| r.timestamp_ms > killed_at_ms && !is_fence_record(r))
+            {
                 break record.timestamp_ms;
             }
         };
@@ -402,7 +407,13 @@ fn main() {
                 .poll_batch(10_000, 64 << 20, Duration::from_secs(1), Duration::ZERO)
                 .unwrap();
             next = batch.last().map_or(next, |r| r.offset + 1);
-            times.extend(batch.iter().map(|r| r.timestamp_ms));
+            // Fence records are the new leader's, but not outputs.
+            times.extend(
+                batch
+                    .iter()
+                    .filter(|r| !is_fence_record(r))
+                    .map(|r| r.timestamp_ms),
+            );
         }
         times
     };

@@ -55,7 +55,9 @@ use std::time::{Duration, Instant};
 use etcd::EtcdCluster;
 use hosts::Hosts;
 use indicatif::{ProgressBar, ProgressStyle};
-use logstream_host::pipeline::kafka::{self, Outgoing, OutputProducer, PartitionReader};
+use logstream_host::pipeline::kafka::{
+    self, is_fence_record, Outgoing, OutputProducer, PartitionReader,
+};
 use logstream_host::probe::{pid_of, unix_micros};
 use logstream_host::sample_logs::SampleLogs;
 use logstream_host::store::checkpoint;
@@ -540,7 +542,7 @@ fn run() -> Result<bool, String> {
             }
             first_ms = batch
                 .iter()
-                .find(|r| r.timestamp_ms > killed_at_ms)
+                .find(|r| r.timestamp_ms > killed_at_ms && !is_fence_record(r))
                 .map(|r| r.timestamp_ms - killed_at_ms);
         }
         failovers.push((unit.clone(), epoch_before, new_epoch, first_ms));

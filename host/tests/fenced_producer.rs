@@ -10,7 +10,9 @@ use std::time::Duration;
 use common::broker::Broker;
 use common::verify::read_partition;
 use logstream_host::pipeline::fenced::{FencedProducer, ProduceError};
-use logstream_host::pipeline::kafka::{ensure_topics, Outgoing, ID_HEADER};
+use logstream_host::pipeline::kafka::{
+    ensure_topics, is_fence_record, Outgoing, PartitionReader, FENCE_HEADER, ID_HEADER,
+};
 use logstream_host::wasm::bindings::Header;
 
 const READ_BOUND: Duration = Duration::from_secs(30);
@@ -130,4 +132,61 @@ fn a_flush_larger_than_one_request_arrives_whole_and_in_order() {
         assert_eq!(record.headers[0].value, format!("big-{i}").into_bytes());
         assert_eq!(record.value.len(), value.len());
     }
+}
+
+/// `write_fences` writes one fence record per partition at the current
+/// epoch (no key, no value, the `logstream-fence` header naming the
+/// producer), acknowledged before it returns; consumers that read through
+/// `verify::read_partition` (as LogStream's inputs do) skip them; and the
+/// producer goes on in sequence after them.
+#[test]
+fn fence_records_mark_every_partition_at_the_new_epoch_and_are_skipped_by_readers() {
+    let broker = Broker::start();
+    ensure_topics(&broker.address, &[("out", 2), ("dlq", 1)]).unwrap();
+    let mut producer = FencedProducer::open(&broker.address, "logstream/test/1").unwrap();
+    let identity = producer.fence().unwrap();
+    let targets = [
+        ("out".to_string(), 0),
+        ("out".to_string(), 1),
+        ("dlq".to_string(), 0),
+    ];
+    producer.write_fences(&targets).unwrap();
+    for (topic, partition) in &targets {
+        assert_eq!(
+            producer.watermarks(topic, *partition).unwrap(),
+            (0, 1),
+            "one fence record on {topic}/{partition}"
+        );
+        let reader = PartitionReader::open(&broker.address, topic, *partition, Some(0)).unwrap();
+        let raw = reader
+            .poll_batch(10, 1 << 20, READ_BOUND, Duration::ZERO)
+            .unwrap();
+        assert_eq!(raw.len(), 1);
+        assert!(is_fence_record(&raw[0]));
+        assert!(raw[0].key.is_none() && raw[0].value.is_empty());
+        let named = &raw[0]
+            .headers
+            .iter()
+            .find(|h| h.key == FENCE_HEADER)
+            .unwrap()
+            .value;
+        assert_eq!(
+            String::from_utf8_lossy(named),
+            format!("logstream/test/1@{}", identity.epoch)
+        );
+        assert!(read_partition(&broker.address, topic, *partition, READ_BOUND).is_empty());
+    }
+    // Outputs follow the fence records in sequence.
+    producer.send(&outgoing(b"after", "id-after", &[])).unwrap();
+    producer.flush().unwrap();
+    let records = read_partition(&broker.address, "out", 1, READ_BOUND);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].value, b"after");
+    assert_eq!(records[0].offset, 1);
+    // Fence records must be an epoch's first records.
+    producer.send(&outgoing(b"held", "id-held", &[])).unwrap();
+    assert!(matches!(
+        producer.write_fences(&targets),
+        Err(ProduceError::Other(_))
+    ));
 }

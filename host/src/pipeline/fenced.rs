@@ -16,11 +16,34 @@
 //!   epoch in the same store transaction that appends the batch and refuses
 //!   a batch of an older epoch (`PRODUCER_FENCED` / `INVALID_PRODUCER_EPOCH`).
 //!
+//! - right after `InitProducerId`, [`FencedProducer::write_fences`] writes
+//!   one *fence record* ([`FENCE_HEADER`], no data) at the new epoch to
+//!   every partition the unit writes, and waits for the acknowledgements.
+//!
+//! Why the fence records: Apache Kafka and Redpanda keep producer state
+//! **per partition** (`ProducerStateManager`, `ProducerAppendInfo.checkProducerEpoch`):
+//! a partition learns a producer's new epoch only from a batch or a
+//! transaction marker written *to it*, and for idempotent (non-transactional)
+//! batches no broker asks the coordinator (KIP-890 verification guards
+//! transactional batches only). After `InitProducerId` alone, a zombie's
+//! batch at the old epoch is still appended to every partition the new
+//! epoch has not reached — during the read-back — and would be replayed: a
+//! duplicate. Once a partition holds a batch at the new epoch it refuses
+//! every older one. tansu checks the epoch against the coordinator's
+//! (globally), where the fence records are redundant but harmless. The
+//! race and both fences are modelled from Kafka's source in
+//! `tests/sim/src/broker.rs` (crate `logstream-sim`).
+//!
 //! So any batch of an earlier leader is either appended before the fence
-//! (and the successor's read-back, which comes after, sees it) or refused.
-//! This needs no Kafka transactions (`EndTxn`, which our broker lacks),
-//! only `InitProducerId` with a transactional id and idempotent produce
-//! checks, which tansu's SQL storage implements (and Apache Kafka does).
+//! records are acknowledged (and the successor's read-back, which comes
+//! after, sees it) or refused. This needs no Kafka transactions (`EndTxn`,
+//! which our test broker lacks; an aborted empty transaction would write
+//! invisible control markers instead, but its markers land *after* `EndTxn`
+//! answers, so it needs a wait of its own), only `InitProducerId` with a
+//! transactional id and idempotent produce checks, which every broker we
+//! know implements. What a downstream consumer sees: one record per
+//! takeover per output partition with an empty value, no key and the
+//! header `logstream-fence`, to skip (LogStream's inputs skip it).
 //!
 //! librdkafka picks a producer id of its own and only takes a
 //! transactional id together with transactions, so this producer speaks
@@ -54,9 +77,10 @@ use kafka_protocol::messages::produce_request::{
 use kafka_protocol::messages::{BrokerId, ProducerId, TopicName, TransactionalId};
 use kafka_protocol::protocol::StrBytes;
 
-use super::kafka::{Outgoing, DELIVERY_TIMEOUT, ID_HEADER};
+use super::kafka::{Outgoing, DELIVERY_TIMEOUT, FENCE_HEADER, ID_HEADER};
 use super::record_batch::{self, BatchRecord, ProducerIdentity};
 use super::wire::{WireConnection, WirePool};
+use crate::wasm::bindings::Header;
 
 /// Most bytes of records per partition in one produce request (the
 /// broker's default largest batch is 1 MiB; this leaves room for framing).
@@ -308,6 +332,39 @@ impl FencedProducer {
                 timestamp_ms: (crate::probe::unix_micros() / 1000) as i64,
             });
         Ok(())
+    }
+
+    /// Write one fence record ([`FENCE_HEADER`]) at the current producer
+    /// epoch to each of `partitions` and wait until all are acknowledged:
+    /// from then on each of them refuses every batch of an earlier epoch,
+    /// on brokers that check epochs per partition (Apache Kafka, Redpanda)
+    /// as on those that check them globally. Call right after
+    /// [`fence`](Self::fence), before anything else is produced.
+    pub fn write_fences(&mut self, partitions: &[(String, i32)]) -> Result<(), ProduceError> {
+        if self.holds_records() {
+            return Err(ProduceError::Other(anyhow!(
+                "fence records must be the first records of an epoch, but outputs are held"
+            )));
+        }
+        let identity = self
+            .identity
+            .ok_or_else(|| anyhow!("writing fence records before the producer was fenced in"))?;
+        let producer = format!("{}@{}", self.transactional_id, identity.epoch);
+        let headers = [Header {
+            key: FENCE_HEADER.to_string(),
+            value: producer.into_bytes(),
+        }];
+        for (topic, partition) in partitions {
+            self.send(&Outgoing {
+                topic,
+                partition: *partition,
+                key: None,
+                value: &[],
+                headers: &headers,
+                id: None,
+            })?;
+        }
+        self.flush()
     }
 
     /// Whether records are held.

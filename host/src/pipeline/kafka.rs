@@ -31,6 +31,18 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The header that carries an output's deterministic id.
 pub const ID_HEADER: &str = "logstream-id";
+/// The header of a *fence record*: what a new leader writes to every
+/// partition it produces to, at its new producer epoch, before reading the
+/// outputs back (see [`super::fenced`]). It carries no data; its value
+/// names the producer (`TRANSACTIONAL_ID@EPOCH`) for diagnosis. Consumers
+/// of LogStream's output topics skip records with this header (LogStream's
+/// own inputs do, [`is_fence_record`]).
+pub const FENCE_HEADER: &str = "logstream-fence";
+
+/// Whether `record` is a fence record ([`FENCE_HEADER`]), not data.
+pub fn is_fence_record(record: &LogRecord) -> bool {
+    record.headers.iter().any(|h| h.key == FENCE_HEADER)
+}
 /// Records the producer may hold unacknowledged before `send` waits.
 pub const PRODUCER_QUEUE_RECORDS: u32 = 100_000;
 /// Pause before the next fetch after a failed one or a full prefetch queue,

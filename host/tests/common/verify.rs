@@ -18,9 +18,24 @@ use logstream_host::unit_id::OutputId;
 /// record's outputs, value.
 pub type OutputRow = (i64, u64, String);
 
-/// Every record of a partition, up to its high watermark at the call;
-/// panics after `bound`.
+/// Every data record of a partition (fence records left out), up to its
+/// high watermark at the call; panics after `bound`.
 pub fn read_partition(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    bound: Duration,
+) -> Vec<LogRecord> {
+    let mut records = read_partition_raw(brokers, topic, partition, bound);
+    // Fence records (one per takeover) are not outputs: consumers skip
+    // them, and so do the comparisons with an uninterrupted run.
+    records.retain(|record| !kafka::is_fence_record(record));
+    records
+}
+
+/// Every record of a partition, fence records included, up to its high
+/// watermark at the call; panics after `bound`.
+pub fn read_partition_raw(
     brokers: &str,
     topic: &str,
     partition: i32,

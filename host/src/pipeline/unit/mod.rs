@@ -46,7 +46,7 @@ use anyhow::Result;
 
 use super::elector::{HostElector, UnitLease};
 use super::fenced::ProduceError;
-use super::kafka::BatchLimits;
+use super::kafka::{is_fence_record, BatchLimits};
 use super::links::UnitLinks;
 use super::position::Position;
 use super::shared_io::SharedIo;
@@ -297,8 +297,17 @@ impl Unit {
         // A reader restarted at an offset delivers nothing before it; this
         // guards the exactly-once accounting should it ever do so.
         records.retain(|r| r.offset >= active.next_offset);
-        if let Some(last) = records.last() {
-            let next = last.offset + 1;
+        // Fence records (an upstream LogStream unit's takeovers, when the
+        // input is another processor's output topic) carry no data: they
+        // move the offset on, and nothing else.
+        let read_up_to = records.last().map(|last| last.offset + 1);
+        records.retain(|r| !is_fence_record(r));
+        if records.is_empty() {
+            if let Some(next) = read_up_to {
+                active.next_offset = next;
+            }
+        }
+        if let (Some(next), false) = (read_up_to, records.is_empty()) {
             let count = records.len() as u64;
             let first_offset = records[0].offset;
             // The supervisor keeps the records (its replay journal); the

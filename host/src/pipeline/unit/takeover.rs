@@ -8,7 +8,10 @@
 //!    this host runs an older deployment and leaves the unit to the hosts
 //!    that run the newer one.
 //! 2. **Fence** the previous leader's producer at the broker
-//!    ([`FencedProducer::fence`](crate::pipeline::fenced::FencedProducer::fence)),
+//!    ([`FencedProducer::fence`](crate::pipeline::fenced::FencedProducer::fence))
+//!    and write a fence record at the new epoch to every partition the
+//!    unit writes, so each refuses the old epoch whatever the broker's
+//!    epoch check ([`FencedProducer::write_fences`](crate::pipeline::fenced::FencedProducer::write_fences));
 //!    moving the unit to its next producer generation when the epochs of
 //!    its transactional id run out.
 //! 3. **Mark** every output partition the checkpoint does not cover yet
@@ -190,13 +193,24 @@ impl Unit {
         if links.producer.transactional_id() != transactional_id {
             links.producer.retarget(&transactional_id);
         }
+        let targets = links.target_partitions();
         let identity = links
             .producer
             .fence()
             .context("fencing the previous leader's producer")?;
+        // Every partition the unit writes learns the new epoch before the
+        // read-back (brokers that check epochs per partition; see
+        // `fenced`).
+        links
+            .producer
+            .write_fences(&targets)
+            .context("writing the fence records at the new producer epoch")?;
         if epochs_used_up(identity.epoch) {
-            // The fence above was the old id's last: every earlier holder of
-            // it is fenced for good. Later leaders produce as the next one.
+            // The fence records above, at the old id's last epoch, fence
+            // every earlier holder of it for good, on every partition the
+            // unit writes (a new producer id would not: partitions keep
+            // producer state per producer id). Later leaders produce as
+            // the next one.
             let next = producer_generation::advance(
                 self.store.as_ref(),
                 &Fence::new(name, epoch),
@@ -213,6 +227,10 @@ impl Unit {
                 .producer
                 .fence()
                 .context("fencing the unit's next producer generation")?;
+            links
+                .producer
+                .write_fences(&targets)
+                .context("writing the fence records of the next producer generation")?;
         }
         Ok(())
     }
