@@ -11,5 +11,10 @@
 //! - [`broker`]: the producer-facing state of a Kafka broker (transaction
 //!   coordinator, partition logs, per-partition producer state), with
 //!   Apache Kafka's per-partition epoch check or tansu's global one.
+//! - [`store`]: a simulated coordination store implementing the host's
+//!   `KvStore` contract, with FoundationDB's and etcd's optimistic
+//!   concurrency or SQLite's single writer, every latency and failure
+//!   decided by the scheduler.
 
 pub mod broker;
+pub mod store;
