@@ -1325,7 +1325,10 @@ mod tests {
             );
         }
         // Not vacuous: leadership changed hands, and every kind of fault
-        // was injected.
+        // was injected (in a budget large enough to say so).
+        if schedules < 1_000 {
+            return;
+        }
         assert!(found.counters.became_leader > 2 * schedules);
         assert!(found.counters.fenced > 0);
         for (fault, n) in Fault::ALL.iter().zip(found.counters.faults) {

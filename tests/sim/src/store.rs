@@ -20,8 +20,13 @@
 //! - `begin` takes the snapshot (FoundationDB's read version, after a GRV
 //!   latency during which other commits may land). The scheduler may serve
 //!   an *older* snapshot ([`StoreEnv::snapshot_age`]): the version that was
-//!   current up to [`StoreEnv::snapshot_age`] earlier, as a lagging proxy or
-//!   etcd member would;
+//!   current that long before. That is a stronger adversary than either
+//!   backend: FoundationDB's read version includes every commit
+//!   acknowledged before the transaction began (only its
+//!   `CAUSAL_READ_RISKY` option relaxes that), and the etcd backend's
+//!   first read is linearizable; a serializable read from a lagging etcd
+//!   member would be this stale. What the election must survive here it
+//!   survives there;
 //! - reads see the snapshot plus the transaction's own writes; every read is
 //!   recorded as a key range (a point read as that key's range, so reading
 //!   an absent key counts; a range read as its whole `[begin, end)`, as
