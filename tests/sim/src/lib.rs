@@ -8,8 +8,24 @@
 //! every interleaving of their steps, reproducibly, without a network,
 //! clocks or threads.
 //!
+//! Where the production code is already a pure state machine over
+//! injected time and the store contract, the simulator drives *that* code
+//! rather than a model of it: the election runs as `logstream-host` ships
+//! it.
+//!
 //! - [`broker`]: the producer-facing state of a Kafka broker (transaction
 //!   coordinator, partition logs, per-partition producer state), with
 //!   Apache Kafka's per-partition epoch check or tansu's global one.
+//! - [`store`]: a simulated coordination store implementing the host's
+//!   `KvStore` contract, with FoundationDB's and etcd's optimistic
+//!   concurrency or SQLite's single writer, every latency and failure
+//!   decided by the scheduler.
+//! - [`election`]: the seeded scheduler that runs the host's real
+//!   `Election` state machines over that store and simulated clocks, under
+//!   crashes, pauses and store faults, checking after every event that no
+//!   two hosts act for one unit at once; failing seeds are shrunk and
+//!   replayed from their seed.
 
 pub mod broker;
+pub mod election;
+pub mod store;
