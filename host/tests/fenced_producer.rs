@@ -136,7 +136,8 @@ fn a_flush_larger_than_one_request_arrives_whole_and_in_order() {
 
 /// `write_fences` writes one fence record per partition at the current
 /// epoch (no key, no value, the `logstream-fence` header naming the
-/// producer), acknowledged before it returns; consumers that read through
+/// producer), acknowledged before it returns with their offsets; consumers
+/// that read through
 /// `verify::read_partition` (as LogStream's inputs do) skip them; and the
 /// producer goes on in sequence after them.
 #[test]
@@ -150,7 +151,12 @@ fn fence_records_mark_every_partition_at_the_new_epoch_and_are_skipped_by_reader
         ("out".to_string(), 1),
         ("dlq".to_string(), 0),
     ];
-    producer.write_fences(&targets).unwrap();
+    let offsets = producer.write_fences(&targets).unwrap();
+    assert_eq!(
+        offsets,
+        targets.iter().map(|tp| (tp.clone(), 0)).collect(),
+        "each fence record's offset, as the broker acknowledged it"
+    );
     for (topic, partition) in &targets {
         assert_eq!(
             producer.watermarks(topic, *partition).unwrap(),

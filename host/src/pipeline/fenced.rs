@@ -155,6 +155,9 @@ pub struct FencedProducer {
     /// Records sent but not yet flushed, in send order per partition (a
     /// partition leaves the map when its last record is acknowledged).
     held: BTreeMap<TopicPartition, Vec<BatchRecord>>,
+    /// Offset of the last record acknowledged per partition, when the
+    /// broker said (a duplicate's answer may not carry it).
+    last_offsets: HashMap<TopicPartition, i64>,
 }
 
 impl FencedProducer {
@@ -190,6 +193,7 @@ impl FencedProducer {
             coordinator: None,
             sequences: HashMap::new(),
             held: BTreeMap::new(),
+            last_offsets: HashMap::new(),
         };
         producer.refresh_metadata(&[])?;
         // Resolved now, while nobody waits on it.
@@ -339,8 +343,14 @@ impl FencedProducer {
     /// from then on each of them refuses every batch of an earlier epoch,
     /// on brokers that check epochs per partition (Apache Kafka, Redpanda)
     /// as on those that check them globally. Call right after
-    /// [`fence`](Self::fence), before anything else is produced.
-    pub fn write_fences(&mut self, partitions: &[(String, i32)]) -> Result<(), ProduceError> {
+    /// [`fence`](Self::fence), before anything else is produced. Returns
+    /// the offset of each fence record the broker reported: every batch of
+    /// an earlier epoch on that partition lies below it, so a read-back
+    /// need not reach past it (nor wait for the fence record itself).
+    pub fn write_fences(
+        &mut self,
+        partitions: &[(String, i32)],
+    ) -> Result<BTreeMap<TopicPartition, i64>, ProduceError> {
         if self.holds_records() {
             return Err(ProduceError::Other(anyhow!(
                 "fence records must be the first records of an epoch, but outputs are held"
@@ -354,6 +364,9 @@ impl FencedProducer {
             key: FENCE_HEADER.to_string(),
             value: producer.into_bytes(),
         }];
+        for tp in partitions {
+            self.last_offsets.remove(tp);
+        }
         for (topic, partition) in partitions {
             self.send(&Outgoing {
                 topic,
@@ -364,7 +377,11 @@ impl FencedProducer {
                 id: None,
             })?;
         }
-        self.flush()
+        self.flush()?;
+        Ok(partitions
+            .iter()
+            .filter_map(|tp| Some((tp.clone(), *self.last_offsets.get(tp)?)))
+            .collect())
     }
 
     /// Whether records are held.
@@ -459,20 +476,26 @@ impl FencedProducer {
                 })
                 .collect();
             let response = self.on_node(node, |c| c.request(&request, 3..=9))?;
-            let mut codes: HashMap<TopicPartition, i16> = HashMap::new();
+            let mut codes: HashMap<TopicPartition, (i16, i64)> = HashMap::new();
             for topic in &response.responses {
                 for partition in &topic.partition_responses {
                     codes.insert(
                         (topic.name.0.to_string(), partition.index),
-                        partition.error_code,
+                        (partition.error_code, partition.base_offset),
                     );
                 }
             }
             let mut retriable = None;
             for (tp, count, _) in chunks {
-                match codes.get(&tp).copied() {
+                match codes.get(&tp).map(|(code, _)| *code) {
                     // A duplicate is a retried batch the broker already has.
                     Some(code::NONE | code::DUPLICATE_SEQUENCE_NUMBER) => {
+                        match codes[&tp].1 {
+                            base if base >= 0 => self
+                                .last_offsets
+                                .insert(tp.clone(), base + count as i64 - 1),
+                            _ => self.last_offsets.remove(&tp),
+                        };
                         let records = self.held.get_mut(&tp).expect("held");
                         records.drain(..count);
                         if records.is_empty() {

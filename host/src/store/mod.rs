@@ -7,6 +7,8 @@
 //! - [`sqlite`]: the embedded single-machine backend;
 //! - `etcd`: the distributed backend (feature `etcd`, on by default);
 //! - [`keys`]: the key layout (FoundationDB tuple encoding);
+//! - [`key_range`]: key-range arithmetic for stores that track read and
+//!   write sets (the optimistic test and simulator stores);
 //! - [`clock`]: injectable monotonic time;
 //! - [`election`]: lease election with epoch fencing;
 //! - [`deployment`]: the deployment's name, one per store;
@@ -21,6 +23,7 @@ pub mod checkpoint;
 pub mod clock;
 pub mod deployment;
 pub mod election;
+pub mod key_range;
 pub mod keys;
 pub mod kv;
 pub mod membership;

@@ -24,14 +24,11 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::key_range::{bounds, overlap, single_key, KeyRange};
 use super::kv::{check_write, KeyValue, KvStore, KvTxn, StoreError, TxnBudget};
-
-/// A key range `[begin, end)`.
-type Range = (Vec<u8>, Vec<u8>);
 
 /// What runs before each commit is checked, on the committing thread: the
 /// store, and the version the committing transaction read at.
@@ -69,7 +66,7 @@ struct State {
     data: Data,
     /// The ranges each commit wrote: `history[v - 1]` those of version `v`.
     /// Kept whole: a test is short.
-    history: Vec<Vec<Range>>,
+    history: Vec<Vec<KeyRange>>,
 }
 
 impl OccStore {
@@ -115,24 +112,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The range of exactly one key.
-fn key_range(key: &[u8]) -> Range {
-    let mut end = key.to_vec();
-    end.push(0);
-    (key.to_vec(), end)
-}
-
-fn overlaps(a: &Range, b: &Range) -> bool {
-    a.0 < b.1 && b.0 < a.1
-}
-
-fn bounds(begin: &[u8], end: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
-    (
-        Bound::Included(begin.to_vec()),
-        Bound::Excluded(end.to_vec()),
-    )
-}
-
 impl KvStore for OccStore {
     fn begin(&self) -> Result<Box<dyn KvTxn + '_>, StoreError> {
         let state = lock(&self.state);
@@ -157,13 +136,13 @@ struct OccTxn<'a> {
     store: &'a OccStore,
     read_version: u64,
     view: Data,
-    reads: Vec<Range>,
-    writes: Vec<Range>,
+    reads: Vec<KeyRange>,
+    writes: Vec<KeyRange>,
     budget: TxnBudget,
 }
 
 impl OccTxn<'_> {
-    fn wrote(&mut self, range: Range, bytes: usize) -> Result<(), StoreError> {
+    fn wrote(&mut self, range: KeyRange, bytes: usize) -> Result<(), StoreError> {
         self.budget.write(bytes)?;
         self.writes.push(range);
         Ok(())
@@ -172,7 +151,7 @@ impl OccTxn<'_> {
 
 impl KvTxn for OccTxn<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.reads.push(key_range(key));
+        self.reads.push(single_key(key));
         let value = self.view.get(key).map(|v| v.to_vec());
         if let Some(value) = &value {
             self.budget.read([(key, value.as_slice())])?;
@@ -203,13 +182,13 @@ impl KvTxn for OccTxn<'_> {
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         check_write(key, value)?;
-        self.wrote(key_range(key), key.len() + value.len())?;
+        self.wrote(single_key(key), key.len() + value.len())?;
         self.view.insert(key.to_vec(), value.into());
         Ok(())
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        self.wrote(key_range(key), key.len())?;
+        self.wrote(single_key(key), key.len())?;
         self.view.remove(key);
         Ok(())
     }
@@ -240,7 +219,7 @@ impl KvTxn for OccTxn<'_> {
         let conflict = state.history[since_begin..]
             .iter()
             .flatten()
-            .any(|written| self.reads.iter().any(|read| overlaps(read, written)));
+            .any(|written| self.reads.iter().any(|read| overlap(read, written)));
         if conflict {
             self.store.conflicts.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::Conflict);

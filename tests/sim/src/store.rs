@@ -69,9 +69,9 @@
 //!   an `Unavailable` at `begin`, decided by the scheduler.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use logstream_host::store::key_range::{bounds, overlap, single_key, KeyRange};
 use logstream_host::store::kv::KeyValue;
 use logstream_host::store::{KvStore, KvTxn, StoreError};
 
@@ -134,16 +134,13 @@ pub trait StoreEnv: Sync {
 
 /// Stored values.
 type Data = BTreeMap<Vec<u8>, Vec<u8>>;
-/// A key range `[begin, end)`.
-type Range = (Vec<u8>, Vec<u8>);
-
 /// One committed version.
 struct Version {
     /// When it committed, µs.
     at: Micros,
     data: Arc<Data>,
     /// What its commit wrote.
-    wrote: Vec<Range>,
+    wrote: Vec<KeyRange>,
 }
 
 /// Counts of what the store did.
@@ -270,26 +267,8 @@ struct SimTxn<'s> {
     /// The instant the snapshot stands for, µs.
     snapshot_at: Micros,
     view: Data,
-    reads: Vec<Range>,
-    writes: Vec<Range>,
-}
-
-/// The range of exactly one key.
-fn key_range(key: &[u8]) -> Range {
-    let mut end = key.to_vec();
-    end.push(0);
-    (key.to_vec(), end)
-}
-
-fn overlaps(a: &Range, b: &Range) -> bool {
-    a.0 < b.1 && b.0 < a.1
-}
-
-fn bounds(begin: &[u8], end: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
-    (
-        Bound::Included(begin.to_vec()),
-        Bound::Excluded(end.to_vec()),
-    )
+    reads: Vec<KeyRange>,
+    writes: Vec<KeyRange>,
 }
 
 impl SimTxn<'_> {
@@ -322,7 +301,7 @@ impl SimTxn<'_> {
 impl KvTxn for SimTxn<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.before_read()?;
-        self.reads.push(key_range(key));
+        self.reads.push(single_key(key));
         Ok(self.view.get(key).cloned())
     }
 
@@ -346,13 +325,13 @@ impl KvTxn for SimTxn<'_> {
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.writes.push(key_range(key));
+        self.writes.push(single_key(key));
         self.view.insert(key.to_vec(), value.to_vec());
         Ok(())
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        self.writes.push(key_range(key));
+        self.writes.push(single_key(key));
         self.view.remove(key);
         Ok(())
     }
@@ -386,7 +365,7 @@ impl KvTxn for SimTxn<'_> {
             let conflict = state.versions[self.version + 1..]
                 .iter()
                 .flat_map(|v| &v.wrote)
-                .any(|written| self.reads.iter().any(|read| overlaps(read, written)));
+                .any(|written| self.reads.iter().any(|read| overlap(read, written)));
             drop(state);
             if conflict {
                 store.db.lock().stats.conflicts += 1;
