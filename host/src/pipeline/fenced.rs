@@ -134,7 +134,8 @@ pub enum ProduceError {
     Other(#[from] anyhow::Error),
 }
 
-type TopicPartition = (String, i32);
+/// A topic and one of its partitions.
+pub type TopicPartition = (String, i32);
 
 /// A unit's producer; see the module docs.
 pub struct FencedProducer {

@@ -31,6 +31,7 @@ use super::input::UnitInput;
 use super::position::{OutputMark, Position};
 use super::shared_io::SharedIo;
 use super::tail::{FollowFrom, OutputTail};
+use super::unit::seams::UnitIo;
 use crate::store::registry::ProcessorSpec;
 
 /// A unit's open connections.
@@ -89,27 +90,13 @@ impl UnitLinks {
         })
     }
 
-    /// Every `(topic, partition)` the unit writes.
-    pub fn target_partitions(&self) -> Vec<(String, i32)> {
-        self.targets
-            .iter()
-            .map(|(topic, partition)| (topic.clone(), *partition))
-            .collect()
-    }
-
-    /// The marks of every output partition at their current high
-    /// watermarks (one request per broker).
-    pub fn marks_now(&mut self) -> Result<BTreeMap<String, OutputMark>> {
-        Ok(self.watermarks_now(None)?.1)
-    }
-
     /// The high watermark of input partition `input` (when given) and the
     /// marks of every output partition now, in one request per broker.
     pub fn watermarks_now(
         &mut self,
         input: Option<(&str, i32)>,
     ) -> Result<(Option<i64>, BTreeMap<String, OutputMark>)> {
-        let mut partitions = self.target_partitions();
+        let mut partitions = UnitIo::target_partitions(self);
         if let Some((topic, partition)) = input {
             partitions.push((topic.to_string(), partition));
         }

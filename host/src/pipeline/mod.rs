@@ -20,6 +20,8 @@
 //! - [`position`]: where a checkpoint puts a unit (offset, output marks);
 //! - [`unit`](mod@unit): one processor on one input partition: lead, checkpoint,
 //!   hot standby, takeover with output suppression, crash-only restarts;
+//!   it reaches the clock, its lease and the broker only through
+//!   [`unit::seams`], so a simulation can run the same code;
 //! - [`node`]: a host: membership, registry polling, one thread per unit.
 
 pub mod broker_health;

@@ -47,6 +47,7 @@ use super::standby_budget::StandbyBudget;
 use super::unit::restarts::run_with_restarts;
 use super::unit::{Unit, UnitSettings};
 use crate::admin::{Admin, AdminServer, CapacityReport};
+use crate::store::clock::SystemClock;
 use crate::store::election::ElectionTiming;
 use crate::store::membership::HostCapacity;
 use crate::store::registry::{self, ProcessorSpec};
@@ -118,6 +119,8 @@ struct Host {
     elector: HostElector,
     store: Arc<dyn KvStore>,
     loader: ModuleLoader,
+    /// Kafka bootstrap servers.
+    brokers: String,
     settings: UnitSettings,
     admin: Admin,
     max_units: u32,
@@ -186,8 +189,10 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
         elector,
         store: store.clone(),
         loader,
+        brokers: config.brokers.clone(),
         settings: UnitSettings {
             io: Arc::new(SharedIo::new(&config.brokers, config.input_fetchers)?),
+            clock: Arc::new(SystemClock::default()),
             standby_budget: Arc::new(StandbyBudget::new(config.standby_memory_mib)),
             host_id: config.host_id.clone(),
             incarnation: incarnation.clone(),
@@ -334,10 +339,10 @@ impl Host {
             .loader
             .load(&bytes)
             .map_err(|e| anyhow::anyhow!("the stored module is {e}"))?;
-        let partitions = kafka::partition_count(&self.settings.io.brokers, &spec.input_topic)
+        let partitions = kafka::partition_count(&self.brokers, &spec.input_topic)
             .with_context(|| format!("reading input topic {}", spec.input_topic))?;
         let dead_letters = spec.dead_letter_topic();
-        kafka::ensure_topics(&self.settings.io.brokers, &[(&dead_letters, partitions)])?;
+        kafka::ensure_topics(&self.brokers, &[(&dead_letters, partitions)])?;
         let mut processor = RunningProcessor {
             spec,
             module,
@@ -446,7 +451,7 @@ impl Host {
                             module.clone(),
                             store.clone(),
                             settings.clone(),
-                            &elector,
+                            Box::new(elector.join(&UnitId::new(&spec.name, partition).name())),
                             admin.clone(),
                         )
                     },
@@ -469,16 +474,13 @@ impl Host {
         for name in due {
             let mut processor = self.running.remove(&name).expect("listed");
             processor.partitions_checked = Instant::now();
-            let counted =
-                kafka::partition_count(&self.settings.io.brokers, &processor.spec.input_topic);
+            let counted = kafka::partition_count(&self.brokers, &processor.spec.input_topic);
             match counted {
                 Ok(partitions) if partitions > processor.partitions => {
                     let before = processor.partitions;
                     let dead_letters = processor.spec.dead_letter_topic();
-                    let ensured = kafka::ensure_topics(
-                        &self.settings.io.brokers,
-                        &[(&dead_letters, partitions)],
-                    );
+                    let ensured =
+                        kafka::ensure_topics(&self.brokers, &[(&dead_letters, partitions)]);
                     match ensured {
                         Ok(()) => {
                             processor.partitions = partitions;

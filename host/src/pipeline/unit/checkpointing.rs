@@ -40,7 +40,7 @@ impl Unit {
                     error = format!("{error:#}"),
                     "checkpoint postponed, the output watermarks are unreadable"
                 );
-                active.last_checkpoint = Instant::now();
+                active.last_checkpoint = self.settings.clock.now();
                 return Ok(());
             }
         };
@@ -70,7 +70,7 @@ impl Unit {
                     "checkpoint written"
                 );
                 active.records_since_checkpoint = 0;
-                active.last_checkpoint = Instant::now();
+                active.last_checkpoint = self.settings.clock.now();
                 self.admin.checkpointed(&meta, started.elapsed());
                 Ok(())
             }

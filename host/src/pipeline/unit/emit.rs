@@ -44,9 +44,11 @@ pub(super) fn emit(
     sources: &[LogRecord],
     result: &ProcessedBatch,
 ) -> Result<Sent> {
-    let links = &mut active.links;
+    // A copy (a few entries): the producer borrows the links below.
+    let targets = active.links.targets().clone();
+    let producer = active.links.producer();
     let partition_of = |topic: &str| -> Result<i32> {
-        links.targets.get(topic).copied().ok_or_else(|| {
+        targets.get(topic).copied().ok_or_else(|| {
             anyhow!(
                 "unit {unit} has no partition of topic {topic:?} to write (not deployed with it)"
             )
@@ -67,7 +69,7 @@ pub(super) fn emit(
         }
         let topic = output.topic.as_deref().unwrap_or(&spec.output_topic);
         let partition = partition_of(topic)?;
-        links.producer.send(&Outgoing {
+        producer.send(&Outgoing {
             topic,
             partition,
             key: output.key.as_deref(),
@@ -103,7 +105,7 @@ pub(super) fn emit(
             key: ERROR_HEADER.to_string(),
             value: bounded_reason(reason).into_bytes(),
         });
-        links.producer.send(&Outgoing {
+        producer.send(&Outgoing {
             topic: &dead_letter_topic,
             partition: dead_letter_partition,
             key: source.key.as_deref(),

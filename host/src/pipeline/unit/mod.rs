@@ -27,6 +27,9 @@
 //! suppressing outputs that already reached the topic (guarantee 2 without
 //! Kafka transactions).
 //!
+//! The unit reads time, its lease and the broker only through [`seams`]:
+//! production passes the host's clients, the simulator simulated ones.
+//!
 //! Crash-only: a unit whose step fails (an error it cannot ride out, or a
 //! panic) is dropped whole — its lease leaves the host's elector and is
 //! released ([`super::elector`]) — and the host starts it again after a
@@ -35,6 +38,7 @@
 mod checkpointing;
 mod emit;
 pub mod restarts;
+pub mod seams;
 mod takeover;
 
 use std::collections::HashSet;
@@ -44,12 +48,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::elector::{HostElector, UnitLease};
 use super::fenced::ProduceError;
 use super::kafka::{is_fence_record, BatchLimits};
-use super::links::UnitLinks;
 use super::position::Position;
-use super::shared_io::SharedIo;
 use super::standby_budget::StandbyBudget;
 use crate::admin::{BatchFigures, UnitAdmin};
 use crate::store::checkpoint::CheckpointMeta;
@@ -58,6 +59,7 @@ use crate::store::registry::ProcessorSpec;
 use crate::store::KvStore;
 use crate::unit_id::{Deployment, UnitId};
 use crate::wasm::{ProcessorModule, SupervisedProcessor};
+use seams::{Lease, UnitClock, UnitIo, UnitIoFactory};
 
 pub use emit::{ERROR_HEADER, MAX_DEAD_LETTER_REASON_BYTES};
 
@@ -72,8 +74,12 @@ const STANDBY_WAKES_PER_HEARTBEAT: u32 = 2;
 /// How units run; shared by all units of a host.
 #[derive(Debug, Clone)]
 pub struct UnitSettings {
-    /// The host's shared broker I/O.
-    pub io: Arc<SharedIo>,
+    /// Opens a unit's broker connections (production: the host's shared
+    /// broker I/O, [`super::shared_io::SharedIo`]).
+    pub io: Arc<dyn UnitIoFactory>,
+    /// The time units decide by (production: the process's monotonic
+    /// clock).
+    pub clock: Arc<dyn UnitClock>,
     /// How much memory the host's warm standbys may hold.
     pub standby_budget: Arc<StandbyBudget>,
     pub host_id: String,
@@ -97,13 +103,14 @@ struct Standby {
 struct Active {
     epoch: u64,
     processor: SupervisedProcessor,
-    links: UnitLinks,
+    links: Box<dyn UnitIo>,
     /// The next input offset to process.
     next_offset: i64,
     /// Ids found on the output partitions at takeover, not to produce again.
     suppressed: HashSet<String>,
     records_since_checkpoint: u64,
-    last_checkpoint: Instant,
+    /// When the last checkpoint was written (unit clock).
+    last_checkpoint: Duration,
     took_over_at: Instant,
     first_output_logged: bool,
     /// Since when reading the input fails (`None`: it does not).
@@ -118,19 +125,20 @@ enum Role {
         standby: Option<Standby>,
         /// Connections kept open while passive (`None` until opened, or
         /// after they failed).
-        links: Option<UnitLinks>,
+        links: Option<Box<dyn UnitIo>>,
         /// When the standby is next refreshed (unit clock).
-        next_refresh: Instant,
+        next_refresh: Duration,
     },
     Active(Active),
 }
 
 impl Role {
-    fn passive(links: Option<UnitLinks>) -> Role {
+    /// Passive, refreshing its standby at once.
+    fn passive(links: Option<Box<dyn UnitIo>>) -> Role {
         Role::Passive {
             standby: None,
             links,
-            next_refresh: Instant::now(),
+            next_refresh: Duration::ZERO,
         }
     }
 }
@@ -152,7 +160,7 @@ pub struct Unit {
     store: Arc<dyn KvStore>,
     settings: UnitSettings,
     /// The unit's lease, renewed by the host's elector while this lives.
-    lease: UnitLease,
+    lease: Box<dyn Lease>,
     role: Role,
     /// Metrics and `/status` entry of the unit.
     admin: UnitAdmin,
@@ -168,19 +176,20 @@ impl Drop for Unit {
 }
 
 impl Unit {
-    /// A unit of `spec` on input `partition`, contending for its lease
-    /// through `elector` from now on (until dropped).
+    /// A unit of `spec` on input `partition`, acting while `lease` (its
+    /// place in the host's elections, e.g.
+    /// [`HostElector::join`](super::elector::HostElector::join)) says so.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         spec: ProcessorSpec,
         partition: i32,
         module: ProcessorModule,
         store: Arc<dyn KvStore>,
         settings: UnitSettings,
-        elector: &HostElector,
+        lease: Box<dyn Lease>,
         admin: UnitAdmin,
     ) -> Self {
         let id = UnitId::new(&spec.name, partition);
-        let lease = elector.join(&id.name());
         Unit {
             id,
             spec,
@@ -265,7 +274,7 @@ impl Unit {
             Duration::ZERO
         };
         let poll_started = Instant::now();
-        let polled = active.links.input.poll_batch(BatchLimits {
+        let polled = active.links.input().poll_batch(BatchLimits {
             max_records: batch_settings.max_records as usize,
             max_bytes: batch_settings.max_bytes as usize,
             wait: self.settings.timing.heartbeat / 2,
@@ -290,7 +299,7 @@ impl Unit {
                         "reading the input failed; retrying every {INPUT_RETRY_BACKOFF:?} while leading"
                     );
                 }
-                std::thread::sleep(INPUT_RETRY_BACKOFF);
+                self.settings.clock.sleep(INPUT_RETRY_BACKOFF);
                 return Ok(());
             }
         };
@@ -349,7 +358,7 @@ impl Unit {
                 guest_failures: result.failures.len() as u64,
                 elapsed: polled_at.elapsed(),
                 next_offset: next,
-                input_high_watermark: active.links.input.cached_high_watermark(),
+                input_high_watermark: active.links.cached_input_high_watermark(),
             });
             if !active.first_output_logged {
                 active.first_output_logged = true;
@@ -365,9 +374,14 @@ impl Unit {
         let Role::Active(active) = &self.role else {
             return Ok(());
         };
+        let since_checkpoint = self
+            .settings
+            .clock
+            .now()
+            .saturating_sub(active.last_checkpoint);
         let due = active.records_since_checkpoint >= self.settings.checkpoint_every_records
             || (active.records_since_checkpoint > 0
-                && active.last_checkpoint.elapsed() >= self.settings.checkpoint_interval);
+                && since_checkpoint >= self.settings.checkpoint_interval);
         if due {
             self.checkpoint()?;
         }
@@ -380,7 +394,7 @@ impl Unit {
         let Role::Active(active) = &mut self.role else {
             return Ok(false);
         };
-        match active.links.producer.flush() {
+        match active.links.producer().flush() {
             Ok(()) => Ok(true),
             Err(ProduceError::Fenced { epoch, .. }) => {
                 self.admin.batch_fenced();
@@ -413,10 +427,11 @@ impl Unit {
     /// sleep until the lease changes (`changes_seen`: the lease's change
     /// count before it was looked at) or it is time to read again.
     fn stand_by(&mut self, changes_seen: u64) {
-        let due = matches!(&self.role, Role::Passive { next_refresh, .. } if Instant::now() >= *next_refresh);
+        let now = self.settings.clock.now();
+        let due = matches!(&self.role, Role::Passive { next_refresh, .. } if now >= *next_refresh);
         if due {
             if let Role::Passive { next_refresh, .. } = &mut self.role {
-                *next_refresh = Instant::now() + self.settings.timing.heartbeat;
+                *next_refresh = now + self.settings.timing.heartbeat;
             }
             if let Err(error) = self.refresh_standby() {
                 tracing::warn!(
@@ -452,7 +467,7 @@ impl Unit {
         if let Role::Active(active) = std::mem::replace(&mut self.role, Role::passive(None)) {
             let mut links = active.links;
             // Whatever it has not sent yet is not its to send any more.
-            links.producer.abandon();
+            links.producer().abandon();
             self.role = Role::passive(Some(links));
             self.admin.went_passive();
         }

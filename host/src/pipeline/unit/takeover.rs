@@ -29,9 +29,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use super::seams::UnitIo;
 use super::{in_lineage, position_in_lineage, Active, Role, Standby, Unit};
 use crate::pipeline::fenced::epochs_used_up;
-use crate::pipeline::links::UnitLinks;
 use crate::pipeline::position::{OutputMark, Position};
 use crate::store::checkpoint::{self, CheckpointError, CheckpointMeta, Fence, KeptGeneration};
 use crate::store::{producer_generation, RetryPolicy};
@@ -72,7 +72,7 @@ impl Unit {
         let seek_started = Instant::now();
         let warm_links = links.is_some();
         let mut links = self.links_at(links, &position)?;
-        let fence_offsets = self.fence_producer(&mut links, epoch)?;
+        let fence_offsets = self.fence_producer(&mut *links, epoch)?;
         // After the fence: nothing of an earlier leader can land above these.
         let (input_high, mut highs) =
             links.watermarks_now(Some((&self.spec.input_topic, self.id.partition())))?;
@@ -95,11 +95,11 @@ impl Unit {
         }
         let marks_needed = meta.is_none()
             || position.next_offset.is_none()
-            || !position.covers(links.targets.keys().map(String::as_str));
+            || !position.covers(links.targets().keys().map(String::as_str));
         if marks_needed {
             let marked = self.mark_outputs(
                 epoch,
-                &mut links,
+                &mut *links,
                 &mut processor,
                 position,
                 &highs,
@@ -136,7 +136,7 @@ impl Unit {
             next_offset,
             suppressed,
             records_since_checkpoint: 0,
-            last_checkpoint: Instant::now(),
+            last_checkpoint: self.settings.clock.now(),
             took_over_at: started,
             first_output_logged: false,
             input_failing_since: None,
@@ -174,14 +174,17 @@ impl Unit {
 
     /// The unit's connections put at `position`: `kept` if open, new ones
     /// otherwise.
-    fn links_at(&self, kept: Option<UnitLinks>, position: &Position) -> Result<UnitLinks> {
+    fn links_at(
+        &self,
+        kept: Option<Box<dyn UnitIo>>,
+        position: &Position,
+    ) -> Result<Box<dyn UnitIo>> {
         match kept {
             Some(mut links) => {
                 links.rebase(position)?;
                 Ok(links)
             }
-            None => UnitLinks::open(
-                &self.settings.io,
+            None => self.settings.io.open(
                 &self.spec,
                 self.id.partition(),
                 &self.id.transactional_id(&self.settings.deployment, 0),
@@ -198,26 +201,26 @@ impl Unit {
     /// each partition's last fence record (those the broker reported).
     fn fence_producer(
         &self,
-        links: &mut UnitLinks,
+        links: &mut dyn UnitIo,
         epoch: u64,
     ) -> Result<BTreeMap<(String, i32), i64>> {
         let name = self.id.name();
         let deployment = &self.settings.deployment;
         let generation = producer_generation::read(self.store.as_ref(), &name)?;
         let transactional_id = self.id.transactional_id(deployment, generation);
-        if links.producer.transactional_id() != transactional_id {
-            links.producer.retarget(&transactional_id);
+        if links.producer().transactional_id() != transactional_id {
+            links.producer().retarget(&transactional_id);
         }
         let targets = links.target_partitions();
         let identity = links
-            .producer
+            .producer()
             .fence()
             .context("fencing the previous leader's producer")?;
         // Every partition the unit writes learns the new epoch before the
         // read-back (brokers that check epochs per partition; see
         // `fenced`).
         let mut fence_offsets = links
-            .producer
+            .producer()
             .write_fences(&targets)
             .context("writing the fence records at the new producer epoch")?;
         if epochs_used_up(identity.epoch) {
@@ -237,13 +240,13 @@ impl Unit {
                 transactional_id = %next_id,
                 "the producer epochs of {transactional_id} are used up; moving to {next_id}"
             );
-            links.producer.retarget(&next_id);
+            links.producer().retarget(&next_id);
             links
-                .producer
+                .producer()
                 .fence()
                 .context("fencing the unit's next producer generation")?;
             fence_offsets = links
-                .producer
+                .producer()
                 .write_fences(&targets)
                 .context("writing the fence records of the next producer generation")?;
         }
@@ -257,7 +260,7 @@ impl Unit {
     fn mark_outputs(
         &mut self,
         epoch: u64,
-        links: &mut UnitLinks,
+        links: &mut dyn UnitIo,
         processor: &mut SupervisedProcessor,
         position: Position,
         high: &BTreeMap<String, OutputMark>,
@@ -267,7 +270,7 @@ impl Unit {
         let next_offset = match (fresh, position.next_offset) {
             (false, Some(offset)) => offset,
             _ => links
-                .producer
+                .producer()
                 .low_watermark(&self.spec.input_topic, self.id.partition())?,
         };
         let mut marks = if fresh {
