@@ -40,6 +40,8 @@ mod emit;
 pub mod restarts;
 pub mod seams;
 mod takeover;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};

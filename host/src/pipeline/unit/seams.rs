@@ -43,7 +43,7 @@ use crate::pipeline::position::{OutputMark, Position};
 use crate::pipeline::record_batch::ProducerIdentity;
 use crate::pipeline::shared_io::SharedIo;
 use crate::record::LogRecord;
-use crate::store::clock::{Clock, SystemClock};
+use crate::store::clock::{Clock, ManualClock, SystemClock};
 use crate::store::registry::ProcessorSpec;
 
 /// The unit's time: [`Clock::now`] for its decisions, and its pauses.
@@ -55,6 +55,13 @@ pub trait UnitClock: Clock + std::fmt::Debug {
 impl UnitClock for SystemClock {
     fn sleep(&self, duration: Duration) {
         std::thread::sleep(duration);
+    }
+}
+
+/// A clock that moves only when told to: sleeping moves it.
+impl UnitClock for ManualClock {
+    fn sleep(&self, duration: Duration) {
+        self.advance(duration);
     }
 }
 
