@@ -85,6 +85,14 @@ impl UnitId {
         format!("{}/{offset}/{DEAD_LETTER_SLOT}", self.id_root(deployment))
     }
 
+    /// The input offset an output or dead-letter id of the unit was made
+    /// for (`None`: not one of the unit's ids in `deployment`).
+    pub fn input_offset_of(&self, deployment: &Deployment, id: &str) -> Option<i64> {
+        let rest = id.strip_prefix(&self.id_prefix(deployment))?;
+        let (offset, _slot) = rest.split_once('/')?;
+        offset.parse().ok()
+    }
+
     fn id_root(&self, deployment: &Deployment) -> String {
         format!("{}/{}/{}", deployment.0, self.processor, self.partition)
     }
@@ -177,6 +185,23 @@ mod tests {
 
     fn deployment() -> Deployment {
         Deployment::new("prod-eu").unwrap()
+    }
+
+    #[test]
+    fn ids_give_back_their_input_offsets() {
+        let unit = UnitId::new("lc", 2);
+        let d = deployment();
+        assert_eq!(
+            unit.input_offset_of(&d, &unit.output_id(&d, 17, 3)),
+            Some(17)
+        );
+        assert_eq!(
+            unit.input_offset_of(&d, &unit.dead_letter_id(&d, 9)),
+            Some(9)
+        );
+        let other = UnitId::new("lc", 3);
+        assert_eq!(unit.input_offset_of(&d, &other.output_id(&d, 17, 0)), None);
+        assert_eq!(unit.input_offset_of(&d, "garbage"), None);
     }
 
     #[test]

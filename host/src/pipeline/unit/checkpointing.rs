@@ -28,9 +28,18 @@ impl Unit {
         let Role::Active(active) = &mut self.role else {
             return Ok(());
         };
-        // Read before the snapshot, so a postponed checkpoint costs no
-        // snapshot (nothing is produced in between either way).
-        let marks = match active.links.marks_now() {
+        // Outputs the takeover found for records not replayed yet lie
+        // between the marks it read back from and the high watermarks: keep
+        // those marks until they are all replayed (see `read_back_from`).
+        // Otherwise read the watermarks before the snapshot, so a postponed
+        // checkpoint costs no snapshot (nothing is produced in between
+        // either way).
+        let marks = if !active.suppressed.is_empty() {
+            Ok(active.read_back_from.clone())
+        } else {
+            active.links.marks_now()
+        };
+        let marks = match marks {
             Ok(marks) => marks,
             // The broker is unreachable (restarting, say): everything is
             // delivered, so the checkpoint can wait for the next interval;

@@ -43,7 +43,7 @@ mod takeover;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,7 +52,7 @@ use anyhow::Result;
 
 use super::fenced::ProduceError;
 use super::kafka::{is_fence_record, BatchLimits};
-use super::position::Position;
+use super::position::{OutputMark, Position};
 use super::standby_budget::StandbyBudget;
 use crate::admin::{BatchFigures, UnitAdmin};
 use crate::store::checkpoint::CheckpointMeta;
@@ -108,8 +108,14 @@ struct Active {
     links: Box<dyn UnitIo>,
     /// The next input offset to process.
     next_offset: i64,
-    /// Ids found on the output partitions at takeover, not to produce again.
+    /// Ids found on the output partitions at takeover, not to produce again
+    /// (each dropped once produced or once the input moved past its record).
     suppressed: HashSet<String>,
+    /// The marks the takeover read back from. While ids are suppressed,
+    /// outputs of input records at or after `next_offset` lie above them,
+    /// so a checkpoint keeps these marks instead of the high watermarks: a
+    /// later takeover must read those outputs back too.
+    read_back_from: BTreeMap<String, OutputMark>,
     records_since_checkpoint: u64,
     /// When the last checkpoint was written (unit clock).
     last_checkpoint: Duration,
@@ -218,8 +224,12 @@ impl Unit {
         UnitExit::Stopped
     }
 
-    /// One step of the role the unit is in.
-    fn step(&mut self) -> Result<()> {
+    /// One step of the role the unit is in: a batch while active (taking
+    /// over first when the lease was just won), a standby refresh and a
+    /// wait while passive. [`run`](Self::run) calls it in a loop; the
+    /// simulator calls it directly. An error means the unit must be given
+    /// up (crash-only): drop it, which releases the lease.
+    pub fn step(&mut self) -> Result<()> {
         // Test hook: FAILPOINTS=unit-panic=return(UNIT) makes that unit's
         // worker panic while it leads (the crash-only tests).
         #[cfg(feature = "failpoints")]
@@ -250,7 +260,8 @@ impl Unit {
         }
     }
 
-    fn is_active(&self) -> bool {
+    /// Whether the unit is active (it took over and has not demoted since).
+    pub fn is_active(&self) -> bool {
         matches!(self.role, Role::Active(_))
     }
 
@@ -353,6 +364,14 @@ impl Unit {
             };
             active.next_offset = next;
             active.records_since_checkpoint += count;
+            if !active.suppressed.is_empty() {
+                // Ids of records before `next` can never be produced again.
+                let (id, deployment) = (&self.id, &self.settings.deployment);
+                active.suppressed.retain(|suppressed| {
+                    id.input_offset_of(deployment, suppressed)
+                        .is_none_or(|offset| offset >= next)
+                });
+            }
             self.admin.batch_done(BatchFigures {
                 records_in: count,
                 records_out: sent.outputs,

@@ -135,6 +135,7 @@ impl Unit {
             links,
             next_offset,
             suppressed,
+            read_back_from: position.marks.clone(),
             records_since_checkpoint: 0,
             last_checkpoint: self.settings.clock.now(),
             took_over_at: started,

@@ -568,3 +568,47 @@ fn a_zombie_fenced_at_the_broker_loses_its_batch_and_the_successor_suppresses_wh
         .filter(|l| l.id.is_some())
         .all(|l| l.producer_epoch <= fenced_epoch));
 }
+
+#[test]
+fn a_checkpoint_taken_while_replaying_keeps_the_marks_a_later_takeover_reads_back_from() {
+    // Found by the pipeline simulator (logstream-sim, seed 7510): a leader
+    // that checkpointed in the middle of its replay recorded the high
+    // watermarks as marks, above outputs of records it had not replayed
+    // yet; the next takeover did not read those back and produced them
+    // again.
+    let world = World::new();
+    // Host a leads epoch 1 and produces 8 outputs, checkpointing only its
+    // takeover's marks.
+    let lease_a = ScriptedLease::default();
+    set_leader(&world.store, "p/0", 1);
+    lease_a.set(Some(1));
+    let mut a = world.unit("a", u64::MAX, &lease_a);
+    for _ in 0..4 {
+        a.step().unwrap();
+    }
+    drop(a);
+    // Host b takes over at epoch 2 and checkpoints after 3 records: in the
+    // middle of replaying a's 8.
+    let lease_b = ScriptedLease::default();
+    set_leader(&world.store, "p/0", 2);
+    lease_b.set(Some(2));
+    let mut b = world.unit("b", 3, &lease_b);
+    b.step().unwrap();
+    b.step().unwrap();
+    assert_eq!(world.checkpointed_offset(), 4, "b checkpointed mid-replay");
+    assert_eq!(world.output_ids().len(), 8, "b produced nothing yet");
+    drop(b);
+    // Host c takes over at epoch 3 from b's checkpoint and runs to the end.
+    let lease_c = ScriptedLease::default();
+    set_leader(&world.store, "p/0", 3);
+    lease_c.set(Some(3));
+    let mut c = world.unit("c", 3, &lease_c);
+    for _ in 0..MAX_STEPS {
+        c.step().unwrap();
+        world.clock.advance(Duration::from_millis(10));
+        if world.output_ids().len() as i64 >= INPUT_RECORDS {
+            break;
+        }
+    }
+    assert_exactly_once(&world, &world.output_ids());
+}
