@@ -25,7 +25,12 @@
 //!   crashes, pauses and store faults, checking after every event that no
 //!   two hosts act for one unit at once; failing seeds are shrunk and
 //!   replayed from their seed.
+//! - [`pipeline`]: the seeded scheduler that runs the host's real `Unit`
+//!   (takeover, fence, read-back, batches, checkpoints) and `Election` over
+//!   the store and the broker model, under crashes, pauses, lost messages
+//!   and store faults, checking exactly-once after every event.
 
 pub mod broker;
 pub mod election;
+pub mod pipeline;
 pub mod store;

@@ -130,6 +130,13 @@ pub trait StoreEnv: Sync {
     fn snapshot_age(&self, client: usize) -> Micros;
     /// The fate of a commit that passed its conflict check.
     fn commit_fate(&self, client: usize) -> CommitFate;
+    /// Whether `client`'s process is gone (crashed): its operations fail
+    /// at once and for good ([`StoreError::Other`], not retried), so the
+    /// code it was running unwinds without waiting out retries — a dead
+    /// process does nothing observable.
+    fn gone(&self, _client: usize) -> bool {
+        false
+    }
 }
 
 /// Stored values.
@@ -201,19 +208,69 @@ impl SimDb {
 
 /// One client's connection to a [`SimDb`]; see the module docs.
 pub struct SimStore<'a> {
-    db: &'a SimDb,
-    env: &'a dyn StoreEnv,
+    db: DbRef<'a>,
+    env: EnvRef<'a>,
     client: usize,
+}
+
+/// The database a connection reaches: borrowed by a scheduler that owns
+/// it (the election simulator), or shared (the pipeline simulator, whose
+/// units hold their store as `Arc<dyn KvStore>`).
+enum DbRef<'a> {
+    Borrowed(&'a SimDb),
+    Shared(Arc<SimDb>),
+}
+
+/// The scheduler a connection asks, borrowed or shared as [`DbRef`].
+enum EnvRef<'a> {
+    Borrowed(&'a dyn StoreEnv),
+    Shared(Arc<dyn StoreEnv + Send + Sync>),
 }
 
 impl<'a> SimStore<'a> {
     /// The connection of `client` (a host index, passed to `env`).
     pub fn new(db: &'a SimDb, env: &'a dyn StoreEnv, client: usize) -> Self {
-        SimStore { db, env, client }
+        SimStore {
+            db: DbRef::Borrowed(db),
+            env: EnvRef::Borrowed(env),
+            client,
+        }
+    }
+
+    fn db(&self) -> &SimDb {
+        match &self.db {
+            DbRef::Borrowed(db) => db,
+            DbRef::Shared(db) => db,
+        }
+    }
+
+    fn env(&self) -> &dyn StoreEnv {
+        match &self.env {
+            EnvRef::Borrowed(env) => *env,
+            EnvRef::Shared(env) => env.as_ref(),
+        }
     }
 
     fn optimistic(&self) -> bool {
-        self.db.semantics == Semantics::Optimistic
+        self.db().semantics == Semantics::Optimistic
+    }
+
+    fn check_gone(&self) -> Result<(), StoreError> {
+        if self.env().gone(self.client) {
+            return Err(StoreError::Other("simulated: the process is gone".into()));
+        }
+        Ok(())
+    }
+}
+
+impl SimStore<'static> {
+    /// The connection of `client` to a shared database and scheduler.
+    pub fn shared(db: Arc<SimDb>, env: Arc<dyn StoreEnv + Send + Sync>, client: usize) -> Self {
+        SimStore {
+            db: DbRef::Shared(db),
+            env: EnvRef::Shared(env),
+            client,
+        }
     }
 }
 
@@ -221,20 +278,21 @@ impl KvStore for SimStore<'_> {
     fn begin(&self) -> Result<Box<dyn KvTxn + '_>, StoreError> {
         // Getting the read version, or waiting for SQLite's lock: others
         // may commit meanwhile in both cases.
-        self.env.pass(self.client, Op::Begin, false);
-        if self.env.unavailable(self.client) {
+        self.env().pass(self.client, Op::Begin, false);
+        self.check_gone()?;
+        if self.env().unavailable(self.client) {
             return Err(StoreError::Unavailable(
                 "simulated: the store is unreachable".into(),
             ));
         }
         let age = if self.optimistic() {
-            self.env.snapshot_age(self.client)
+            self.env().snapshot_age(self.client)
         } else {
             0
         };
-        let now = self.env.now();
+        let now = self.env().now();
         let served_at = now.saturating_sub(age);
-        let state = self.db.lock();
+        let state = self.db().lock();
         // The latest version committed at or before `served_at`.
         let version = state
             .versions
@@ -254,7 +312,7 @@ impl KvStore for SimStore<'_> {
     }
 
     fn describe(&self) -> String {
-        format!("sim:{:?}", self.db.semantics)
+        format!("sim:{:?}", self.db().semantics)
     }
 }
 
@@ -276,8 +334,9 @@ impl SimTxn<'_> {
     fn before_read(&mut self) -> Result<(), StoreError> {
         let store = self.store;
         let exclusive = !store.optimistic();
-        store.env.pass(store.client, Op::Read, exclusive);
-        if store.optimistic() && store.env.unavailable(store.client) {
+        store.env().pass(store.client, Op::Read, exclusive);
+        store.check_gone()?;
+        if store.optimistic() && store.env().unavailable(store.client) {
             return Err(StoreError::Unavailable(
                 "simulated: the store is unreachable".into(),
             ));
@@ -288,8 +347,8 @@ impl SimTxn<'_> {
     /// FoundationDB's `transaction_too_old`, as a conflict.
     fn check_age(&self) -> Result<(), StoreError> {
         let store = self.store;
-        if store.optimistic() && store.env.now() > self.snapshot_at + TRANSACTION_LIFETIME {
-            let mut state = store.db.lock();
+        if store.optimistic() && store.env().now() > self.snapshot_at + TRANSACTION_LIFETIME {
+            let mut state = store.db().lock();
             state.stats.conflicts += 1;
             state.stats.too_old += 1;
             return Err(StoreError::Conflict);
@@ -358,20 +417,21 @@ impl KvTxn for SimTxn<'_> {
         }
         let store = self.store;
         let exclusive = !store.optimistic();
-        store.env.pass(store.client, Op::Commit, exclusive);
+        store.env().pass(store.client, Op::Commit, exclusive);
+        store.check_gone()?;
         let fate = if store.optimistic() {
             self.check_age()?;
-            let state = store.db.lock();
+            let state = store.db().lock();
             let conflict = state.versions[self.version + 1..]
                 .iter()
                 .flat_map(|v| &v.wrote)
                 .any(|written| self.reads.iter().any(|read| overlap(read, written)));
             drop(state);
             if conflict {
-                store.db.lock().stats.conflicts += 1;
+                store.db().lock().stats.conflicts += 1;
                 return Err(StoreError::Conflict);
             }
-            store.env.commit_fate(store.client)
+            store.env().commit_fate(store.client)
         } else {
             CommitFate::Commit
         };
@@ -385,7 +445,7 @@ impl KvTxn for SimTxn<'_> {
             CommitFate::Commit | CommitFate::UnknownApplied => {}
         }
         {
-            let mut state = store.db.lock();
+            let mut state = store.db().lock();
             let mut data = Data::clone(&state.versions.last().expect("version 0").data);
             // Apply just our writes: others may have committed other keys
             // since the snapshot.
@@ -401,7 +461,7 @@ impl KvTxn for SimTxn<'_> {
                     data.insert(key.clone(), value.clone());
                 }
             }
-            let at = store.env.now();
+            let at = store.env().now();
             state.versions.push(Version {
                 at,
                 data: Arc::new(data),
@@ -409,7 +469,7 @@ impl KvTxn for SimTxn<'_> {
             });
             state.stats.commits += 1;
         }
-        store.env.pass(store.client, Op::Reply, exclusive);
+        store.env().pass(store.client, Op::Reply, exclusive);
         match fate {
             CommitFate::UnknownApplied => Err(StoreError::CommitUnknown),
             _ => Ok(()),
