@@ -11,6 +11,10 @@ const WINDOW_MS = 5 * 60 * 1000;
 const MIN_SAMPLE_MS = 500;
 const COLORS = ["#2f6fdf", "#d9480f", "#2b8a3e", "#9c36b5", "#c2255c", "#0b7285", "#e67700", "#5f3dc4"];
 const SVG = "http://www.w3.org/2000/svg";
+// A host may run hundreds of units: the chart draws the busiest, the
+// takeover table lists the newest.
+const CHARTED_UNITS = 8;
+const LISTED_TAKEOVERS = 20;
 
 // Per unit: [{t, rate}] (t: the host's clock), and its last (t, records_in).
 const history = new Map();
@@ -89,8 +93,12 @@ function renderChart(report) {
   const width = 800, height = 220, left = 50, right = 130, top = 10, bottom = 24;
   const now = report.now_unix_ms, from = now - WINDOW_MS;
   const x = (t) => left + ((t - from) / WINDOW_MS) * (width - left - right);
+  const charted = [...history.keys()]
+    .sort((a, b) => (rateOf(b) ?? 0) - (rateOf(a) ?? 0) || a.localeCompare(b))
+    .slice(0, CHARTED_UNITS)
+    .sort();
   let max = 1;
-  for (const points of history.values()) for (const p of points) max = Math.max(max, p.rate);
+  for (const name of charted) for (const p of history.get(name)) max = Math.max(max, p.rate);
   const y = (v) => top + (1 - v / max) * (height - top - bottom);
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "records per second per unit" });
   chart.append(svg("line", { x1: left, y1: y(0), x2: width - right, y2: y(0), stroke: "#c5cad3" }));
@@ -98,22 +106,33 @@ function renderChart(report) {
   chart.append(svg("text", { x: left - 6, y: y(0) + 4, "text-anchor": "end" }, "0"));
   chart.append(svg("text", { x: left, y: height - 6 }, clock(from)));
   chart.append(svg("text", { x: width - right, y: height - 6, "text-anchor": "end" }, clock(now)));
-  // This host's takeovers in the window, labels stacked (units often fail
-  // over together), left of the line in the right half.
-  let stacked = 0;
+  // This host's takeovers in the window, one mark per second (units often
+  // fail over together), labelled left of the line in the right half.
+  const marks = new Map();
   for (const unit of report.units) {
     for (const takeover of unit.takeovers) {
       if (takeover.at_unix_ms < from) continue;
-      const at = x(takeover.at_unix_ms);
-      const mark = svg("g", { class: "takeover-mark" });
-      mark.append(svg("line", { x1: at, y1: top, x2: at, y2: y(0), stroke: "#b3261e", "stroke-dasharray": "4 3" }));
-      const flip = at > (left + width - right) / 2;
-      mark.append(svg("text", { x: flip ? at - 4 : at + 4, y: top + 10 + (stacked++ % 12) * 12,
-        "text-anchor": flip ? "end" : "start" }, `takeover ${unit.name} epoch ${takeover.epoch}`));
-      chart.append(mark);
+      const second = Math.floor(takeover.at_unix_ms / 1000);
+      if (!marks.has(second)) marks.set(second, []);
+      marks.get(second).push([unit.name, takeover]);
     }
   }
-  [...history.keys()].sort().forEach((name, i) => {
+  [...marks.values()].forEach((taken, i) => {
+    const at = x(Math.min(...taken.map(([, t]) => t.at_unix_ms)));
+    const mark = svg("g", { class: "takeover-mark" });
+    mark.append(svg("line", { x1: at, y1: top, x2: at, y2: y(0), stroke: "#b3261e", "stroke-dasharray": "4 3" }));
+    const flip = at > (left + width - right) / 2;
+    const label = taken.length === 1
+      ? `takeover ${taken[0][0]} epoch ${taken[0][1].epoch}`
+      : `takeover of ${taken.length} units`;
+    mark.append(svg("text", { x: flip ? at - 4 : at + 4, y: top + 10 + (i % 12) * 12,
+      "text-anchor": flip ? "end" : "start" }, label));
+    chart.append(mark);
+  });
+  if (history.size > charted.length) {
+    chart.append(svg("text", { x: width - right + 8, y: height - 6 }, `busiest ${charted.length} of ${history.size}`));
+  }
+  charted.forEach((name, i) => {
     const color = COLORS[i % COLORS.length];
     const points = history.get(name).map((p) => `${x(p.t).toFixed(1)},${y(p.rate).toFixed(1)}`);
     chart.append(svg("polyline", { points: points.join(" "), fill: "none", stroke: color, "stroke-width": 2 }));
@@ -161,13 +180,15 @@ function renderTakeovers(report) {
   const all = [];
   for (const u of report.units) for (const t of u.takeovers) all.push([u, t]);
   all.sort((a, b) => b[1].at_unix_ms - a[1].at_unix_ms);
-  const rows = all.map(([u, t]) => row([
+  const rows = all.slice(0, LISTED_TAKEOVERS).map(([u, t]) => row([
     u.name, t.epoch, clock(t.at_unix_ms),
     t.generation === null ? "none (empty state)" : `generation ${t.generation}`,
     t.warm_standby ? "warm" : "restored from the store",
     ms(t.restore_ms), ms(t.fence_and_seek_ms), ms(t.total_ms), ms(t.first_output_ms),
   ], { "data-takeover": u.name, "data-epoch": t.epoch }));
   fill(document.querySelector("#takeovers tbody"), rows, "No takeover by this host.", 9);
+  document.getElementById("takeovers-shown").textContent = all.length > rows.length
+    ? `The ${rows.length} newest of ${all.length} listed in /status. ` : "";
 }
 
 function renderCorrupt(report) {
