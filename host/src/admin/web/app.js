@@ -16,9 +16,14 @@ const SVG = "http://www.w3.org/2000/svg";
 const CHARTED_UNITS = 8;
 const LISTED_TAKEOVERS = 20;
 
-// Per unit: [{t, rate}] (t: the host's clock), and its last (t, records_in).
+// Per unit: [{t0, t, rate}] (the rate from t0 to t, the host's clock), and
+// its last (t, records_in).
 const history = new Map();
 const last = new Map();
+// The host's clock at the first report this page saw.
+let firstSeen = null;
+// The chart spans at least this much, and at most WINDOW_MS.
+const MIN_SPAN_MS = 10 * 1000;
 
 function el(tag, text, attrs) {
   const node = document.createElement(tag);
@@ -69,17 +74,24 @@ function ago(seconds) {
 // Record each unit's records/s since the previous report.
 function sample(report) {
   const now = report.now_unix_ms;
+  if (firstSeen === null) firstSeen = now;
   for (const unit of report.units) {
     const prev = last.get(unit.name);
     if (prev && unit.records_in >= prev.n && now - prev.t < MIN_SAMPLE_MS) continue;
     last.set(unit.name, { t: now, n: unit.records_in });
     if (!prev || unit.records_in < prev.n) continue;
-    const rate = ((unit.records_in - prev.n) * 1000) / (now - prev.t);
+    // Records count only while leading: a takeover within the interval
+    // starts it.
+    const since = unit.leader_since_unix_ms;
+    const t0 = since && since > prev.t && since < now ? since : prev.t;
+    const rate = ((unit.records_in - prev.n) * 1000) / (now - t0);
     if (!history.has(unit.name)) history.set(unit.name, []);
-    history.get(unit.name).push({ t: now, rate });
+    // The rate held over the whole interval: drawn as a step over it.
+    if (t0 > prev.t) history.get(unit.name).push({ t0: prev.t, t: t0, rate: 0 });
+    history.get(unit.name).push({ t0, t: now, rate });
   }
   for (const [name, points] of history) {
-    while (points.length && points[0].t < now - WINDOW_MS) points.shift();
+    while (points.length && points[0].t0 < now - WINDOW_MS) points.shift();
     if (points.length === 0) history.delete(name);
   }
 }
@@ -91,8 +103,13 @@ function rateOf(name) {
 
 function renderChart(report) {
   const width = 800, height = 220, left = 50, right = 130, top = 10, bottom = 24;
-  const now = report.now_unix_ms, from = now - WINDOW_MS;
-  const x = (t) => left + ((t - from) / WINDOW_MS) * (width - left - right);
+  // From the page's first report (or a takeover before it) to now: a page
+  // just opened uses the whole width.
+  const now = report.now_unix_ms;
+  let start = firstSeen;
+  for (const unit of report.units) for (const t of unit.takeovers) start = Math.min(start, t.at_unix_ms);
+  const from = Math.max(now - WINDOW_MS, Math.min(start, now - MIN_SPAN_MS));
+  const x = (t) => left + ((t - from) / (now - from)) * (width - left - right);
   const charted = [...history.keys()]
     .sort((a, b) => (rateOf(b) ?? 0) - (rateOf(a) ?? 0) || a.localeCompare(b))
     .slice(0, CHARTED_UNITS)
@@ -134,7 +151,8 @@ function renderChart(report) {
   }
   charted.forEach((name, i) => {
     const color = COLORS[i % COLORS.length];
-    const points = history.get(name).map((p) => `${x(p.t).toFixed(1)},${y(p.rate).toFixed(1)}`);
+    const points = history.get(name)
+      .flatMap((p) => [p.t0, p.t].map((t) => `${x(Math.max(t, from)).toFixed(1)},${y(p.rate).toFixed(1)}`));
     chart.append(svg("polyline", { points: points.join(" "), fill: "none", stroke: color, "stroke-width": 2 }));
     chart.append(svg("text", { x: width - right + 8, y: top + 12 + i * 14, fill: color }, name));
   });
@@ -161,7 +179,10 @@ function renderUnits(report) {
       cp ? bytes(cp.size_bytes) : null,
       standby,
       u.failures + (u.last_failure ? `: ${u.last_failure.reason}` : ""),
-    ], { class: u.role, "data-unit": u.name, "data-role": u.role, "data-epoch": u.epoch ?? "" });
+    ], {
+      class: u.role, "data-unit": u.name, "data-role": u.role, "data-epoch": u.epoch ?? "",
+      "data-records-per-second": rate ?? "",
+    });
   });
   fill(document.querySelector("#units tbody"), rows, "This host runs no unit.", 12);
   const failed = document.getElementById("failed-processors");
