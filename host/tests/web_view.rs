@@ -3,8 +3,10 @@
 //! broker, SQLite store) while records flow, runs its script, and the DOM
 //! it renders must show the units and this host leading them; after kill -9
 //! of the active, the survivor's page must show it leading at a higher
-//! epoch, with the takeover listed. A screenshot of the survivor's page is
-//! saved under the cargo target's tmp dir (the path is printed).
+//! epoch, with the takeover listed. The survivor's page, kept open across
+//! the failover, must catch up by itself and chart its records/s; its
+//! screenshot is saved under the cargo target's tmp dir (the path is
+//! printed).
 //!
 //! Chromium is Debian's `chromium` (`scripts/install-deps.sh --test`; or
 //! `CHROMIUM=/path/to/it`). Where it is missing the test says it is
@@ -76,6 +78,178 @@ fn chromium(binary: &Path, dir: &Path, url: &str, action: &[&str]) -> std::proce
 fn rendered_dom(binary: &Path, dir: &Path, url: &str) -> String {
     let output = chromium(binary, dir, url, &["--dump-dom"]);
     String::from_utf8(output.stdout).expect("the DOM is UTF-8")
+}
+
+/// A page kept open in headless Chromium in real time (the page polls
+/// `/status` as it would on an operator's screen), driven over the DevTools
+/// protocol on a pipe (`--remote-debugging-pipe`: commands on fd 3, answers
+/// on fd 4, each a JSON message ended by a NUL byte).
+struct LivePage {
+    child: std::process::Child,
+    commands: std::fs::File,
+    answers: std::sync::mpsc::Receiver<serde_json::Value>,
+    session: String,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+/// Bound on one DevTools command.
+const DEVTOOLS_BOUND: Duration = Duration::from_secs(30);
+
+impl LivePage {
+    fn open(binary: &Path, dir: &Path, url: &str, window: &str) -> LivePage {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::process::CommandExt;
+        // Two pipes, their ends moved to fds 10 and up (clear of 3 and 4,
+        // which the child's ends are duplicated onto).
+        let pipe = || {
+            let mut fds = [0; 2];
+            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+            fds.map(|fd| {
+                let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
+                assert!(high >= 10);
+                unsafe { libc::close(fd) };
+                high
+            })
+        };
+        let [to_read, to_write] = pipe();
+        let [from_read, from_write] = pipe();
+        let profile = tempfile::tempdir_in(dir).unwrap();
+        let mut command = Command::new(binary);
+        command
+            .args(["--headless", "--disable-gpu", "--no-sandbox"])
+            .arg("--remote-debugging-pipe")
+            .arg(format!("--window-size={window}"))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(to_read, 3) < 0 || libc::dup2(from_write, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("chromium starts");
+        // SAFETY: these fds are ours alone from here on.
+        let (commands, answers_file) = unsafe {
+            libc::close(to_read);
+            libc::close(from_write);
+            (
+                std::fs::File::from_raw_fd(to_write),
+                std::fs::File::from_raw_fd(from_read),
+            )
+        };
+        let (send, answers) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut reader = std::io::BufReader::new(answers_file);
+            let mut message = Vec::new();
+            while reader.read_until(0, &mut message).is_ok_and(|n| n > 0) {
+                message.pop();
+                if let Ok(value) = serde_json::from_slice(&message) {
+                    if send.send(value).is_err() {
+                        return;
+                    }
+                }
+                message.clear();
+            }
+        });
+        let mut page = LivePage {
+            child,
+            commands,
+            answers,
+            session: String::new(),
+            next_id: 0,
+            _profile: profile,
+        };
+        let target = page.call("Target.createTarget", serde_json::json!({ "url": url }));
+        let target = target["targetId"].as_str().unwrap().to_string();
+        let attached = page.call(
+            "Target.attachToTarget",
+            serde_json::json!({ "targetId": target, "flatten": true }),
+        );
+        page.session = attached["sessionId"].as_str().unwrap().to_string();
+        page
+    }
+
+    /// Run `method` (on the page once attached): its result.
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        use std::io::Write;
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = serde_json::json!({ "id": id, "method": method, "params": params });
+        if !self.session.is_empty() {
+            message["sessionId"] = self.session.clone().into();
+        }
+        let mut bytes = serde_json::to_vec(&message).unwrap();
+        bytes.push(0);
+        self.commands.write_all(&bytes).unwrap();
+        let deadline = std::time::Instant::now() + DEVTOOLS_BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let answer = self
+                .answers
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("chromium did not answer {method}: {e}"));
+            if answer["id"] == id {
+                assert!(answer["error"].is_null(), "{method}: {answer}");
+                return answer["result"].clone();
+            }
+        }
+    }
+
+    /// The page's DOM now.
+    fn dom(&mut self) -> String {
+        let result = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({
+                "expression": "document.documentElement.outerHTML",
+                "returnByValue": true
+            }),
+        );
+        result["result"]["value"].as_str().unwrap().to_string()
+    }
+
+    /// A PNG of the page to `path`.
+    fn screenshot(&mut self, path: &Path) {
+        let shot = self.call(
+            "Page.captureScreenshot",
+            serde_json::json!({ "format": "png" }),
+        );
+        std::fs::write(path, base64_decode(shot["data"].as_str().unwrap())).unwrap();
+    }
+}
+
+impl Drop for LivePage {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Standard base64 (what DevTools sends binary data as).
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let digits: Vec<u8> = text.bytes().filter(|c| *c != b'=').map(value).collect();
+    let mut bytes = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let bits = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, d)| acc | (u32::from(*d) << (18 - 6 * i)));
+        bytes.extend_from_slice(&bits.to_be_bytes()[1..chunk.len()]);
+    }
+    bytes
 }
 
 /// The value of attribute `name` in `tag` (one start tag's text).
@@ -169,6 +343,14 @@ fn the_web_view_shows_the_leaders_and_a_failover_in_a_real_browser() {
             }
         })
     };
+    // b's page stays open from here, across the failover, as on an
+    // operator's screen.
+    let mut live = LivePage::open(
+        &browser,
+        world.dir.path(),
+        &format!("http://{b}/"),
+        "1280,1100",
+    );
     let processed = |address, unit: usize| status(address)["units"][unit]["records_in"].as_u64();
     wait_until("a to process records of every unit", || {
         (0..PARTITIONS as usize).all(|u| processed(a, u) > Some(0))
@@ -212,17 +394,30 @@ fn the_web_view_shows_the_leaders_and_a_failover_in_a_real_browser() {
         );
     }
 
+    // The page open since before the failover caught up by itself, and
+    // charts records/s on b since its takeover.
+    let mut dom = String::new();
+    wait_until(
+        "b's open page to show records/s of every unit led there",
+        || {
+            dom = live.dom();
+            (0..PARTITIONS).all(|p| {
+                let rows = rows(&dom, "data-unit", &format!("pt/{p}"));
+                rows.len() == 1
+                    && attribute(rows[0], "data-role") == Some("leader")
+                    && attribute(rows[0], "data-records-per-second")
+                        .and_then(|r| r.parse::<f64>().ok())
+                        .is_some_and(|r| r > 0.0)
+            })
+        },
+    );
+    assert!(
+        dom.contains("class=\"takeover-mark\""),
+        "no takeover in the chart:\n{dom}"
+    );
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web_view_after_failover.png");
     let _ = std::fs::remove_file(&screenshot);
-    chromium(
-        &browser,
-        world.dir.path(),
-        &page,
-        &[
-            &format!("--screenshot={}", screenshot.display()),
-            "--window-size=1280,1100",
-        ],
-    );
+    live.screenshot(&screenshot);
     assert!(
         std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 0),
         "no screenshot at {}",
