@@ -6,7 +6,8 @@
 //! epoch, with the takeover listed. The survivor's page, kept open across
 //! the failover, must catch up by itself and chart its records/s; its
 //! screenshot is saved under the cargo target's tmp dir (the path is
-//! printed).
+//! printed). And markup in the strings `/status` reports (failure and
+//! corrupt-checkpoint reasons) is rendered as text.
 //!
 //! Chromium is Debian's `chromium` (`scripts/install-deps.sh --test`; or
 //! `CHROMIUM=/path/to/it`). Where it is missing the test says it is
@@ -426,4 +427,46 @@ fn the_web_view_shows_the_leaders_and_a_failover_in_a_real_browser() {
     eprintln!("screenshot of b's page: {}", screenshot.display());
     flowing.store(false, Ordering::Relaxed);
     feeder.join().unwrap();
+}
+
+/// Markup in what `/status` reports (a failure reason quoting a
+/// processor's error, a corrupt checkpoint's reason) is shown as text: the
+/// page's script inserts no element from it and runs none of it.
+#[test]
+fn markup_in_status_strings_is_rendered_as_text() {
+    let Some(browser) = chromium_or_skip() else {
+        return;
+    };
+    use logstream_host::admin::{Admin, AdminServer};
+    use logstream_host::store::checkpoint::{FaultKind, UnusableGeneration};
+    const HOSTILE: &str = "<b id=\"injected\">x</b><img src=x onerror=\"document.title='ran'\">";
+    let admin = Admin::new("h", "h:1:2");
+    admin.processor_failed("pf", HOSTILE);
+    let unit = admin.unit("pt", 0);
+    unit.failed(HOSTILE, Duration::from_secs(60));
+    unit.unusable_checkpoint(&UnusableGeneration {
+        generation: 3,
+        kind: FaultKind::Corrupt,
+        reason: HOSTILE.to_string(),
+    });
+    let server = AdminServer::start("127.0.0.1:0".parse().unwrap(), admin).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dom = rendered_dom(
+        &browser,
+        dir.path(),
+        &format!("http://{}/", server.address()),
+    );
+    assert_eq!(rows(&dom, "data-corrupt", "pt/0").len(), 1, "{dom}");
+    assert!(
+        !dom.contains("<b id=") && !dom.contains("<img"),
+        "markup from /status became elements:\n{dom}"
+    );
+    assert!(
+        dom.contains("&lt;b id=\"injected\"&gt;x&lt;/b&gt;"),
+        "the reason is shown as text:\n{dom}"
+    );
+    assert!(
+        dom.contains("<title>LogStream host h</title>"),
+        "the title was changed:\n{dom}"
+    );
 }
