@@ -8,7 +8,9 @@
 #                                    namespaces (iproute2) and a FUSE mount
 #                                    (bindfs: a SQLite store on a network
 #                                    filesystem is refused); openssl makes
-#                                    the secure etcd cluster's certificates
+#                                    the secure etcd cluster's certificates;
+#                                    chromium loads the admin web view
+#                                    headless (host/tests/web_view.rs)
 # Exits non-zero with one sentence when a package is missing and cannot be
 # installed here (not root, or no apt-get).
 set -euo pipefail
@@ -20,6 +22,7 @@ if [[ ${1:-} == --test ]]; then
     command -v ip >/dev/null 2>&1 || [[ -x /usr/sbin/ip ]] || needed+=(iproute2)
     command -v bindfs >/dev/null 2>&1 || needed+=(bindfs)
     command -v openssl >/dev/null 2>&1 || needed+=(openssl)
+    command -v chromium >/dev/null 2>&1 || needed+=(chromium)
 elif [[ -n ${1:-} ]]; then
     echo "usage: scripts/install-deps.sh [--test]" >&2
     exit 2
@@ -27,7 +30,7 @@ fi
 ((${#needed[@]} == 0)) && exit 0
 
 if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-deps: missing ${needed[*]}; install them with your package manager (Debian: apt-get install ${needed[*]}), or set PROTOC/ETCD to their binaries." >&2
+    echo "install-deps: missing ${needed[*]}; install them with your package manager (Debian: apt-get install ${needed[*]}), or set PROTOC/ETCD/CHROMIUM to their binaries." >&2
     exit 1
 fi
 echo "installing ${needed[*]}..."

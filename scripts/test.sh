@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # protoc for the build; etcd and iproute2 for the tests that start an etcd
-# cluster and simulated machines.
+# cluster and simulated machines; chromium for the web view's browser test.
 scripts/install-deps.sh --test
 scripts/build-plugins.sh
 # Default targets: libraries, binaries, integration and doc tests. The

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use metrics::{Metrics, UnitMetrics};
 pub use server::{AdminServer, StartError};
-pub use status::{CapacityReport, HostStatus, StatusReport, UnitStatus};
+pub use status::{CapacityReport, HostStatus, StatusReport, TakeoverReport, UnitStatus};
 
 use crate::store::checkpoint::{CheckpointMeta, UnusableGeneration};
 
@@ -109,15 +109,50 @@ pub struct BatchFigures {
     pub input_high_watermark: Option<i64>,
 }
 
+/// One takeover as the new leader saw it, for [`UnitAdmin::took_over`].
+#[derive(Debug, Clone, Copy)]
+pub struct TakeoverFigures {
+    pub epoch: u64,
+    /// The input offset it goes on from.
+    pub next_offset: i64,
+    /// The checkpoint generation restored (`None`: none, empty state).
+    pub generation: Option<u64>,
+    /// The warm standby held that generation.
+    pub warm_standby: bool,
+    pub restore: Duration,
+    /// Fence, marks, read-back and seek.
+    pub fence_and_seek: Duration,
+    /// From the takeover's start to leading.
+    pub total: Duration,
+}
+
 impl UnitAdmin {
-    /// Took over at `epoch`, to go on from `next_offset`.
-    pub fn took_over(&self, epoch: u64, next_offset: Option<i64>) {
+    /// Took over (see [`TakeoverFigures`]).
+    pub fn took_over(&self, takeover: TakeoverFigures) {
         self.metrics.takeovers.inc();
         self.metrics
             .epoch
-            .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+            .set(i64::try_from(takeover.epoch).unwrap_or(i64::MAX));
         self.metrics.role.set(1);
-        self.status.leading(epoch, next_offset);
+        let total = takeover.total;
+        let report = TakeoverReport {
+            epoch: takeover.epoch,
+            at_unix_ms: (crate::probe::unix_micros() / 1000)
+                .saturating_sub(total.as_millis() as u64),
+            generation: takeover.generation,
+            warm_standby: takeover.warm_standby,
+            restore_ms: status::millis(takeover.restore),
+            fence_and_seek_ms: status::millis(takeover.fence_and_seek),
+            total_ms: status::millis(total),
+            first_output_ms: None,
+        };
+        self.status.leading(report, Some(takeover.next_offset));
+    }
+
+    /// The first batch after the last takeover was acknowledged, `after`
+    /// the takeover's start.
+    pub fn first_output(&self, after: Duration) {
+        self.status.first_output(after);
     }
 
     /// The broker refused a batch of outputs: a newer leader fenced this
@@ -164,8 +199,11 @@ impl UnitAdmin {
                 .input_lag
                 .set(high.saturating_sub(batch.next_offset).max(0));
         }
-        self.status
-            .progressed(batch.next_offset, batch.input_high_watermark);
+        self.status.progressed(
+            batch.records_in,
+            batch.next_offset,
+            batch.input_high_watermark,
+        );
     }
 
     /// Wrote checkpoint `meta` in `elapsed`.

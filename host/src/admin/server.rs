@@ -1,5 +1,7 @@
 //! The admin HTTP server: four read-only `GET` endpoints (`/metrics`,
-//! `/healthz`, `/readyz`, `/status`; see `docs/admin.md`) on one address.
+//! `/healthz`, `/readyz`, `/status`; see `docs/admin.md`) and the web view
+//! (`/`, with its script and style sheet, embedded in the binary: the page
+//! polls `/status` and renders it) on one address.
 //!
 //! The host is thread-based, so the server runs on a thread of its own with
 //! a single-threaded tokio runtime; handlers only read the shared
@@ -98,14 +100,50 @@ impl Drop for AdminServer {
     }
 }
 
+/// The web view's files (`web/`), served as they are: no build step.
+const INDEX_HTML: &str = include_str!("web/index.html");
+const APP_JS: &str = include_str!("web/app.js");
+const STYLE_CSS: &str = include_str!("web/style.css");
+
+/// The web view's Content-Security-Policy: its own script, style sheet and
+/// `/status` only — no inline script or style, nothing from elsewhere, no
+/// framing. What the page renders from `/status` goes in as text
+/// (`textContent`), never as markup.
+pub const WEB_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
 fn router(admin: Admin) -> Router {
     // `get` only: any other method is answered 405, nothing changes state.
     Router::new()
+        .route("/", get(|| web(INDEX_HTML, "text/html; charset=utf-8")))
+        .route(
+            "/web/app.js",
+            get(|| web(APP_JS, "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/web/style.css",
+            get(|| web(STYLE_CSS, "text/css; charset=utf-8")),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .with_state(admin)
+}
+
+/// One file of the web view, with its type and the security headers.
+async fn web(body: &'static str, content_type: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, WEB_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
 }
 
 async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
@@ -128,4 +166,93 @@ async fn readyz(State(admin): State<Admin>) -> (StatusCode, String) {
 
 async fn status(State(admin): State<Admin>) -> Json<StatusReport> {
     Json(admin.status().report())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use super::*;
+
+    /// One HTTP/1.0 exchange: the status code, the headers (names in lower
+    /// case) and the body.
+    fn exchange(
+        address: SocketAddr,
+        method: &str,
+        path: &str,
+    ) -> (u16, Vec<(String, String)>, String) {
+        let mut stream = TcpStream::connect(address).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.0\r\nHost: {address}\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.lines();
+        let status = lines.next().unwrap().split_whitespace().nth(1).unwrap();
+        let headers = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+            .collect();
+        (status.parse().unwrap(), headers, body.to_string())
+    }
+
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn the_web_view_is_served_with_its_type_and_a_strict_csp_and_is_get_only() {
+        let server =
+            AdminServer::start("127.0.0.1:0".parse().unwrap(), Admin::new("h", "h:1:2")).unwrap();
+        let address = server.address();
+        for (path, content_type, contains) in [
+            (
+                "/",
+                "text/html; charset=utf-8",
+                "<script src=\"/web/app.js\"",
+            ),
+            (
+                "/web/app.js",
+                "text/javascript; charset=utf-8",
+                "fetch(\"/status\"",
+            ),
+            ("/web/style.css", "text/css; charset=utf-8", "body"),
+        ] {
+            let (status, headers, body) = exchange(address, "GET", path);
+            assert_eq!(status, 200, "GET {path}");
+            assert_eq!(
+                header(&headers, "content-type"),
+                Some(content_type),
+                "{path}"
+            );
+            assert_eq!(
+                header(&headers, "content-security-policy"),
+                Some(WEB_CSP),
+                "{path}"
+            );
+            assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
+            assert!(body.contains(contains), "{path}: {body}");
+        }
+        // Only 'self', and nothing inline.
+        assert!(!WEB_CSP.contains("unsafe-inline") && !WEB_CSP.contains("http"));
+        assert!(!INDEX_HTML.contains("<script>") && !INDEX_HTML.contains("style="));
+        // No markup from data: the script renders text only.
+        assert!(!APP_JS.contains("innerHTML") && !APP_JS.contains("insertAdjacentHTML"));
+        for (method, path) in [
+            ("POST", "/"),
+            ("PUT", "/"),
+            ("POST", "/web/app.js"),
+            ("POST", "/status"),
+        ] {
+            let (status, _, _) = exchange(address, method, path);
+            assert_eq!(status, 405, "{method} {path}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! What a host reports about itself on `/readyz` and `/status`: whether its
 //! store heartbeat succeeded recently and the registry was read, and per
-//! unit its role, epoch, next offset and last checkpoint.
+//! unit its role, epoch, next offset, last checkpoint, records processed
+//! and its last takeovers with their phase timings.
 //!
 //! The host loop and the unit threads write it ([`HostStatus`] and
 //! [`UnitStatus`] handles, each behind its own mutex so units never wait on
@@ -18,6 +19,10 @@ use crate::unit_id::UnitId;
 /// Unusable checkpoint generations listed per unit in `/status`, newest
 /// last; older ones are dropped (they are long out of the kept ones).
 pub const MAX_LISTED_UNUSABLE: usize = 16;
+
+/// Takeovers listed per unit in `/status`, newest last; older ones are
+/// dropped (`logstream_takeovers_total` counts them all).
+pub const MAX_LISTED_TAKEOVERS: usize = 8;
 
 /// A host is ready while its last successful store heartbeat is at most
 /// this old. The host loop heartbeats every 250 ms or so; applying a
@@ -55,6 +60,12 @@ pub struct UnitStatus {
 struct UnitInner {
     leading: bool,
     epoch: Option<u64>,
+    /// This host's wall clock when its current leadership began.
+    leader_since_unix_ms: Option<u64>,
+    /// Input records run through the processor while leading on this host.
+    records_in: u64,
+    /// This host's takeovers of the unit, oldest first.
+    takeovers: Vec<TakeoverReport>,
     next_offset: Option<i64>,
     input_high_watermark: Option<i64>,
     checkpoint: Option<CheckpointMeta>,
@@ -84,6 +95,9 @@ struct Failure {
 pub struct StatusReport {
     pub host_id: String,
     pub incarnation: String,
+    /// This host's wall clock when the report was made, ms since the Unix
+    /// epoch (what the `*_unix_ms` fields compare with).
+    pub now_unix_ms: u64,
     pub ready: bool,
     /// Why not ready (absent when ready).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -145,6 +159,16 @@ pub struct UnitReport {
     pub role: &'static str,
     /// The epoch it leads at, or last led at on this host.
     pub epoch: Option<u64>,
+    /// While leading: when this host's leadership began (its wall clock,
+    /// ms since the Unix epoch).
+    pub leader_since_unix_ms: Option<u64>,
+    /// Input records run through the processor while leading on this host
+    /// (`logstream_records_in_total`): a rate over successive reports is
+    /// the unit's records/s here.
+    pub records_in: u64,
+    /// This host's last takeovers of the unit, oldest first (at most
+    /// [`MAX_LISTED_TAKEOVERS`]).
+    pub takeovers: Vec<TakeoverReport>,
     /// Next input offset: the leader's, or the latest checkpoint's for a
     /// passive.
     pub next_offset: Option<i64>,
@@ -171,6 +195,32 @@ pub struct UnitReport {
     pub standby_bytes: Option<u64>,
 }
 
+/// One takeover of a unit by this host, in `/status`: when, at which
+/// epoch, from which checkpoint, and how long each phase took (from the
+/// won claim; the detection before it, up to a lease, is not included).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TakeoverReport {
+    pub epoch: u64,
+    /// This host's wall clock when the takeover began.
+    pub at_unix_ms: u64,
+    /// The checkpoint generation restored (`None`: none, empty state).
+    pub generation: Option<u64>,
+    /// Whether the warm standby already held that generation (no restore
+    /// from the store).
+    pub warm_standby: bool,
+    /// Restoring the state (instantiation from the store when not warm).
+    pub restore_ms: f64,
+    /// Fencing the previous leader, marking new outputs, reading the
+    /// outputs back and seeking the input.
+    pub fence_and_seek_ms: f64,
+    /// From the takeover's start to leading (the phases above and the
+    /// checkpoint metadata read before them).
+    pub total_ms: f64,
+    /// From the takeover's start to the first batch's outputs
+    /// acknowledged; `None` until then.
+    pub first_output_ms: Option<f64>,
+}
+
 /// An unusable checkpoint generation in `/status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct CorruptCheckpointReport {
@@ -189,6 +239,11 @@ pub struct CheckpointReport {
     /// Since its writer's wall clock stamped it (another host's clock for a
     /// checkpoint a passive saw).
     pub age_seconds: f64,
+}
+
+/// A duration in milliseconds, for the JSON.
+pub fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -343,6 +398,7 @@ impl HostStatus {
         StatusReport {
             host_id: self.host_id.clone(),
             incarnation: self.incarnation.clone(),
+            now_unix_ms: now_ms,
             ready: readiness.is_ok(),
             not_ready: readiness.err(),
             failed_processors,
@@ -376,6 +432,11 @@ impl HostStatus {
                                 .as_secs_f64(),
                         }),
                         epoch: state.epoch,
+                        leader_since_unix_ms: state
+                            .leader_since_unix_ms
+                            .filter(|_| state.leading && !state.failed),
+                        records_in: state.records_in,
+                        takeovers: state.takeovers.clone(),
                         next_offset: state.next_offset,
                         input_high_watermark: state.input_high_watermark,
                         last_checkpoint: state.checkpoint.map(|meta| CheckpointReport {
@@ -401,11 +462,25 @@ impl HostStatus {
 }
 
 impl UnitStatus {
-    pub fn leading(&self, epoch: u64, next_offset: Option<i64>) {
+    /// Took over: leading at `takeover.epoch` from `next_offset`.
+    pub fn leading(&self, takeover: TakeoverReport, next_offset: Option<i64>) {
         let mut inner = lock(&self.inner);
         inner.leading = true;
-        inner.epoch = Some(epoch);
+        inner.epoch = Some(takeover.epoch);
+        inner.leader_since_unix_ms = Some(takeover.at_unix_ms);
         inner.next_offset = next_offset;
+        if inner.takeovers.len() >= MAX_LISTED_TAKEOVERS {
+            inner.takeovers.remove(0);
+        }
+        inner.takeovers.push(takeover);
+    }
+
+    /// The first batch after the last takeover was acknowledged, `after`
+    /// its start.
+    pub fn first_output(&self, after: Duration) {
+        if let Some(last) = lock(&self.inner).takeovers.last_mut() {
+            last.first_output_ms.get_or_insert(millis(after));
+        }
     }
 
     pub fn passive(&self) {
@@ -440,8 +515,9 @@ impl UnitStatus {
         lock(&self.inner).failed = false;
     }
 
-    pub fn progressed(&self, next_offset: i64, input_high_watermark: Option<i64>) {
+    pub fn progressed(&self, records: u64, next_offset: i64, input_high_watermark: Option<i64>) {
         let mut inner = lock(&self.inner);
+        inner.records_in += records;
         inner.next_offset = Some(next_offset);
         if input_high_watermark.is_some() {
             inner.input_high_watermark = input_high_watermark;
@@ -502,16 +578,52 @@ mod tests {
     fn report_lists_units_with_their_role() {
         let status = HostStatus::new("h", "h:1:2");
         let unit = status.unit("pt", 0);
-        unit.leading(3, Some(10));
-        unit.progressed(12, Some(20));
+        unit.leading(takeover(3), Some(10));
+        unit.progressed(2, 12, Some(20));
         let report = status.report();
         assert_eq!(report.units.len(), 1);
         assert_eq!(report.units[0].name, "pt/0");
         assert_eq!(report.units[0].role, "leader");
         assert_eq!(report.units[0].epoch, Some(3));
         assert_eq!(report.units[0].next_offset, Some(12));
+        assert_eq!(report.units[0].records_in, 2);
+        assert_eq!(report.units[0].leader_since_unix_ms, Some(1_000));
+        unit.passive();
+        assert_eq!(status.report().units[0].leader_since_unix_ms, None);
         status.forget_unit("pt", 0);
         assert!(status.report().units.is_empty());
+    }
+
+    fn takeover(epoch: u64) -> TakeoverReport {
+        TakeoverReport {
+            epoch,
+            at_unix_ms: 1_000,
+            generation: Some(epoch),
+            warm_standby: true,
+            restore_ms: 1.0,
+            fence_and_seek_ms: 2.0,
+            total_ms: 4.0,
+            first_output_ms: None,
+        }
+    }
+
+    #[test]
+    fn takeovers_are_listed_with_their_first_output_and_bounded() {
+        let status = HostStatus::new("h", "h:1:2");
+        let unit = status.unit("pt", 0);
+        unit.leading(takeover(1), Some(0));
+        unit.first_output(Duration::from_millis(7));
+        unit.first_output(Duration::from_millis(9));
+        let listed = &status.report().units[0].takeovers;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].first_output_ms, Some(7.0), "the first one only");
+        for epoch in 2..=MAX_LISTED_TAKEOVERS as u64 + 1 {
+            unit.leading(takeover(epoch), Some(0));
+        }
+        let listed = &status.report().units[0].takeovers;
+        assert_eq!(listed.len(), MAX_LISTED_TAKEOVERS);
+        assert_eq!(listed[0].epoch, 2, "the oldest is dropped past the bound");
+        assert_eq!(listed.last().unwrap().first_output_ms, None);
     }
 
     #[test]

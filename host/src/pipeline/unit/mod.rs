@@ -383,6 +383,7 @@ impl Unit {
             });
             if !active.first_output_logged {
                 active.first_output_logged = true;
+                self.admin.first_output(active.took_over_at.elapsed());
                 tracing::info!(
                     "takeover phase first-output done in {:?} after takeover start (first batch of {count} records from offset {first_offset}: last poll {:?}, process and send {:?}, delivery {:?})",
                     active.took_over_at.elapsed(),

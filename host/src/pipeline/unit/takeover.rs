@@ -31,6 +31,7 @@ use anyhow::{bail, Context, Result};
 
 use super::seams::UnitIo;
 use super::{in_lineage, position_in_lineage, Active, Role, Standby, Unit};
+use crate::admin::TakeoverFigures;
 use crate::pipeline::fenced::epochs_used_up;
 use crate::pipeline::position::{OutputMark, Position};
 use crate::store::checkpoint::{self, CheckpointError, CheckpointMeta, Fence, KeptGeneration};
@@ -62,6 +63,7 @@ impl Unit {
         let warm = standby.filter(|s| s.generation == candidate.as_ref().map(|m| m.generation));
         // A leader is no standby.
         self.settings.standby_budget.release(&self.id.name());
+        let warm_standby = warm.is_some();
         let (meta, mut processor) = match warm {
             Some(standby) => (candidate, standby.processor),
             None => self.start_processor()?,
@@ -121,10 +123,11 @@ impl Unit {
             .read_back(&highs, &|| self.acting(epoch))
             .context("reading back the outputs since the checkpoint")?;
         links.start_leading()?;
+        let fence_and_seek = seek_started.elapsed();
         tracing::info!(
             "takeover phases: restore {:?} (generation {generation:?}), fence, read-back and seek {:?} ({} outputs to suppress, connections {}{}), next offset {next_offset}",
             restored_in,
-            seek_started.elapsed(),
+            fence_and_seek,
             suppressed.len(),
             if warm_links { "kept from standby" } else { "opened" },
             if marks_needed { ", new marks checkpointed" } else { "" },
@@ -142,7 +145,15 @@ impl Unit {
             first_output_logged: false,
             input_failing_since: None,
         });
-        self.admin.took_over(epoch, Some(next_offset));
+        self.admin.took_over(TakeoverFigures {
+            epoch,
+            next_offset,
+            generation,
+            warm_standby,
+            restore: restored_in,
+            fence_and_seek,
+            total: started.elapsed(),
+        });
         Ok(())
     }
 
