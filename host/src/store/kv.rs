@@ -2,7 +2,14 @@
 //! implements, and the retry loop everything above it uses.
 //!
 //! The contract (what the election, checkpoint and registry logic rely on):
-//! - a [`KvTxn`] sees one consistent snapshot plus its own writes;
+//! - a [`KvTxn`] sees one consistent snapshot plus its own writes, and that
+//!   snapshot includes every commit acknowledged before the transaction
+//!   began (strict serializability: FoundationDB's read versions, the etcd
+//!   backend's linearizable first read, SQLite's lock). A takeover relies on
+//!   it: it reads the newest checkpoint in one transaction and writes its
+//!   output marks in another, so a stale "no checkpoint yet" would mark the
+//!   outputs above what an earlier leader produced (the pipeline simulator,
+//!   `tests/sim`, shows that under stale snapshots);
 //! - `commit` is serialisable: if anything the transaction read was changed
 //!   by another committed transaction, commit fails with
 //!   [`StoreError::Conflict`] and nothing of it is applied;

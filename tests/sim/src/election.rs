@@ -1307,13 +1307,15 @@ mod tests {
         }
         let schedules = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
         let found = explore(0..schedules, Variant::Correct, threads());
-        println!(
+        let figures = format!(
             "election simulation: {} in {:.1} s on {} threads; {} failing",
             found.counters.report(),
             found.elapsed.as_secs_f64(),
             threads(),
             found.failing.len()
         );
+        println!("{figures}");
+        crate::record_figures("1-election", &figures);
         assert_eq!(found.counters.schedules, schedules);
         if let Some(&seed) = found.failing.first() {
             let shrunk = shrink(seed, Variant::Correct);
@@ -1352,6 +1354,14 @@ mod tests {
             variant.name(),
             counters.schedules,
             shrunk.report()
+        );
+        crate::record_figures(
+            &format!("2-election-{}", variant.name()),
+            &format!(
+                "election simulation, broken variant `{}`: caught at seed {seed}, after {} schedules",
+                variant.name(),
+                counters.schedules
+            ),
         );
     }
 

@@ -34,3 +34,14 @@ pub mod broker;
 pub mod election;
 pub mod pipeline;
 pub mod store;
+
+/// Record a simulation's figures for `docs/reliability.md`: `line` goes to
+/// `target/tmp/reliability/NAME.sim`, which `scripts/reliability-table.sh`
+/// puts in the document's simulation section (as the process tests' rows
+/// go in its table). Best effort: a test never fails for it.
+pub fn record_figures(name: &str, line: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tmp/reliability");
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join(format!("{name}.sim")), format!("{line}\n"));
+    }
+}

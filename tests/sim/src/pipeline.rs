@@ -8,9 +8,12 @@
 //! # What it owns
 //!
 //! A schedule ([`run`]) is a function of its seed. [`HOSTS`] hosts each run
-//! one elector and one unit of processor `p` (the real `passthrough`
-//! component through the wasm runtime) on input partition 0 of a topic
-//! holding [`INPUT_RECORDS`] records. The unit reaches the world only
+//! one elector and one unit of processor `p` — the real `level-counter`
+//! component through the wasm runtime: stateful, a summary every 3 records
+//! on its default output, error records routed to a second topic, records
+//! that are not JSON refused to the dead-letter topic — on input partition
+//! 0 of a topic that receives [`INPUT_RECORDS`] records while the faults
+//! last. The unit reaches the world only
 //! through its seams (`logstream_host::pipeline::unit::seams`); here they
 //! are [`SimIo`] (the broker model), [`SimLease`] (the host's `Election`)
 //! and [`SimClock`] (the host's clock: simulated time × its rate, from its
@@ -76,9 +79,12 @@
 //! # The invariants
 //!
 //! After every event: the newest checkpoint's next input offset is never
-//! ahead of the outputs on the topic (every input record below it has its
-//! output there); no output id is on the output topic twice. At the end:
-//! every input record's output is there.
+//! ahead of the outputs on the topics (every output an uninterrupted run
+//! makes for the records below it is there); no output id is on a topic
+//! twice. At the end: the three topics hold exactly the outputs of an
+//! uninterrupted run (computed once, by the same component over the whole
+//! input in one batch, with the unit's ids), and the newest checkpoint's
+//! state is byte-identical to that run's.
 //!
 //! # Keeping it honest
 //!
@@ -94,16 +100,15 @@
 //!
 //! # What it leaves out
 //!
-//! - One unit (one partition) and the default output topic only; routed
-//!   outputs and dead letters ride the same producer and read-back.
+//! - One unit (one partition) and one partition per topic.
 //! - The producer's wire protocol and batching (`FencedProducer` is tested
 //!   against a real broker in `host/tests/fenced_producer.rs`): a flush is
 //!   one produce request per partition.
 //! - The host around units: registry polling, step-down requests,
 //!   preferred hosts, capacity, broker-health yielding.
-//! - State equality with an uninterrupted run: `passthrough` keeps no
-//!   state; the output ids are a function of the input offsets, so
-//!   "every output once" is the uninterrupted run's output.
+//! - Suppression by count (a broken variant the issue names) needs a
+//!   change to the production `emit`; the host's unit tests
+//!   (`pipeline/unit/tests.rs`) drive mutants of the unit instead.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -131,7 +136,9 @@ use logstream_host::store::registry::{self, BatchSettings, DeployOptions, Deploy
 use logstream_host::store::{KvStore, RetryPolicy};
 use logstream_host::unit_id::{Deployment, UnitId};
 use logstream_host::wasm::bindings::Header as WitHeader;
-use logstream_host::wasm::{InstanceLimits, ModuleLoader, ProcessorModule, WasmEngine};
+use logstream_host::wasm::{
+    InstanceLimits, ModuleLoader, ProcessorModule, RecoveryPolicy, SupervisedProcessor, WasmEngine,
+};
 
 use crate::broker::{
     Broker, BrokerConfig, EpochCheck, Header, KafkaError, ProduceRequest, Record, TopicPartition,
@@ -205,12 +212,19 @@ const NOMINAL_RATE_PPM: u64 = 1_000_000;
 const PROCESSOR: &str = "p";
 const INPUT_TOPIC: &str = "in";
 const OUTPUT_TOPIC: &str = "out";
+/// The deployment every schedule's ids carry.
+const DEPLOYMENT: &str = "sim";
 /// The transactional id of the producer that writes the input.
 const INPUT_LOADER: &str = "input-loader";
-const PASSTHROUGH: &str = concat!(
+const LEVEL_COUNTER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../target/wasm32-wasip2/plugin/passthrough.wasm"
+    "/../../target/wasm32-wasip2/plugin/level_counter.wasm"
 );
+/// The topic level-counter routes error records to.
+const ALERTS_TOPIC: &str = "alerts";
+/// level-counter's configuration: a summary every 3 records (on the
+/// default output), error records forwarded to [`ALERTS_TOPIC`].
+const LEVEL_COUNTER_CONFIG: &str = "every=3,alerts=alerts";
 
 /// A correct system, or one broken on purpose (module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,18 +362,96 @@ pub struct Outcome {
     pub trace: Vec<String>,
 }
 
-/// The processor every schedule runs: `passthrough`, compiled once per
-/// process.
+/// The processor every schedule runs: `level-counter` (stateful; routes
+/// error records to [`ALERTS_TOPIC`]; refuses records that are not JSON,
+/// which go to the dead-letter topic), compiled once per process, with
+/// what an uninterrupted run over the whole input produces.
 struct Processor {
     spec: ProcessorSpec,
     module: ProcessorModule,
+    /// Every output of an uninterrupted run: (topic, id, input offset).
+    expected: Vec<(String, String, i64)>,
+    /// The state after an uninterrupted run.
+    final_state: Vec<u8>,
+}
+
+/// Input record `offset`: a JSON log line of one of three services at one
+/// of three levels, or (every 7th) a line that is not JSON.
+fn input_value(offset: i64) -> Vec<u8> {
+    if offset % 7 == 6 {
+        return format!("not json {offset}").into_bytes();
+    }
+    let service = ["api", "db", "web"][(offset % 3) as usize];
+    let level = ["info", "warn", "error", "info"][(offset % 4) as usize];
+    format!(r#"{{"service":"{service}","level":"{level}","n":{offset}}}"#).into_bytes()
+}
+
+fn input_record(offset: i64) -> LogRecord {
+    LogRecord {
+        partition: 0,
+        offset,
+        timestamp_ms: 1_700_000_000_000 + offset,
+        key: None,
+        value: input_value(offset),
+        headers: Vec::new(),
+    }
+}
+
+/// What an uninterrupted run of `spec` over the whole input produces, with
+/// the ids the unit gives its outputs (`unit::emit`), and its final state.
+fn uninterrupted_run(
+    spec: &ProcessorSpec,
+    module: &ProcessorModule,
+    unit: &UnitId,
+    deployment: &Deployment,
+) -> (Vec<(String, String, i64)>, Vec<u8>) {
+    let mut instance = SupervisedProcessor::start_from(
+        "reference",
+        module.clone(),
+        &spec.config,
+        RecoveryPolicy::default(),
+        None,
+    )
+    .expect("starting the reference instance");
+    instance.route_to(spec.output_topics().map(str::to_string));
+    let records: Vec<LogRecord> = (0..INPUT_RECORDS).map(input_record).collect();
+    let batch = instance
+        .process_batch(records)
+        .expect("the reference run processes the input");
+    let mut expected = Vec::new();
+    let mut index_of: HashMap<u32, u32> = HashMap::new();
+    for output in &batch.outputs {
+        let offset = i64::from(output.input_index);
+        let index = index_of.entry(output.input_index).or_insert(0);
+        let topic = output
+            .topic
+            .clone()
+            .unwrap_or_else(|| spec.output_topic.clone());
+        expected.push((topic, unit.output_id(deployment, offset, *index), offset));
+        *index += 1;
+    }
+    let refused = batch
+        .rejections
+        .iter()
+        .map(|r| r.input_index)
+        .chain(batch.failures.iter().map(|f| f.input_index));
+    for input_index in refused {
+        let offset = i64::from(input_index);
+        expected.push((
+            spec.dead_letter_topic(),
+            unit.dead_letter_id(deployment, offset),
+            offset,
+        ));
+    }
+    let state = instance.snapshot().expect("the reference state");
+    (expected, state)
 }
 
 fn processor() -> &'static Processor {
     static PROCESSOR_ONCE: OnceLock<Processor> = OnceLock::new();
     PROCESSOR_ONCE.get_or_init(|| {
-        let bytes = std::fs::read(PASSTHROUGH).unwrap_or_else(|e| {
-            panic!("{PASSTHROUGH}: {e}; build the components with scripts/build-plugins.sh")
+        let bytes = std::fs::read(LEVEL_COUNTER).unwrap_or_else(|e| {
+            panic!("{LEVEL_COUNTER}: {e}; build the components with scripts/build-plugins.sh")
         });
         let engine = WasmEngine::new(InstanceLimits::default()).expect("wasm engine");
         let loader = ModuleLoader::new(engine, None).expect("module loader");
@@ -376,19 +468,28 @@ fn processor() -> &'static Processor {
                 name: PROCESSOR.to_string(),
                 input_topic: INPUT_TOPIC.to_string(),
                 output_topic: OUTPUT_TOPIC.to_string(),
-                extra_output_topics: Vec::new(),
-                config: String::new(),
+                extra_output_topics: vec![ALERTS_TOPIC.to_string()],
+                config: LEVEL_COUNTER_CONFIG.to_string(),
                 batch: BatchSettings::default(),
             },
             DeployOptions::default(),
         )
-        .expect("deploying passthrough")
+        .expect("deploying level-counter")
         .spec;
         spec.batch.max_records = BATCH_RECORDS;
         spec.batch.linger_ms = 0;
+        let module = loader.load(&bytes).expect("loading level-counter");
+        let (expected, final_state) = uninterrupted_run(
+            &spec,
+            &module,
+            &UnitId::new(PROCESSOR, 0),
+            &Deployment::new(DEPLOYMENT).expect("deployment name"),
+        );
         Processor {
-            module: loader.load(&bytes).expect("loading passthrough"),
+            module,
             spec,
+            expected,
+            final_state,
         }
     })
 }
@@ -1032,7 +1133,7 @@ impl Sim {
                     producer_id: loader.producer_id,
                     producer_epoch: loader.epoch,
                     base_sequence: offset as i32,
-                    records: vec![Record::value(format!("record {offset}").as_bytes())],
+                    records: vec![Record::value(&input_value(offset))],
                 })
                 .expect("writing the input");
         }
@@ -1135,24 +1236,56 @@ impl Sim {
         }
     }
 
-    /// The output topic's data records, in order: (output id, offset).
-    fn outputs(&self) -> Vec<(String, i64)> {
+    /// The data records of every topic the unit writes, in order:
+    /// (topic, output id, offset).
+    fn outputs(&self) -> Vec<(String, String, i64)> {
         let broker = self.broker();
-        broker
-            .read(&TopicPartition::new(OUTPUT_TOPIC, 0), 0)
-            .into_iter()
-            .filter(|r| !r.record.is_fence())
-            .map(|r| {
-                let id = r
-                    .record
-                    .headers
-                    .iter()
-                    .find(|h| h.key == ID_HEADER)
-                    .map(|h| String::from_utf8_lossy(&h.value).into_owned())
-                    .unwrap_or_default();
-                (id, r.offset)
+        let spec = &processor().spec;
+        spec.output_topics()
+            .map(str::to_string)
+            .chain([spec.dead_letter_topic()])
+            .flat_map(|topic| {
+                broker
+                    .read(&TopicPartition::new(&topic, 0), 0)
+                    .into_iter()
+                    .filter(|r| !r.record.is_fence())
+                    .map(move |r| {
+                        let id = r
+                            .record
+                            .headers
+                            .iter()
+                            .find(|h| h.key == ID_HEADER)
+                            .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+                            .unwrap_or_default();
+                        (topic.clone(), id, r.offset)
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// The state of the newest checkpoint (`None`: none yet).
+    fn checkpointed_state(&self) -> Option<Vec<u8>> {
+        let env = QuietEnv(self.now());
+        let store = SimStore::new(&self.db, &env, usize::MAX);
+        let restored = checkpoint::restore_newest_where(
+            &store,
+            &RetryPolicy::default(),
+            &self.unit_id.name(),
+            |_| true,
+            |_, state| Ok::<_, checkpoint::RestoreFailure<std::convert::Infallible>>(state),
+        );
+        match restored {
+            Ok(restored) => restored.map(|r| r.value),
+            Err(_) => panic!("the checker reads the newest checkpoint's state"),
+        }
+    }
+
+    /// Whether the run is over: every expected output there and the input
+    /// checkpointed to its end.
+    fn complete(&self) -> bool {
+        self.outputs().len() >= processor().expected.len()
+            && self.checkpointed_offset() >= INPUT_RECORDS
     }
 
     /// The newest checkpoint's next input offset (0: none).
@@ -1180,10 +1313,10 @@ impl Sim {
         }
         let mut seen = HashSet::new();
         let mut violation = None;
-        for (id, offset) in &outputs {
-            if !seen.insert(id.clone()) {
+        for (topic, id, offset) in &outputs {
+            if !seen.insert((topic.clone(), id.clone())) {
                 violation = Some(format!(
-                    "output {id} is on {OUTPUT_TOPIC} twice (again at offset {offset})"
+                    "output {id} is on {topic} twice (again at offset {offset})"
                 ));
                 break;
             }
@@ -1199,9 +1332,12 @@ impl Sim {
                     )
                 });
             }
-            if let Some(missing) = (0..checkpointed).find(|o| !seen.contains(&self.id_of(*o))) {
+            let missing = processor().expected.iter().find(|(topic, id, offset)| {
+                *offset < checkpointed && !seen.contains(&(topic.clone(), id.clone()))
+            });
+            if let Some((topic, id, offset)) = missing {
                 violation = Some(format!(
-                    "the checkpoint's next offset is {checkpointed}, but the output of input offset {missing} is not on {OUTPUT_TOPIC}"
+                    "the checkpoint's next offset is {checkpointed}, but output {id} (of input offset {offset}) is not on {topic}"
                 ));
             }
         }
@@ -1210,10 +1346,6 @@ impl Sim {
             self.note(&mut state, || format!("VIOLATION: {violation}"));
             state.violation.get_or_insert(violation);
         }
-    }
-
-    fn id_of(&self, offset: i64) -> String {
-        self.unit_id.output_id(&self.deployment, offset, 0)
     }
 }
 
@@ -1815,7 +1947,7 @@ pub fn run(seed: u64, variant: Variant, epoch_check: EpochCheck, trace: bool) ->
         }),
         units: (0..HOSTS).map(|_| Mutex::new(None)).collect(),
         elections: (0..HOSTS).map(|_| Mutex::new(None)).collect(),
-        deployment: Deployment::new("sim").expect("deployment name"),
+        deployment: Deployment::new(DEPLOYMENT).expect("deployment name"),
         unit_id: UnitId::new(PROCESSOR, 0),
         cfg: cfg.clone(),
     });
@@ -1839,23 +1971,44 @@ pub fn run(seed: u64, variant: Variant, epoch_check: EpochCheck, trace: bool) ->
     loop {
         until += 100_000;
         sim.run_until(|_: &State| until);
-        let done = sim.state().violation.is_some()
-            || (until >= FAULTS_UNTIL && sim.outputs().len() as i64 >= INPUT_RECORDS);
+        let done = sim.state().violation.is_some() || (until >= FAULTS_UNTIL && sim.complete());
         if done || until >= DRAIN_UNTIL {
             break;
         }
     }
     sim.check_invariants();
     let outputs = sim.outputs();
+    let final_state = sim.checkpointed_state();
     let mut state = sim.state();
     if state.violation.is_none() {
-        let present: HashSet<&String> = outputs.iter().map(|(id, _)| id).collect();
-        if let Some(missing) = (0..INPUT_RECORDS).find(|o| !present.contains(&sim.id_of(*o))) {
-            state.violation = Some(format!(
-                "liveness: the output of input offset {missing} is not on {OUTPUT_TOPIC} after {} s",
+        // After quiescence: the topics and the state of an uninterrupted run.
+        let present: HashSet<(&String, &String)> =
+            outputs.iter().map(|(t, id, _)| (t, id)).collect();
+        let expected = &processor.expected;
+        let missing = expected
+            .iter()
+            .find(|(topic, id, _)| !present.contains(&(topic, id)));
+        let wanted: HashSet<(&String, &String)> =
+            expected.iter().map(|(t, id, _)| (t, id)).collect();
+        let extra = outputs.iter().find(|(t, id, _)| !wanted.contains(&(t, id)));
+        state.violation = if let Some((topic, id, offset)) = missing {
+            Some(format!(
+                "liveness: output {id} (of input offset {offset}) is not on {topic} after {} s",
                 DRAIN_UNTIL / 1_000_000
-            ));
-        }
+            ))
+        } else if let Some((topic, id, offset)) = extra {
+            Some(format!(
+                "output {id} at {topic} offset {offset} is not one an uninterrupted run produces"
+            ))
+        } else if final_state.as_deref() != Some(processor.final_state.as_slice()) {
+            Some(format!(
+                "the final checkpoint's state ({} bytes) differs from an uninterrupted run's ({} bytes)",
+                final_state.as_ref().map_or(0, Vec::len),
+                processor.final_state.len()
+            ))
+        } else {
+            None
+        };
     }
     let outcome = Outcome {
         config: cfg,
@@ -1928,12 +2081,29 @@ mod tests {
     ) -> (Option<(u64, Outcome)>, Counters) {
         let started = std::time::Instant::now();
         let (found, counters) = explore(0..budget(default), variant, epoch_check, threads());
-        eprintln!(
-            "{variant:?} over {epoch_check:?}: {} in {:.1?}; first violation: {:?}",
+        let broker = match epoch_check {
+            EpochCheck::PerPartition => "Apache Kafka's per-partition epoch check",
+            EpochCheck::Global => "tansu's global epoch check",
+        };
+        let figures = format!(
+            "pipeline simulation, {} over {broker}: {} in {:.1} s on {} threads; {}",
+            match variant {
+                Variant::Correct => "the production code".to_string(),
+                other => format!("broken variant `{other:?}`"),
+            },
             counters.report(),
-            started.elapsed(),
-            found.as_ref().map(|(seed, o)| (seed, o.violation.clone()))
+            started.elapsed().as_secs_f64(),
+            threads(),
+            match &found {
+                None => "violations: 0".to_string(),
+                Some((seed, outcome)) => format!(
+                    "stopped at the first violation, seed {seed}: {}",
+                    outcome.violation.as_deref().unwrap_or("")
+                ),
+            }
         );
+        eprintln!("{figures}");
+        crate::record_figures(&format!("3-pipeline-{variant:?}-{epoch_check:?}"), &figures);
         (found, counters)
     }
 

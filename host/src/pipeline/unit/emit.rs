@@ -9,7 +9,7 @@
 //! instance fails the batch otherwise (`wasm::instance`), so the record is
 //! dead-lettered and nothing of it is produced.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{anyhow, Result};
 
@@ -64,7 +64,7 @@ pub(super) fn emit(
         let index = index_of.entry(output.input_index).or_insert(0);
         let id = unit.output_id(deployment, source.offset, *index);
         *index += 1;
-        if active.suppressed.remove(&id) {
+        if suppress(&mut active.suppressed, &id) {
             continue;
         }
         let topic = output.topic.as_deref().unwrap_or(&spec.output_topic);
@@ -97,7 +97,7 @@ pub(super) fn emit(
     for (input_index, reason) in refusals {
         let source = &sources[input_index as usize];
         let id = unit.dead_letter_id(deployment, source.offset);
-        if active.suppressed.remove(&id) {
+        if suppress(&mut active.suppressed, &id) {
             continue;
         }
         let mut headers = source.headers.clone();
@@ -116,6 +116,21 @@ pub(super) fn emit(
         sent.dead_letters += 1;
     }
     Ok(sent)
+}
+
+/// Whether output `id` is already on its topic (the takeover's read-back
+/// found it): then it is not produced again, and no longer looked for.
+fn suppress(suppressed: &mut HashSet<String>, id: &str) -> bool {
+    // A deliberately broken variant for the simulator (`logstream-sim`),
+    // compiled in only with `failpoints` and armed only by a test:
+    // suppressing as many outputs as the read-back found, whatever their
+    // ids. The simulator must catch it.
+    #[cfg(feature = "failpoints")]
+    if fail::eval("suppress-by-count", |_| ()).is_some() {
+        let any = suppressed.iter().next().cloned();
+        return any.is_some_and(|any| suppressed.remove(&any));
+    }
+    suppressed.remove(id)
 }
 
 /// `reason` cut to [`MAX_DEAD_LETTER_REASON_BYTES`] (at a character
