@@ -439,6 +439,28 @@ impl World {
         )
     }
 
+    /// Host `host` becomes the leader at `epoch` (the store's leader record
+    /// and its lease say so): its unit, checkpointing every `every_records`
+    /// records, and its lease (to take the epoch away, or keep it: a
+    /// zombie's lease still says it acts).
+    fn leader(&self, host: &str, epoch: u64, every_records: u64) -> (Unit, ScriptedLease) {
+        let lease = ScriptedLease::default();
+        set_leader(&self.store, "p/0", epoch);
+        lease.set(Some(epoch));
+        (self.unit(host, every_records, &lease), lease)
+    }
+
+    /// Step `unit` until every input record's output is on the topic.
+    fn run_to_end(&self, unit: &mut Unit) {
+        for _ in 0..MAX_STEPS {
+            unit.step().unwrap();
+            self.clock.advance(Duration::from_millis(10));
+            if self.output_ids().len() as i64 >= INPUT_RECORDS {
+                return;
+            }
+        }
+    }
+
     /// The next input offset of the newest checkpoint (0: none).
     fn checkpointed_offset(&self) -> i64 {
         let kept = checkpoint::read_kept(self.store.as_ref(), "p/0").unwrap();
@@ -482,10 +504,7 @@ fn a_leader_checkpoints_only_offsets_whose_outputs_the_broker_acknowledged() {
     // About one flush in three fails whole: the unit fails (crash-only)
     // and is started again, which replays from its checkpoint.
     world.broker.lock().unwrap().fail_one_flush_in = 3;
-    let lease = ScriptedLease::default();
-    set_leader(&world.store, "p/0", 1);
-    lease.set(Some(1));
-    let mut unit = world.unit("a", 3, &lease);
+    let (mut unit, lease) = world.leader("a", 1, 3);
     let mut checkpoints = HashSet::new();
     let mut failures = 0;
     for _ in 0..MAX_STEPS {
@@ -518,10 +537,7 @@ fn a_leader_checkpoints_only_offsets_whose_outputs_the_broker_acknowledged() {
 fn a_zombie_fenced_at_the_broker_loses_its_batch_and_the_successor_suppresses_what_landed() {
     let world = World::new();
     // Host a leads epoch 1, checkpointing only at its takeover (marks).
-    let lease_a = ScriptedLease::default();
-    set_leader(&world.store, "p/0", 1);
-    lease_a.set(Some(1));
-    let mut a = world.unit("a", u64::MAX, &lease_a);
+    let (mut a, _lease_a) = world.leader("a", 1, u64::MAX);
     for _ in 0..4 {
         a.step().unwrap();
     }
@@ -531,10 +547,7 @@ fn a_zombie_fenced_at_the_broker_loses_its_batch_and_the_successor_suppresses_wh
 
     // Host b takes over at epoch 2 while a is paused (its lease still says
     // epoch 1: a zombie). b's takeover fences a's producer epoch.
-    let lease_b = ScriptedLease::default();
-    set_leader(&world.store, "p/0", 2);
-    lease_b.set(Some(2));
-    let mut b = world.unit("b", 3, &lease_b);
+    let (mut b, _lease_b) = world.leader("b", 2, 3);
     b.step().unwrap();
     assert!(b.is_active());
     let fenced_epoch = world.producer_epoch();
@@ -546,13 +559,7 @@ fn a_zombie_fenced_at_the_broker_loses_its_batch_and_the_successor_suppresses_wh
     assert!(!a.is_active(), "the zombie went passive");
     assert_eq!(world.output_ids(), before, "nothing of the zombie landed");
 
-    for _ in 0..MAX_STEPS {
-        b.step().unwrap();
-        world.clock.advance(Duration::from_millis(10));
-        if world.output_ids().len() as i64 >= INPUT_RECORDS {
-            break;
-        }
-    }
+    world.run_to_end(&mut b);
     // b replayed from the start (a's checkpoint holds only marks) and
     // suppressed the 8 outputs a had produced: each once.
     assert_exactly_once(&world, &world.output_ids());
@@ -579,36 +586,21 @@ fn a_checkpoint_taken_while_replaying_keeps_the_marks_a_later_takeover_reads_bac
     let world = World::new();
     // Host a leads epoch 1 and produces 8 outputs, checkpointing only its
     // takeover's marks.
-    let lease_a = ScriptedLease::default();
-    set_leader(&world.store, "p/0", 1);
-    lease_a.set(Some(1));
-    let mut a = world.unit("a", u64::MAX, &lease_a);
+    let (mut a, _lease_a) = world.leader("a", 1, u64::MAX);
     for _ in 0..4 {
         a.step().unwrap();
     }
     drop(a);
     // Host b takes over at epoch 2 and checkpoints after 3 records: in the
     // middle of replaying a's 8.
-    let lease_b = ScriptedLease::default();
-    set_leader(&world.store, "p/0", 2);
-    lease_b.set(Some(2));
-    let mut b = world.unit("b", 3, &lease_b);
+    let (mut b, _lease_b) = world.leader("b", 2, 3);
     b.step().unwrap();
     b.step().unwrap();
     assert_eq!(world.checkpointed_offset(), 4, "b checkpointed mid-replay");
     assert_eq!(world.output_ids().len(), 8, "b produced nothing yet");
     drop(b);
     // Host c takes over at epoch 3 from b's checkpoint and runs to the end.
-    let lease_c = ScriptedLease::default();
-    set_leader(&world.store, "p/0", 3);
-    lease_c.set(Some(3));
-    let mut c = world.unit("c", 3, &lease_c);
-    for _ in 0..MAX_STEPS {
-        c.step().unwrap();
-        world.clock.advance(Duration::from_millis(10));
-        if world.output_ids().len() as i64 >= INPUT_RECORDS {
-            break;
-        }
-    }
+    let (mut c, _lease_c) = world.leader("c", 3, 3);
+    world.run_to_end(&mut c);
     assert_exactly_once(&world, &world.output_ids());
 }
