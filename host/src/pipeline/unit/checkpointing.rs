@@ -25,6 +25,12 @@ impl Unit {
         if !self.flushed()? {
             return Ok(());
         }
+        self.write_checkpoint(started)
+    }
+
+    /// The checkpoint itself, once everything produced is acknowledged
+    /// (started at `started`).
+    pub(super) fn write_checkpoint(&mut self, started: Instant) -> Result<()> {
         let Role::Active(active) = &mut self.role else {
             return Ok(());
         };

@@ -355,6 +355,17 @@ impl Unit {
                 &result,
             )?;
             let emitted_at = Instant::now();
+            // A deliberately broken variant for the simulator
+            // (`logstream-sim`), compiled in only with `failpoints` and armed
+            // only by a test: the checkpoint written before the outputs are
+            // acknowledged. The simulator must catch it.
+            #[cfg(feature = "failpoints")]
+            if fail::eval("checkpoint-before-flush", |_| ()).is_some() {
+                if let Role::Active(active) = &mut self.role {
+                    active.next_offset = next;
+                }
+                self.write_checkpoint(Instant::now())?;
+            }
             // Sends the held outputs and waits for the acknowledgements.
             if !self.flushed()? {
                 return Ok(());
