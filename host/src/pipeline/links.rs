@@ -61,11 +61,7 @@ impl UnitLinks {
     ) -> Result<Self> {
         let mut producer = FencedProducer::open_in(&io.producers, &io.brokers, transactional_id)?;
         let mut targets = BTreeMap::new();
-        for topic in spec
-            .output_topics()
-            .map(str::to_string)
-            .chain([spec.dead_letter_topic()])
-        {
+        for topic in spec.written_topics() {
             let count = producer
                 .partition_count(&topic)
                 .with_context(|| format!("looking up output topic {topic}"))?;

@@ -153,6 +153,14 @@ impl ProcessorSpec {
         dead_letter_topic(&self.name)
     }
 
+    /// Every topic a unit of the processor writes: its output topics (the
+    /// default first) and its dead-letter topic.
+    pub fn written_topics(&self) -> impl Iterator<Item = String> + '_ {
+        self.output_topics()
+            .map(str::to_string)
+            .chain([self.dead_letter_topic()])
+    }
+
     /// Everything but the version is the same.
     fn same_deployment(&self, other: &ProcessorSpec) -> bool {
         ProcessorSpec {

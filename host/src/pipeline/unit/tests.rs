@@ -316,12 +316,7 @@ impl UnitIoFactory for FakeIoFactory {
         id_prefix: &str,
         position: &Position,
     ) -> Result<Box<dyn UnitIo>> {
-        let targets = spec
-            .output_topics()
-            .map(str::to_string)
-            .chain([spec.dead_letter_topic()])
-            .map(|topic| (topic, 0))
-            .collect();
+        let targets = spec.written_topics().map(|topic| (topic, 0)).collect();
         let mut io = FakeIo {
             broker: self.broker.clone(),
             transactional_id: transactional_id.to_string(),
