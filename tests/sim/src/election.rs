@@ -431,13 +431,13 @@ fn unit_name(unit: usize) -> String {
 }
 
 /// A host's machine clock at simulated time `t`, µs.
-fn machine(rate_ppm: u64, t: Micros) -> Micros {
+pub(crate) fn machine(rate_ppm: u64, t: Micros) -> Micros {
     (u128::from(t) * u128::from(rate_ppm) / u128::from(NOMINAL_RATE_PPM)) as Micros
 }
 
 /// The first simulated instant at which a machine clock reads `at` or
 /// more.
-fn reaching(rate_ppm: u64, at: Micros) -> Micros {
+pub(crate) fn reaching(rate_ppm: u64, at: Micros) -> Micros {
     (u128::from(at) * u128::from(NOMINAL_RATE_PPM)).div_ceil(u128::from(rate_ppm)) as Micros
 }
 

@@ -143,7 +143,7 @@ use logstream_host::wasm::{
 use crate::broker::{
     Broker, BrokerConfig, EpochCheck, Header, KafkaError, ProduceRequest, Record, TopicPartition,
 };
-use crate::election::Rng;
+use crate::election::{machine, reaching, Rng, MAX_RATE_ERROR_PPM, NOMINAL_RATE_PPM};
 use crate::store::{CommitFate, Micros, Op, Semantics, SimDb, SimStore, StoreEnv};
 
 /// Hosts of the pair.
@@ -199,8 +199,6 @@ pub const LATE_APPEND: Micros = 60_000;
 pub const RESTART_DELAY_MAX: Micros = 500_000;
 /// Mean time between crashes, and between pauses: 1 s (µs).
 pub const FAULT_MEAN_INTERVAL: Micros = 1_000_000;
-/// Largest error of a host's clock rate: ±5 % (ppm).
-pub const MAX_RATE_ERROR_PPM: u64 = 50_000;
 /// Simulated time between a unit's steps: 1 ms (µs).
 pub const STEP_GAP: Micros = 1_000;
 /// Before a unit that failed a step is started again: 100 ms (µs).
@@ -208,7 +206,6 @@ pub const UNIT_RESTART_BACKOFF: Micros = 100_000;
 /// How long one wait of a passive unit lasts at most: 10 ms (µs).
 pub const WAIT_SLICE: Micros = 10_000;
 
-const NOMINAL_RATE_PPM: u64 = 1_000_000;
 const PROCESSOR: &str = "p";
 const INPUT_TOPIC: &str = "in";
 const OUTPUT_TOPIC: &str = "out";
@@ -609,6 +606,9 @@ struct State {
 
 /// One schedule in progress; shared by the seams it hands the units.
 pub struct Sim {
+    /// This schedule's own handle, for the seams it hands out (they hold
+    /// it weakly: the units holding them live inside the schedule).
+    me: std::sync::Weak<Sim>,
     cfg: Config,
     db: Arc<SimDb>,
     broker: Mutex<Broker>,
@@ -617,10 +617,6 @@ pub struct Sim {
     elections: Vec<Mutex<Option<Arc<ElectionSlot>>>>,
     deployment: Deployment,
     unit_id: UnitId,
-}
-
-fn machine(rate_ppm: u64, t: Micros) -> Micros {
-    (u128::from(t) * u128::from(rate_ppm) / u128::from(NOMINAL_RATE_PPM)) as Micros
 }
 
 impl Sim {
@@ -930,8 +926,9 @@ impl Sim {
         }
     }
 
-    fn store(self: &Arc<Self>, client: usize) -> Arc<dyn KvStore> {
-        let env: Arc<dyn StoreEnv + Send + Sync> = Arc::new(EnvHandle(Arc::downgrade(self)));
+    /// Store client `client`'s connection.
+    fn store(&self, client: usize) -> Arc<dyn KvStore> {
+        let env: Arc<dyn StoreEnv + Send + Sync> = Arc::new(EnvHandle(self.me.clone()));
         Arc::new(SimStore::shared(self.db.clone(), env, client))
     }
 
@@ -952,13 +949,13 @@ impl Sim {
             }
             meta.round_running = true;
             let heartbeat = ElectionTiming::default().heartbeat.as_micros() as Micros;
-            (meta.client, machine_to_sim(meta.rate_ppm, heartbeat))
+            (meta.client, reaching(meta.rate_ppm, heartbeat))
         };
         let Some(slot) = self.election_slot(host) else {
             self.state().hosts[host].round_running = false;
             return;
         };
-        let store = self.store_for(client);
+        let store = self.store(client);
         let clock = HostClock { sim: self, host };
         let policy = RetryPolicy {
             max_attempts: 3,
@@ -998,17 +995,6 @@ impl Sim {
                 heartbeat_us / 4
             };
         self.schedule(&mut state, next, Event::Round { host, incarnation });
-    }
-
-    fn store_for(&self, client: usize) -> Arc<dyn KvStore> {
-        let me = self.me();
-        me.store(client)
-    }
-
-    /// The `Arc` of this schedule (registered on the thread that runs it).
-    fn me(&self) -> Arc<Sim> {
-        SELF.with(|s| s.borrow().as_ref().and_then(|w| w.upgrade()))
-            .expect("the simulation is registered on its thread")
     }
 
     /// One step of `host`'s unit.
@@ -1081,16 +1067,15 @@ impl Sim {
             return;
         };
         let client = self.state().hosts[host].client;
-        let me = self.me();
         let processor = processor();
         let settings = UnitSettings {
             io: Arc::new(SimIoFactory {
-                sim: Arc::downgrade(&me),
+                sim: self.me.clone(),
                 host,
                 incarnation,
             }),
             clock: Arc::new(SimClock {
-                sim: Arc::downgrade(&me),
+                sim: self.me.clone(),
                 host,
                 incarnation,
             }),
@@ -1103,7 +1088,7 @@ impl Sim {
             checkpoint_every_records: CHECKPOINT_EVERY_RECORDS,
         };
         let lease = SimLease {
-            sim: Arc::downgrade(&me),
+            sim: self.me.clone(),
             host,
             incarnation,
             slot,
@@ -1112,7 +1097,7 @@ impl Sim {
             processor.spec.clone(),
             0,
             processor.module.clone(),
-            me.store(client),
+            self.store(client),
             settings,
             Box::new(lease),
             Admin::new(&format!("h{host}"), &format!("h{host}.{incarnation}")).unit(PROCESSOR, 0),
@@ -1240,10 +1225,9 @@ impl Sim {
     /// (topic, output id, offset).
     fn outputs(&self) -> Vec<(String, String, i64)> {
         let broker = self.broker();
-        let spec = &processor().spec;
-        spec.output_topics()
-            .map(str::to_string)
-            .chain([spec.dead_letter_topic()])
+        processor()
+            .spec
+            .written_topics()
             .flat_map(|topic| {
                 broker
                     .read(&TopicPartition::new(&topic, 0), 0)
@@ -1347,18 +1331,6 @@ impl Sim {
             state.violation.get_or_insert(violation);
         }
     }
-}
-
-/// Simulated µs for `machine_us` of a clock running at `rate_ppm`.
-fn machine_to_sim(rate_ppm: u64, machine_us: Micros) -> Micros {
-    (u128::from(machine_us) * u128::from(NOMINAL_RATE_PPM)).div_ceil(u128::from(rate_ppm)) as Micros
-}
-
-thread_local! {
-    /// The schedule running on this thread (seams hold weak handles; the
-    /// scheduler's own methods find the `Arc` here).
-    static SELF: std::cell::RefCell<Option<std::sync::Weak<Sim>>> =
-        const { std::cell::RefCell::new(None) };
 }
 
 /// The clock of a host's elector.
@@ -1535,12 +1507,7 @@ impl UnitIoFactory for SimIoFactory {
         id_prefix: &str,
         position: &Position,
     ) -> Result<Box<dyn UnitIo>> {
-        let targets = spec
-            .output_topics()
-            .map(str::to_string)
-            .chain([spec.dead_letter_topic()])
-            .map(|topic| (topic, 0))
-            .collect();
+        let targets = spec.written_topics().map(|topic| (topic, 0)).collect();
         let mut io = SimIo {
             sim: self.sim.clone(),
             host: self.host,
@@ -1902,9 +1869,8 @@ pub fn run(seed: u64, variant: Variant, epoch_check: EpochCheck, trace: bool) ->
     let processor = processor();
     for topic in processor
         .spec
-        .output_topics()
-        .map(str::to_string)
-        .chain([processor.spec.dead_letter_topic(), INPUT_TOPIC.to_string()])
+        .written_topics()
+        .chain([INPUT_TOPIC.to_string()])
     {
         broker.create_topic(&topic, 1);
     }
@@ -1912,7 +1878,7 @@ pub fn run(seed: u64, variant: Variant, epoch_check: EpochCheck, trace: bool) ->
     broker
         .init_producer_id(INPUT_LOADER)
         .expect("the input's producer");
-    let mut rng = Rng::new(seed);
+    let rng = Rng::new(seed);
     let hosts = (0..HOSTS)
         .map(|host| HostMeta {
             alive: false,
@@ -1925,8 +1891,8 @@ pub fn run(seed: u64, variant: Variant, epoch_check: EpochCheck, trace: bool) ->
             unit_running: false,
         })
         .collect();
-    let _ = rng.next_u64();
-    let sim = Arc::new(Sim {
+    let sim = Arc::new_cyclic(|me| Sim {
+        me: me.clone(),
         db: Arc::new(SimDb::new(cfg.semantics)),
         broker: Mutex::new(broker),
         state: Mutex::new(State {
@@ -1951,7 +1917,6 @@ pub fn run(seed: u64, variant: Variant, epoch_check: EpochCheck, trace: bool) ->
         unit_id: UnitId::new(PROCESSOR, 0),
         cfg: cfg.clone(),
     });
-    SELF.with(|s| *s.borrow_mut() = Some(Arc::downgrade(&sim)));
     {
         let mut state = sim.state();
         for host in 0..HOSTS {
@@ -2021,7 +1986,6 @@ pub fn run(seed: u64, variant: Variant, epoch_check: EpochCheck, trace: bool) ->
     for unit in &sim.units {
         *unit.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
-    SELF.with(|s| *s.borrow_mut() = None);
     outcome
 }
 
