@@ -27,19 +27,8 @@ fn leader_holder(store: &SqliteStore, unit: &str) -> Option<String> {
 fn a_host_at_capacity_leaves_the_units_beyond_it_to_a_host_with_room() {
     let _exclusive = exclusive();
     let world = World::new("capacity-");
-    kafka::ensure_topics(
-        &world.broker.address,
-        &[("logs", 3), ("pt-out", 3), ("more", 2)],
-    )
-    .unwrap();
-    let url = world.store_url("s");
-    let out = deploy(
-        "passthrough",
-        &[
-            "--name", "pt", "--input", "logs", "--output", "pt-out", "--store", &url,
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    let url = world.deploy_passthrough("s", 3, 3);
+    kafka::ensure_topics(&world.broker.address, &[("more", 2)]).unwrap();
     let mut hosts = world.hosts("s");
     hosts.extra_args.extend(["--max-units".into(), "2".into()]);
     hosts.start("a");

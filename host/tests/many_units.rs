@@ -13,7 +13,7 @@ use common::admin::{admin_address, get};
 use common::reliability::Counts;
 use common::stderr;
 use common::verify;
-use common::world::{deploy, exclusive, run_local, wait_until, World, RUN_BOUND};
+use common::world::{exclusive, run_local, wait_until, World, RUN_BOUND};
 use logstream_host::pipeline::kafka;
 use logstream_host::store::checkpoint;
 use logstream_host::store::election::read_leader;
@@ -56,19 +56,7 @@ fn all_checkpointed(store: &SqliteStore, highs: &[i64]) -> bool {
 fn two_hundred_units_fail_over_together_and_match_an_uninterrupted_run() {
     let _exclusive = exclusive();
     let world = World::new("many-units-");
-    kafka::ensure_topics(
-        &world.broker.address,
-        &[("logs", UNITS), ("pt-out", OUTPUT_PARTITIONS)],
-    )
-    .unwrap();
-    let url = world.store_url("s");
-    let out = deploy(
-        "passthrough",
-        &[
-            "--name", "pt", "--input", "logs", "--output", "pt-out", "--store", &url,
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    world.deploy_passthrough("s", UNITS, OUTPUT_PARTITIONS);
     let mut hosts = world.hosts("s");
     hosts.extra_args.extend(
         [

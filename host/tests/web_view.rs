@@ -23,8 +23,7 @@ use std::time::Duration;
 
 use common::admin::{admin_address, get};
 use common::stderr;
-use common::world::{deploy, exclusive, wait_until, World, RUN_BOUND};
-use logstream_host::pipeline::kafka;
+use common::world::{exclusive, wait_until, World, RUN_BOUND};
 
 const PARTITIONS: i32 = 2;
 /// Records per `gen-logs` round of the feeder.
@@ -303,19 +302,7 @@ fn the_web_view_shows_the_leaders_and_a_failover_in_a_real_browser() {
     };
     let _exclusive = exclusive();
     let world = World::new("web-view-");
-    kafka::ensure_topics(
-        &world.broker.address,
-        &[("logs", PARTITIONS), ("pt-out", PARTITIONS)],
-    )
-    .unwrap();
-    let url = world.store_url("s");
-    let out = deploy(
-        "passthrough",
-        &[
-            "--name", "pt", "--input", "logs", "--output", "pt-out", "--store", &url,
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    world.deploy_passthrough("s", PARTITIONS, PARTITIONS);
     let mut hosts = world.hosts("s");
     hosts.start("a");
     let a = admin_address(&hosts.dir, "a", RUN_BOUND);

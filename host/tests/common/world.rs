@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use logstream_host::pipeline::kafka;
 use logstream_host::record::LogRecord;
 use logstream_host::store::checkpoint;
 use logstream_host::store::SqliteStore;
@@ -82,6 +83,31 @@ impl World {
             .output()
             .unwrap();
         assert!(output.status.success(), "{}", stderr(&output));
+    }
+
+    /// Processor `pt` (passthrough) deployed into store `store`, from
+    /// `logs` to `pt-out`, both created first with `input_partitions` and
+    /// `output_partitions`; the store's URL.
+    pub fn deploy_passthrough(
+        &self,
+        store: &str,
+        input_partitions: i32,
+        output_partitions: i32,
+    ) -> String {
+        kafka::ensure_topics(
+            &self.broker.address,
+            &[("logs", input_partitions), ("pt-out", output_partitions)],
+        )
+        .unwrap();
+        let url = self.store_url(store);
+        let out = deploy(
+            "passthrough",
+            &[
+                "--name", "pt", "--input", "logs", "--output", "pt-out", "--store", &url,
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        url
     }
 
     pub fn read(&self, topic: &str, partition: i32) -> Vec<LogRecord> {
