@@ -1065,55 +1065,83 @@ proptest! {
     }
 }
 
+/// How many times the model check runs one transaction when the store
+/// answers a read or the commit with a conflict — which the contract allows
+/// at any read (a snapshot compacted away; on etcd, also a member too far
+/// behind) — before it fails the test.
+const MODEL_TXN_ATTEMPTS: usize = 5;
+
 fn check_against_model(
     store: &dyn KvStore,
     txns: Vec<(Vec<Op>, bool)>,
 ) -> Result<(), TestCaseError> {
-    {
-        let mut model = Model::new();
-        for (ops, commit) in txns {
-            let mut pending = model.clone();
-            let mut txn = store.begin().expect("begin");
-            for op in ops {
-                match op {
-                    Op::Set(key, value) => {
-                        txn.set(&key, &value).expect("set");
-                        pending.insert(key, value);
-                    }
-                    Op::Clear(key) => {
-                        txn.clear(&key).expect("clear");
-                        pending.remove(&key);
-                    }
-                    Op::ClearRange(begin, end) => {
-                        txn.clear_range(&begin, &end).expect("clear_range");
-                        if begin < end {
-                            pending.retain(|key, _| !(begin <= *key && *key < end));
-                        }
-                    }
-                    Op::Get(key) => {
-                        prop_assert_eq!(txn.get(&key).expect("get"), pending.get(&key).cloned());
-                    }
-                    Op::GetRange(begin, end, limit) => {
-                        prop_assert_eq!(
-                            txn.get_range(&begin, &end, limit).expect("get_range"),
-                            model_range(&pending, &begin, &end, limit)
-                        );
-                    }
-                }
+    let mut model = Model::new();
+    for (ops, commit) in txns {
+        let mut attempt = 0;
+        let pending = loop {
+            attempt += 1;
+            match run_against_model(store, &model, &ops, commit)? {
+                Ok(pending) => break pending,
+                Err(StoreError::Conflict) if attempt < MODEL_TXN_ATTEMPTS => continue,
+                Err(error) => panic!("transaction failed on attempt {attempt}: {error}"),
             }
-            if commit {
-                txn.commit().expect("commit");
-                model = pending;
-            } else {
-                drop(txn);
-            }
-            prop_assert_eq!(
-                scan(store),
-                model_range(&model, b"", END_OF_ALL, usize::MAX)
-            );
+        };
+        if commit {
+            model = pending;
         }
+        prop_assert_eq!(
+            scan(store),
+            model_range(&model, b"", END_OF_ALL, usize::MAX)
+        );
     }
     Ok(())
+}
+
+/// One attempt at one transaction: every read checked against the model
+/// with the transaction's own pending writes, then committed or dropped.
+/// The store's error, if any, is returned for the caller to retry.
+fn run_against_model(
+    store: &dyn KvStore,
+    model: &Model,
+    ops: &[Op],
+    commit: bool,
+) -> Result<Result<Model, StoreError>, TestCaseError> {
+    let mut pending = model.clone();
+    let mut txn = store.begin().expect("begin");
+    for op in ops {
+        match op {
+            Op::Set(key, value) => {
+                txn.set(key, value).expect("set");
+                pending.insert(key.clone(), value.clone());
+            }
+            Op::Clear(key) => {
+                txn.clear(key).expect("clear");
+                pending.remove(key);
+            }
+            Op::ClearRange(begin, end) => {
+                txn.clear_range(begin, end).expect("clear_range");
+                if begin < end {
+                    pending.retain(|key, _| !(begin <= key && key < end));
+                }
+            }
+            Op::Get(key) => match txn.get(key) {
+                Ok(value) => prop_assert_eq!(value, pending.get(key).cloned()),
+                Err(error) => return Ok(Err(error)),
+            },
+            Op::GetRange(begin, end, limit) => match txn.get_range(begin, end, *limit) {
+                Ok(pairs) => prop_assert_eq!(pairs, model_range(&pending, begin, end, *limit)),
+                Err(error) => return Ok(Err(error)),
+            },
+        }
+    }
+    if commit {
+        if let Err(error) = txn.commit() {
+            return Ok(Err(error));
+        }
+    } else {
+        drop(txn);
+    }
+    Ok(Ok(pending))
 }
 
 // ---------------------------------------------------------------------------

@@ -7,9 +7,10 @@
 //! - **Snapshot.** A transaction's first read is linearizable and fixes its
 //!   snapshot revision; every later read is at that revision (served by the
 //!   member from its own copy of the history, without a round through the
-//!   Raft leader), so the transaction sees one consistent state. A snapshot
-//!   compacted away under it, or not yet applied by the member asked, is a
-//!   [`StoreError::Conflict`] (retry at a fresh revision).
+//!   Raft leader), so the transaction sees one consistent state. A member
+//!   that has not applied the snapshot yet is asked again linearizably
+//!   (it catches up first); a snapshot compacted away under the
+//!   transaction is a [`StoreError::Conflict`] (retry at a fresh revision).
 //! - **Writes are buffered** in the transaction and read back by its own
 //!   reads (sets, clears and cleared ranges overlay the snapshot).
 //! - **Commit is one conditional `Txn`**: compares that every key read still
@@ -192,6 +193,14 @@ fn status(error: &etcd_client::Error) -> Option<&tonic::Status> {
         etcd_client::Error::GRpcStatus(status) => Some(status),
         _ => None,
     }
+}
+
+/// Whether a read at a fixed revision reached a member that has not
+/// applied that revision yet (etcd's `ErrFutureRev`).
+fn is_future_revision(error: &etcd_client::Error) -> bool {
+    status(error).is_some_and(|s| {
+        s.code() == tonic::Code::OutOfRange && s.message().contains("future revision")
+    })
 }
 
 /// An error and its causes, outermost first: tonic's transport errors say
@@ -512,25 +521,36 @@ impl EtcdTxn<'_> {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<(KeyValue, i64)>, bool), StoreError> {
-        let mut options = GetOptions::new()
-            .with_revision(self.snapshot.unwrap_or(0))
-            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-        if self.snapshot.is_some() {
-            // At a fixed revision every member holds the same history, so
-            // the member may answer from its own store without a round
-            // through the Raft leader. A member that has not applied the
-            // revision yet answers "future revision": a conflict, retried.
-            options = options.with_serializable();
+        let range_options = |serializable: bool| {
+            let mut options = GetOptions::new()
+                .with_revision(self.snapshot.unwrap_or(0))
+                .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+            if serializable {
+                options = options.with_serializable();
+            }
+            if let Some(end) = end {
+                options = options.with_range(self.store.key(end));
+            }
+            options
+        };
+        let read = |options: GetOptions| {
+            let key = self.store.key(begin);
+            let mut kv = self.store.kv.clone();
+            self.store
+                .run(async move { kv.get(key, Some(options)).await })
+        };
+        // At a fixed revision every member holds the same history, so the
+        // member may answer from its own store without a round through the
+        // Raft leader. A member that has not applied the revision yet
+        // answers "future revision"; asked again linearizably it first
+        // catches up to the leader's commit index (ReadIndex), which covers
+        // the snapshot, so the transaction goes on instead of restarting.
+        let serializable = self.snapshot.is_some();
+        let response = match read(range_options(serializable)) {
+            Err(error) if serializable && is_future_revision(&error) => read(range_options(false)),
+            answer => answer,
         }
-        if let Some(end) = end {
-            options = options.with_range(self.store.key(end));
-        }
-        let key = self.store.key(begin);
-        let mut kv = self.store.kv.clone();
-        let response = self
-            .store
-            .run(async move { kv.get(key, Some(options)).await })
-            .map_err(|e| self.store.read_error(e))?;
+        .map_err(|e| self.store.read_error(e))?;
         if self.snapshot.is_none() {
             let revision = response.header().map(|h| h.revision()).ok_or_else(|| {
                 StoreError::Other("etcd answered a read without its revision".into())
@@ -705,6 +725,25 @@ impl KvTxn for EtcdTxn<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// etcd's own texts (server/storage/mvcc/kvstore.go, as sent by the
+    /// gRPC layer): only a lagging member is asked again; a compacted
+    /// snapshot stays a conflict.
+    #[test]
+    fn only_a_future_revision_is_read_again() {
+        let answer = |message: &str| {
+            etcd_client::Error::GRpcStatus(tonic::Status::out_of_range(message.to_string()))
+        };
+        assert!(is_future_revision(&answer(
+            "etcdserver: mvcc: required revision is a future revision"
+        )));
+        assert!(!is_future_revision(&answer(
+            "etcdserver: mvcc: required revision has been compacted"
+        )));
+        assert!(!is_future_revision(&etcd_client::Error::GRpcStatus(
+            tonic::Status::unavailable("etcdserver: no leader")
+        )));
+    }
 
     #[test]
     fn a_key_set_inside_a_cleared_range_splits_it() {
