@@ -41,6 +41,7 @@ pub struct Metrics {
     takeovers: IntCounterVec,
     corrupt_checkpoints: IntCounterVec,
     fenced_batches: IntCounterVec,
+    lease_lapses: IntCounterVec,
     unit_failures: IntCounterVec,
     batch_seconds: HistogramVec,
     checkpoint_seconds: HistogramVec,
@@ -131,6 +132,10 @@ impl Metrics {
                 "logstream_fenced_batches_total",
                 "Batches of outputs the broker refused because a newer leader of the unit had fenced this host's producer epoch (this host was paused or cut off past its lease); their outputs were produced by the newer leader instead.",
             ),
+            lease_lapses: counter(
+                "logstream_lease_lapses_total",
+                "Times the unit's lease lapsed while this host led it (a renewal overdue, no other holder seen): it paused, and acted again at the same epoch if the next renewal committed.",
+            ),
             unit_failures: counter(
                 "logstream_unit_failures_total",
                 "Times the unit failed on this host (an error it could not ride out, or a panic): it released its lease and restarted after a backoff.",
@@ -177,6 +182,7 @@ impl Metrics {
             takeovers: self.takeovers.with_label_values(&labels),
             corrupt_checkpoints: self.corrupt_checkpoints.with_label_values(&labels),
             fenced_batches: self.fenced_batches.with_label_values(&labels),
+            lease_lapses: self.lease_lapses.with_label_values(&labels),
             unit_failures: self.unit_failures.with_label_values(&labels),
             batch_seconds: self.batch_seconds.with_label_values(&labels),
             checkpoint_seconds: self.checkpoint_seconds.with_label_values(&labels),
@@ -202,6 +208,7 @@ impl Metrics {
         let _ = self.takeovers.remove_label_values(&labels);
         let _ = self.corrupt_checkpoints.remove_label_values(&labels);
         let _ = self.fenced_batches.remove_label_values(&labels);
+        let _ = self.lease_lapses.remove_label_values(&labels);
         let _ = self.unit_failures.remove_label_values(&labels);
         let _ = self.batch_seconds.remove_label_values(&labels);
         let _ = self.checkpoint_seconds.remove_label_values(&labels);
@@ -251,6 +258,7 @@ pub struct UnitMetrics {
     pub takeovers: IntCounter,
     pub corrupt_checkpoints: IntCounter,
     pub fenced_batches: IntCounter,
+    pub lease_lapses: IntCounter,
     pub unit_failures: IntCounter,
     pub batch_seconds: prometheus::Histogram,
     pub checkpoint_seconds: prometheus::Histogram,

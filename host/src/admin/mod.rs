@@ -180,6 +180,11 @@ impl UnitAdmin {
         self.status.standby(warm, bytes);
     }
 
+    /// The lease lapsed while leading; the unit pauses.
+    pub fn lease_lapsed(&self) {
+        self.metrics.lease_lapses.inc();
+    }
+
     /// Went passive (demoted, fenced, or stepped back after an error).
     pub fn went_passive(&self) {
         self.metrics.role.set(0);

@@ -108,6 +108,12 @@ impl Shared {
             let started = self.clock.now();
             let mut guards: Vec<MutexGuard<'_, Election>> =
                 batch.iter().map(|(_, slot)| slot.election()).collect();
+            // A renewal that makes a lapsed lease valid again changes no
+            // epoch (no event), but its paused unit may act again: wake it.
+            let lapsed: Vec<bool> = guards
+                .iter()
+                .map(|e| e.held_epoch().is_some() && e.acting_epoch(started).is_none())
+                .collect();
             let mut elections: Vec<(&str, &mut Election)> = batch
                 .iter()
                 .zip(guards.iter_mut())
@@ -123,10 +129,12 @@ impl Shared {
             drop(elections);
             match outcomes {
                 Ok(outcomes) => {
-                    for (((name, slot), election), outcome) in
-                        batch.iter().zip(&guards).zip(outcomes)
+                    let now = self.clock.now();
+                    for ((((name, slot), election), outcome), lapsed) in
+                        batch.iter().zip(&guards).zip(outcomes).zip(&lapsed)
                     {
-                        if outcome.event.is_some() {
+                        let resumed = *lapsed && election.acting_epoch(now).is_some();
+                        if outcome.event.is_some() || resumed {
                             slot.notify();
                         }
                         log_event(name, outcome.event);
@@ -314,6 +322,12 @@ impl UnitLease {
         self.slot
             .election()
             .acting_epoch(self.elector.shared.clock.now())
+    }
+
+    /// The epoch this host holds, acting or not (see
+    /// [`Election::held_epoch`]).
+    pub fn held_epoch(&self) -> Option<u64> {
+        self.slot.election().held_epoch()
     }
 
     /// How many rounds changed what the unit should do so far (see

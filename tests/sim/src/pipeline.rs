@@ -301,6 +301,9 @@ pub struct Counters {
     pub unit_steps: u64,
     pub invariant_checks: u64,
     pub takeovers: u64,
+    /// Leaders that paused when their lease lapsed and acted again at the
+    /// same epoch (no takeover).
+    pub resumed_after_lapse: u64,
     pub crashes: u64,
     pub pauses: u64,
     pub lost_requests: u64,
@@ -320,6 +323,7 @@ impl Counters {
         self.unit_steps += other.unit_steps;
         self.invariant_checks += other.invariant_checks;
         self.takeovers += other.takeovers;
+        self.resumed_after_lapse += other.resumed_after_lapse;
         self.crashes += other.crashes;
         self.pauses += other.pauses;
         self.lost_requests += other.lost_requests;
@@ -332,12 +336,13 @@ impl Counters {
 
     pub fn report(&self) -> String {
         format!(
-            "{} schedules, {} events, {} unit steps, {} invariant checks; {} takeovers; faults: {} crashes, {} pauses, {} lost broker requests, {} lost replies, {} delayed requests, {} unknown store commits; {} zombie batches refused by the broker",
+            "{} schedules, {} events, {} unit steps, {} invariant checks; {} takeovers, {} leaders resumed after a lapsed lease; faults: {} crashes, {} pauses, {} lost broker requests, {} lost replies, {} delayed requests, {} unknown store commits; {} zombie batches refused by the broker",
             self.schedules,
             self.events,
             self.unit_steps,
             self.invariant_checks,
             self.takeovers,
+            self.resumed_after_lapse,
             self.crashes,
             self.pauses,
             self.lost_requests,
@@ -966,6 +971,7 @@ impl Sim {
         let leading = {
             let mut election = slot.election.lock().unwrap_or_else(|p| p.into_inner());
             let before = election.held_epoch();
+            let lapsed = before.is_some() && election.acting_epoch(clock.now()).is_none();
             let _ = election::step(
                 store.as_ref(),
                 &policy,
@@ -975,7 +981,10 @@ impl Sim {
                 false,
             );
             let after = election.held_epoch();
-            if before != after {
+            // As the host's elector: a change of epoch, or a lapsed lease
+            // valid again (its paused unit may act again), wakes the unit.
+            let resumed = lapsed && election.acting_epoch(clock.now()).is_some();
+            if before != after || resumed {
                 slot.changes.fetch_add(1, Ordering::Relaxed);
                 let mut state = self.state();
                 self.note(&mut state, || {
@@ -1010,11 +1019,13 @@ impl Sim {
         }
         let mut slot = self.units[host].lock().unwrap_or_else(|p| p.into_inner());
         let was_active = slot.as_ref().is_some_and(Unit::is_active);
+        let was_paused = slot.as_ref().is_some_and(Unit::is_paused);
         let result = match slot.as_mut() {
             Some(unit) => unit.step(),
             None => Ok(()),
         };
         let is_active = slot.as_ref().is_some_and(Unit::is_active);
+        let resumed = was_paused && is_active && !slot.as_ref().is_some_and(Unit::is_paused);
         let alive = self.alive(host, incarnation);
         if !alive {
             // The process died during the step: nothing of it runs on.
@@ -1039,6 +1050,12 @@ impl Sim {
         drop(slot);
         let mut state = self.state();
         state.hosts[host].unit_running = false;
+        if resumed {
+            state.counters.resumed_after_lapse += 1;
+            self.note(&mut state, || {
+                format!("host {host}.{incarnation} acts again after its lease lapsed")
+            });
+        }
         if is_active && !was_active {
             state.counters.takeovers += 1;
             self.note(&mut state, || {
@@ -1451,6 +1468,16 @@ impl Lease for SimLease {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .acting_epoch(now)
+    }
+    fn held_epoch(&self) -> Option<u64> {
+        if !self.sim().alive(self.host, self.incarnation) {
+            return None;
+        }
+        self.slot
+            .election
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .held_epoch()
     }
     fn changes(&self) -> u64 {
         self.slot.changes.load(Ordering::Relaxed)
@@ -2092,6 +2119,7 @@ mod tests {
             counters.report()
         );
         assert!(counters.stale_epoch_refusals > 0, "{}", counters.report());
+        assert!(counters.resumed_after_lapse > 0, "{}", counters.report());
     }
 
     #[test]

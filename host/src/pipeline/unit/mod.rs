@@ -123,6 +123,9 @@ struct Active {
     first_output_logged: bool,
     /// Since when reading the input fails (`None`: it does not).
     input_failing_since: Option<Instant>,
+    /// Whether its lease lapsed and it waits for a renewal (see
+    /// [`Unit::pause`]).
+    paused: bool,
 }
 
 /// What a unit is doing; see the module docs. (One per unit, replaced at
@@ -250,7 +253,11 @@ impl Unit {
             }
             Some(epoch) => self.lead(epoch),
             None => {
-                if self.is_active() {
+                if let Role::Active(active) = &self.role {
+                    if self.lease.held_epoch() == Some(active.epoch) {
+                        self.pause(changes_seen);
+                        return Ok(());
+                    }
                     tracing::info!("not (or no longer) the acting leader; going passive");
                     self.demote();
                 }
@@ -260,9 +267,42 @@ impl Unit {
         }
     }
 
+    /// A leader whose lease lapsed (its last renewal too old to act on)
+    /// while no round has seen another holder: it keeps its state, its
+    /// position and its connections, acts on nothing, and waits. Every batch
+    /// it took in was flushed and accounted before this step (a batch cut
+    /// short by the lapse demotes instead, see `still_acting`), so if the
+    /// next renewal commits at the same epoch — nobody claimed in between,
+    /// so nobody acted — it goes on where it stopped, without a takeover.
+    /// If another host claims, the round that sees it ends the held epoch
+    /// and the unit demotes. Under load (a mass failover, a slow store) a
+    /// missed renewal costs a pause, not a restore and a replay.
+    fn pause(&mut self, changes_seen: u64) {
+        if let Role::Active(active) = &mut self.role {
+            if !active.paused {
+                active.paused = true;
+                self.admin.lease_lapsed();
+                tracing::info!(
+                    epoch = active.epoch,
+                    "lease lapsed (renewal overdue); pausing until it is renewed or lost"
+                );
+            }
+        }
+        self.lease.wait_for_change(
+            changes_seen,
+            self.settings.timing.heartbeat / STANDBY_WAKES_PER_HEARTBEAT,
+        );
+    }
+
     /// Whether the unit is active (it took over and has not demoted since).
     pub fn is_active(&self) -> bool {
         matches!(self.role, Role::Active(_))
+    }
+
+    /// Whether the unit is an active whose lease lapsed, waiting for a
+    /// renewal (see [`pause`](Self::pause)).
+    pub fn is_paused(&self) -> bool {
+        matches!(&self.role, Role::Active(active) if active.paused)
     }
 
     /// Whether this host may still act for `epoch`.
@@ -278,6 +318,10 @@ impl Unit {
         let Role::Active(active) = &mut self.role else {
             return Ok(());
         };
+        if active.paused {
+            active.paused = false;
+            tracing::info!(epoch, "lease renewed at the same epoch; acting again");
+        }
         let batch_settings = self.spec.batch;
         // The first batch after a takeover takes what the standby's reader
         // prefetched without lingering for more: it is on the failover path.

@@ -70,6 +70,11 @@ impl UnitClock for ManualClock {
 pub trait Lease: Send {
     /// The epoch this host may act for now, if any.
     fn acting_epoch(&self) -> Option<u64>;
+    /// The epoch this host holds, acting or not: its last renewal may be
+    /// too old to act on, but no round has seen another holder. While a
+    /// held epoch lasts nobody else can have acted, so a leader that lost
+    /// its acting status only pauses.
+    fn held_epoch(&self) -> Option<u64>;
     /// How many election rounds changed what the unit should do so far.
     fn changes(&self) -> u64;
     /// Wait until the change count passes `seen`, or `timeout` passed.
@@ -83,6 +88,9 @@ pub trait Lease: Send {
 impl Lease for UnitLease {
     fn acting_epoch(&self) -> Option<u64> {
         UnitLease::acting_epoch(self)
+    }
+    fn held_epoch(&self) -> Option<u64> {
+        UnitLease::held_epoch(self)
     }
     fn changes(&self) -> u64 {
         UnitLease::changes(self)

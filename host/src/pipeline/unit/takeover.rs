@@ -144,6 +144,7 @@ impl Unit {
             took_over_at: started,
             first_output_logged: false,
             input_failing_since: None,
+            paused: false,
         });
         self.admin.took_over(TakeoverFigures {
             epoch,

@@ -332,21 +332,36 @@ impl UnitIoFactory for FakeIoFactory {
     }
 }
 
-/// A lease that says what the test sets.
+/// A lease that says what the test sets: the epoch held and whether it
+/// may be acted on.
 #[derive(Clone, Default)]
 struct ScriptedLease {
-    acting: Arc<Mutex<Option<u64>>>,
+    held: Arc<Mutex<Option<u64>>>,
+    lapsed: Arc<Mutex<bool>>,
 }
 
 impl ScriptedLease {
+    /// Hold `epoch` (or nothing) and act on it.
     fn set(&self, epoch: Option<u64>) {
-        *self.acting.lock().unwrap() = epoch;
+        *self.held.lock().unwrap() = epoch;
+        *self.lapsed.lock().unwrap() = false;
+    }
+
+    /// Keep the epoch held but too old to act on (a renewal overdue).
+    fn lapse(&self) {
+        *self.lapsed.lock().unwrap() = true;
     }
 }
 
 impl Lease for ScriptedLease {
     fn acting_epoch(&self) -> Option<u64> {
-        *self.acting.lock().unwrap()
+        if *self.lapsed.lock().unwrap() {
+            return None;
+        }
+        *self.held.lock().unwrap()
+    }
+    fn held_epoch(&self) -> Option<u64> {
+        *self.held.lock().unwrap()
     }
     fn changes(&self) -> u64 {
         0
@@ -598,4 +613,67 @@ fn a_checkpoint_taken_while_replaying_keeps_the_marks_a_later_takeover_reads_bac
     let (mut c, _lease_c) = world.leader("c", 3, 3);
     world.run_to_end(&mut c);
     assert_exactly_once(&world, &world.output_ids());
+}
+
+/// The fence records on the output partition (one per takeover).
+fn fence_records(world: &World) -> usize {
+    let broker = world.broker.lock().unwrap();
+    broker.outputs[&("out".to_string(), 0)]
+        .iter()
+        .filter(|l| l.id.is_none())
+        .count()
+}
+
+#[test]
+fn a_leader_whose_lease_lapses_pauses_and_goes_on_at_the_same_epoch_without_a_takeover() {
+    let world = World::new();
+    let (mut a, lease) = world.leader("a", 1, 3);
+    a.step().unwrap();
+    a.step().unwrap();
+    let before = world.output_ids();
+    assert_eq!(before.len(), 2 * BATCH_RECORDS as usize, "{before:?}");
+    let producer_epoch = world.producer_epoch();
+
+    // A renewal is overdue: the leader acts on nothing, and stays the
+    // leader with its state (no demotion, no standby rebuilt).
+    lease.lapse();
+    for _ in 0..5 {
+        a.step().unwrap();
+        world.clock.advance(Duration::from_millis(10));
+        assert!(a.is_active(), "a paused leader stays active");
+    }
+    assert_eq!(
+        world.output_ids(),
+        before,
+        "a paused leader produces nothing"
+    );
+
+    // The next renewal commits at the same epoch: it goes on from where it
+    // stopped — no fence, no read-back, no replay.
+    lease.set(Some(1));
+    world.run_to_end(&mut a);
+    assert_exactly_once(&world, &world.output_ids());
+    assert_eq!(world.producer_epoch(), producer_epoch, "no new fence");
+    assert_eq!(fence_records(&world), 1, "one takeover only");
+}
+
+#[test]
+fn a_paused_leader_whose_lease_another_host_claimed_goes_passive() {
+    let world = World::new();
+    let (mut a, lease_a) = world.leader("a", 1, 3);
+    a.step().unwrap();
+    a.step().unwrap();
+    lease_a.lapse();
+    a.step().unwrap();
+    assert!(a.is_active(), "paused");
+
+    // Host b claims epoch 2; a's next round sees it: a holds nothing.
+    let (mut b, _lease_b) = world.leader("b", 2, 3);
+    lease_a.set(None);
+    a.step().unwrap();
+    assert!(!a.is_active(), "the paused leader went passive");
+
+    world.run_to_end(&mut b);
+    assert_exactly_once(&world, &world.output_ids());
+    assert_eq!(fence_records(&world), 2, "b took over");
 }
