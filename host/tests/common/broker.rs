@@ -1,5 +1,10 @@
 //! A real Kafka-compatible broker for tests: tansu with `sqlite://`
 //! storage in a temporary directory, on a free loopback port.
+//!
+//! `TANSU_STORAGE` names another storage engine (e.g. `memory://tansu/`,
+//! which keeps nothing across a restart): the benches use it to measure
+//! the host where tansu's SQLite storage is the bottleneck (its fetch runs
+//! two queries per partition, one partition after another).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -47,7 +52,9 @@ impl Broker {
             _dir: dir,
         };
         broker.wait_until_up();
-        add_header_index(&broker._dir.path().join("tansu.db"));
+        if storage_engine() == SQLITE_STORAGE {
+            add_header_index(&broker._dir.path().join("tansu.db"));
+        }
         broker
     }
 
@@ -79,6 +86,13 @@ impl Broker {
     }
 }
 
+/// tansu's storage unless `TANSU_STORAGE` names another.
+const SQLITE_STORAGE: &str = "sqlite://tansu.db";
+
+fn storage_engine() -> String {
+    std::env::var("TANSU_STORAGE").unwrap_or_else(|_| SQLITE_STORAGE.to_string())
+}
+
 fn spawn_tansu(dir: &std::path::Path, address: &str) -> Child {
     let url = format!("tcp://{address}");
     let log = std::fs::OpenOptions::new()
@@ -96,7 +110,7 @@ fn spawn_tansu(dir: &std::path::Path, address: &str) -> Child {
             "--advertised-listener-url",
             &url,
         ])
-        .args(["--storage-engine", "sqlite://tansu.db"])
+        .args(["--storage-engine", &storage_engine()])
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
