@@ -266,8 +266,13 @@ def export(cls):
                 if not isinstance(version, int) or isinstance(version, bool):
                     raise ValueError("`version` is not an integer")
             except Exception as e:
+                found, reason = None, f"not a Python SDK snapshot: {e}"
+                if state[:4] == b"LSS1" and len(state) >= 8:
+                    # A Rust SDK snapshot: magic, then the state version (u32 LE).
+                    found = int.from_bytes(state[4:8], "little")
+                    reason = "a Rust SDK snapshot, which the Python SDK cannot read"
                 raise Err(types.ProcessorError_IncompatibleState(types.IncompatibleState(
-                    None, expected, f"not a Python SDK snapshot: {e}")))
+                    found, expected, reason)))
             if version != expected:
                 try:
                     value = inner.migrate(version, value)
