@@ -36,9 +36,11 @@ from wit_world import exports
 from wit_world.imports import types, host_log
 from componentize_py_types import Err
 
+from .json_value import loads, object_fields, JSONError, SKIPPED
+
 __all__ = [
     "Processor", "Record", "Output", "Header", "Reject", "ConfigError",
-    "Settings", "export", "log",
+    "Settings", "export", "log", "loads", "object_fields", "JSONError", "SKIPPED",
 ]
 
 
