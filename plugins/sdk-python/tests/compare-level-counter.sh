@@ -24,7 +24,7 @@ for line in open(sys.argv[1]):
     print(json.dumps(d, sort_keys=True))' "$1"
 }
 
-fail=0
+fail=0 passed=0 failed=0
 for config in "" "every=1" "every=7,alerts=alerts" "alerts=pager,alert_level=WARN,every=3"; do
     for batch_args in "--batch 1" "--batch 1000" "--batch 13 --snapshot-every 5"; do
         run() {
@@ -37,12 +37,15 @@ for config in "" "every=1" "every=7,alerts=alerts" "alerts=pager,alert_level=WAR
         run "$py_wasm" "$work/py.out"
         label="config='$config' $batch_args"
         if cmp -s <(normalise "$work/rust.out") <(normalise "$work/py.out"); then
+            passed=$((passed + 1))
             echo "same: $label: $(wc -l <"$work/py.out") lines ($(grep -c "^{[^{]*\"rejected\":" "$work/py.out") rejected); python: $(tail -1 "$work/py.out.err")"
         else
+            failed=$((failed + 1))
             echo "DIFFERENT: $label"
             diff <(normalise "$work/rust.out") <(normalise "$work/py.out") | head -6 | cut -c1-300 || true
             fail=1
         fi
     done
 done
+echo "compare-level-counter: $passed passed, $failed failed"
 exit $fail
