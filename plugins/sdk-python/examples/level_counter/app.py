@@ -25,7 +25,12 @@ def _utf8(text: str) -> bool:
 
 def _lowercase(text: str) -> str:
     # Rust's `to_lowercase`, applied only when some character is upper case.
-    return text.lower() if any(c.isupper() for c in text) else text
+    lower = text.lower()
+    if lower == text:
+        return text
+    # Changed by lower(): keep it only when a letter is upper case (not when
+    # only title-case letters such as "ǅ" changed, which Rust leaves as is).
+    return lower if any(c.isupper() for c in text) else text
 
 
 class LevelCounter(logstream_sdk.Processor):
