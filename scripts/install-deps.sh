@@ -10,7 +10,9 @@
 #                                    filesystem is refused); openssl makes
 #                                    the secure etcd cluster's certificates;
 #                                    chromium loads the admin web view
-#                                    headless (host/tests/web_view.rs)
+#                                    headless (host/tests/web_view.rs);
+#                                    python3-venv holds componentize-py,
+#                                    which builds the Python processors
 # Exits non-zero with one sentence when a package is missing and cannot be
 # installed here (not root, or no apt-get).
 set -euo pipefail
@@ -23,6 +25,7 @@ if [[ ${1:-} == --test ]]; then
     command -v bindfs >/dev/null 2>&1 || needed+=(bindfs)
     command -v openssl >/dev/null 2>&1 || needed+=(openssl)
     command -v chromium >/dev/null 2>&1 || needed+=(chromium)
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || needed+=(python3-venv)
 elif [[ -n ${1:-} ]]; then
     echo "usage: scripts/install-deps.sh [--test]" >&2
     exit 2

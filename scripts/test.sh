@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 # protoc for the build; etcd and iproute2 for the tests that start an etcd
 # cluster and simulated machines; chromium for the web view's browser test.
 scripts/install-deps.sh --test
-scripts/build-plugins.sh
+scripts/build-plugins.sh --python
 # Default targets: libraries, binaries, integration and doc tests. The
 # benchmarks (harness = false) are compiled by clippy in CI, not run here.
 # The host is built with its fault-injection points (`failpoints`, armed only
@@ -17,6 +17,10 @@ cargo test --workspace --features logstream-host/failpoints "$@"
 # docs say and the binaries just built (failpoints stay unarmed); fails on an
 # exit status or an expected line missing, and on an unmarked shell block.
 scripts/docs-test.py
+# The Python SDK: its unit tests under CPython, and the Python level-counter
+# against the Rust one over the same records (run-local, batch 1 / 1000 /
+# snapshots), with the binary the tests just built.
+plugins/sdk-python/tests/run.sh target/debug/logstream
 # The decoders of untrusted bytes (record batches from the host, stored
 # checkpoints) fuzzed at a larger case count than the default 256, bounded
 # to about a minute on 2 cores; `FUZZ_CASES` scales it.

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{logstream, plugin, run, stderr, stdout};
+use common::{logstream, plugin, python_plugin, run, stderr, stdout};
 
 #[test]
 fn accepts_the_example_processors() {
@@ -17,6 +17,51 @@ fn accepts_the_example_processors() {
         );
         assert!(text.contains("state version: "), "{text}");
     }
+}
+
+/// The Python SDK's examples (componentize-py: CPython inside) are
+/// processors like any other: the host accepts their WASI imports, which
+/// its sandbox serves without preopens, network or entropy of the host.
+#[test]
+fn accepts_the_python_processors() {
+    for name in ["level_counter", "passthrough"] {
+        let output = run(logstream().arg("check").arg(python_plugin(name)));
+        assert!(output.status.success(), "{name}: {}", stderr(&output));
+        let text = stdout(&output);
+        assert!(text.contains("valid LogStream processor"), "{name}: {text}");
+        assert!(text.contains("state version: 1"), "{name}: {text}");
+        assert!(
+            text.contains("wasi:filesystem/preopens@0.2"),
+            "{name}: {text}"
+        );
+    }
+}
+
+/// A component whose initial linear memory exceeds the instance limit (the
+/// Python interpreter starts at 12.5 MiB) is refused with the limit to
+/// set, in one line, and nothing runs.
+#[test]
+fn a_memory_limit_below_the_components_initial_memory_names_the_limit_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let out = run(logstream()
+        .args(["gen-logs", "--count", "10", "--out"])
+        .arg(&input));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let output = run(logstream()
+        .arg("run-local")
+        .arg(python_plugin("level_counter"))
+        .arg("--input")
+        .arg(&input)
+        .args(["--memory-limit-mib", "8"]));
+    assert!(!output.status.success(), "ran: {}", stdout(&output));
+    let err = stderr(&output);
+    assert_eq!(err.lines().count(), 1, "expected one line, got: {err}");
+    assert!(
+        err.contains("more than the 8.0 MiB an instance may have; raise the memory limit (`--memory-limit-mib`, `limits.memory_limit_mib`) to at least 13"),
+        "{err}"
+    );
+    assert!(stdout(&output).is_empty());
 }
 
 #[test]

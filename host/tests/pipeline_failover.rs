@@ -126,6 +126,7 @@ fn read_partition(brokers: &str, topic: &str, partition: i32) -> Vec<LogRecord> 
 /// final state.
 fn expected(
     dir: &Path,
+    component: &Path,
     processor: &str,
     config: &str,
     outputs: &[&str],
@@ -134,7 +135,7 @@ fn expected(
 ) -> (BTreeMap<String, Vec<OutputRow>>, Vec<u8>) {
     verify::run_local_routed(
         Path::new(env!("CARGO_BIN_EXE_logstream")),
-        &plugin(processor),
+        component,
         config,
         outputs,
         records,
@@ -178,6 +179,28 @@ fn node_of(id: &str) -> u32 {
 struct Setup {
     store: StoreKind,
     nodes: Option<Nodes>,
+    /// The component deployed as `lc` (default: the Rust level-counter).
+    level_counter: PathBuf,
+}
+
+impl Setup {
+    /// A scenario on the store of `kind`, hosts on this machine.
+    fn on(store: StoreKind) -> Setup {
+        Setup {
+            store,
+            nodes: None,
+            level_counter: plugin("level_counter"),
+        }
+    }
+
+    /// The component of processor `file` ([`PROCESSORS`]) in this setup.
+    fn component(&self, file: &str) -> PathBuf {
+        if file == "level_counter" {
+            self.level_counter.clone()
+        } else {
+            plugin(file)
+        }
+    }
 }
 
 /// The coordination store a scenario runs on.
@@ -296,11 +319,7 @@ fn transparency_run_on(
     records: u64,
     disrupt: impl FnOnce(&mut Faults<'_>) -> Injected,
 ) -> tempfile::TempDir {
-    let setup = Setup {
-        store: kind,
-        nodes: None,
-    };
-    transparency_run_then(setup, scenario, records, disrupt, |_, _| {})
+    transparency_run_then(Setup::on(kind), scenario, records, disrupt, |_, _| {})
 }
 
 /// [`transparency_run_on`], then `inspect` the broker's topics and the
@@ -337,7 +356,7 @@ fn transparency_run_then(
     kafka::ensure_topics(&broker.address, &topics).unwrap();
     for (name, file, outputs, config) in PROCESSORS {
         let mut deploy = logstream();
-        deploy.arg("deploy").arg(plugin(file)).args([
+        deploy.arg("deploy").arg(setup.component(file)).args([
             "--name", name, "--input", "logs", "--config", config, "--store", &store_url,
         ]);
         for topic in outputs {
@@ -448,8 +467,15 @@ fn transparency_run_then(
         assert_eq!(input.len() as i64, highs[partition as usize]);
         for (processor, file, outputs, config) in PROCESSORS {
             let unit = format!("{processor}/{partition}");
-            let (mut by_topic, want_state) =
-                expected(dir.path(), file, config, outputs, &input, partition);
+            let (mut by_topic, want_state) = expected(
+                dir.path(),
+                &setup.component(file),
+                file,
+                config,
+                outputs,
+                &input,
+                partition,
+            );
             let state = checkpoint::read_current(store, &unit)
                 .unwrap()
                 .unwrap()
@@ -533,6 +559,44 @@ fn on_etcd_outputs_and_state_survive_kill_9_failovers_exactly_once() {
     );
 }
 
+/// The kill -9 loop with the level-counter written in Python
+/// (`plugins/sdk-python`, componentize-py: CPython inside the component)
+/// deployed as `lc`: the SDK's JSON snapshots restore on the other host to
+/// the same state, and the outputs and final state equal an uninterrupted
+/// run of the same component (which `plugins/sdk-python/tests` shows equal
+/// to the Rust level-counter's).
+#[test]
+fn a_python_processor_survives_kill_9_failovers_exactly_once() {
+    let _exclusive = exclusive();
+    // The Python component processes several times slower than the Rust
+    // one: fewer records and kills keep the run near the others' length.
+    let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);
+    let kills = 8;
+    let setup = Setup {
+        level_counter: common::python_plugin("level_counter"),
+        ..Setup::on(StoreKind::Sqlite)
+    };
+    transparency_run_then(
+        setup,
+        "kill -9 of the active in a loop, Python level-counter",
+        records,
+        |faults| {
+            for round in 0..kills {
+                std::thread::sleep(Duration::from_millis(400 + 150 * (round % 4)));
+                let victim = busiest_host(faults.hosts, faults.store);
+                faults.hosts.kill9(&victim);
+                faults.hosts.start(&victim);
+            }
+            Injected {
+                what: format!("kill -9 of the host leading most units, restarted as the passive; `lc` is the Python level-counter (componentize-py); {records} records; every topic compared"),
+                times: kills as usize,
+                fails_over: true,
+            }
+        },
+        |_, _| {},
+    );
+}
+
 /// `records` records; kill -9 of the host leading most units,
 /// `PIPELINE_KILLS` times at varied points (a fixed-seed jitter of 300-1100 ms between kills), each
 /// restarted as the passive. `on` completes the row's description.
@@ -596,10 +660,7 @@ fn on_etcd_losing_quorum_quiets_every_leader_within_its_lease_and_recovers() {
     let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);
     let lease_ms = logstream_host::store::election::DEFAULT_LEASE.as_millis() as i64;
     let quorum_lost = std::cell::Cell::new(None);
-    let setup = Setup {
-        store: StoreKind::Etcd,
-        nodes: None,
-    };
+    let setup = Setup::on(StoreKind::Etcd);
     transparency_run_then(
         setup,
         "etcd quorum lost, longer than the lease",
@@ -674,8 +735,8 @@ fn assert_quiet(brokers: &str, (lost, back): (i64, i64), lease_ms: i64, what: &s
 /// are skipped (and fail instead when `CI` is set).
 fn on_nodes() -> Option<Setup> {
     Some(Setup {
-        store: StoreKind::Etcd,
         nodes: Some(common::netns::up_or_skip(2)?),
+        ..Setup::on(StoreKind::Etcd)
     })
 }
 

@@ -27,6 +27,11 @@ pub enum ModuleError {
     CoreModule,
     #[error("not a valid WebAssembly component: {0}")]
     InvalidComponent(String),
+    #[error("a component that starts with {} of linear memory, more than the {} an instance may have; raise the memory limit (`--memory-limit-mib`, `limits.memory_limit_mib`) to at least {}", mib(*initial_bytes), mib(*limit_bytes), initial_bytes.div_ceil(MIB))]
+    InitialMemoryOverLimit {
+        initial_bytes: u64,
+        limit_bytes: u64,
+    },
     #[error("a component of another world: it does not export `{PROCESSOR_EXPORT}` (it exports: {exports})")]
     WrongWorld { exports: String },
     #[error("a component that imports `{import}`, which the host does not provide (a processor may import only `{HOST_LOG_IMPORT}` and WASI 0.2)")]
@@ -107,7 +112,7 @@ impl ModuleLoader {
                 .map(|c| (c, CacheOutcome::Compiled))
                 .map_err(anyhow::Error::from),
         }
-        .map_err(|e| ModuleError::InvalidComponent(first_line(&e)))?;
+        .map_err(|e| compile_error(&e))?;
 
         let interface = describe(&component, &self.engine);
         if let Some(import) = interface
@@ -153,6 +158,42 @@ impl ModuleLoader {
 /// The error's message with its causes, on one line.
 fn first_line(error: &anyhow::Error) -> String {
     format!("{error:#}").replace('\n', " ")
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// `bytes` in MiB, to one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB as f64)
+}
+
+/// Why a compile failed, for the plugin author: a component whose initial
+/// linear memory exceeds the pooling allocator's per-instance limit
+/// (componentize-py's pre-initialised CPython starts at about 12.5 MiB) is
+/// named as such, with the limit to set; every other error as it is.
+/// Wasmtime words the first case "memory has a minimum byte size of N
+/// which exceeds the limit of M bytes" (`pooling/memory_pool.rs`); only
+/// that wording is recognised.
+fn compile_error(error: &anyhow::Error) -> ModuleError {
+    let text = first_line(error);
+    let number_after = |marker: &str| -> Option<u64> {
+        let rest = &text[text.find(marker)? + marker.len()..];
+        let digits = rest.split(|c: char| c.is_whitespace()).next()?;
+        match digits.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => digits.parse().ok(),
+        }
+    };
+    match (
+        number_after("minimum byte size of "),
+        number_after("exceeds the limit of "),
+    ) {
+        (Some(initial_bytes), Some(limit_bytes)) => ModuleError::InitialMemoryOverLimit {
+            initial_bytes,
+            limit_bytes,
+        },
+        _ => ModuleError::InvalidComponent(text),
+    }
 }
 
 /// The names a component imports and exports.
@@ -220,6 +261,28 @@ impl ProcessorModule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Wasmtime's own text (as `run-local --memory-limit-mib 8` printed it
+    /// for the Python level-counter) becomes the sentence with the limit to
+    /// set; other compile errors pass through.
+    #[test]
+    fn an_initial_memory_over_the_limit_names_the_limit_to_set() {
+        let wasmtime = anyhow::anyhow!("module memory does not fit in pooling allocator requirements: memory index 0 is unsupported in this pooling allocator configuration: memory has a minimum byte size of 13107200 which exceeds the limit of 0x800000 bytes");
+        let error = compile_error(&wasmtime);
+        assert!(matches!(
+            error,
+            ModuleError::InitialMemoryOverLimit {
+                initial_bytes: 13_107_200,
+                limit_bytes: 0x80_0000
+            }
+        ));
+        assert_eq!(
+            error.to_string(),
+            "a component that starts with 12.5 MiB of linear memory, more than the 8.0 MiB an instance may have; raise the memory limit (`--memory-limit-mib`, `limits.memory_limit_mib`) to at least 13"
+        );
+        let other = compile_error(&anyhow::anyhow!("failed to parse WebAssembly module"));
+        assert!(matches!(other, ModuleError::InvalidComponent(_)));
+    }
 
     #[test]
     fn classifies_preambles() {

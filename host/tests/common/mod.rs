@@ -42,6 +42,19 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
+/// The path of a built Python component (`plugins/sdk-python/examples`),
+/// e.g. `python_plugin("level_counter")`.
+#[allow(dead_code)] // not every test binary deploys a Python processor
+pub fn python_plugin(name: &str) -> PathBuf {
+    let path = plugin_dir().join(format!("../python/{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the Python components first with scripts/build-plugins.sh --python",
+        path.display()
+    );
+    path
+}
+
 /// The `logstream` binary with a test-local compile cache and quiet logs.
 pub fn logstream() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_logstream"));

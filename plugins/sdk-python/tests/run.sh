@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 logstream=${1:-target/debug/logstream}
-venv=${LOGSTREAM_PY_VENV:-.venv}
+venv=${LOGSTREAM_PY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/logstream/py-venv}
 
 scripts/build-python-plugins.sh level_counter
 bindings=$(mktemp -d); trap 'rm -rf "$bindings"' EXIT
