@@ -31,15 +31,25 @@ case ${1:-} in
         ;;
 esac
 
+# A line per stage with the time since the start, and cargo's own progress
+# under it: on a fresh machine the first run builds for minutes, and no
+# minute of it is silent.
+started=$SECONDS
+stage() { printf '[demo %02d:%02d] %s\n' $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)) "$*" >&2; }
+
+stage "Rust target wasm32-wasip2 and system packages"
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
 if ((${#variant[@]})); then
     scripts/install-deps.sh --test
 else
     scripts/install-deps.sh
 fi
+stage "broker: tansu (built once into ~/.cargo/bin, ~10 minutes on 2 cores)"
 scripts/install-tansu.sh
 export TANSU="${TANSU:-$HOME/.cargo/bin/tansu}"
-echo "building the host and the plugins (release)..."
-scripts/build-plugins.sh >/dev/null
-cargo build --release -q -p logstream-host --bin logstream --example failover_demo
+stage "processor components (wasm32-wasip2)"
+scripts/build-plugins.sh
+stage "the host and the demo (release; a few minutes the first time)"
+cargo build --release -p logstream-host --bin logstream --example failover_demo
+stage "the demo"
 exec target/release/examples/failover_demo "${variant[@]}"
