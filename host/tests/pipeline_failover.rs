@@ -784,11 +784,32 @@ fn cut_until_the_passive_leads(faults: &mut Faults<'_>, link: Link, then: Durati
     nodes.heal(node_of(&victim), link);
     let healed = Instant::now();
     while healed.elapsed() < Duration::from_secs(2) {
-        assert!(
-            leaders(faults.store).iter().all(|l| *l == Some(survivor)),
-            "the healed old active took a unit back: {:?}",
-            leaders(faults.store)
-        );
+        let now = leaders(faults.store);
+        if !now.iter().all(|l| *l == Some(survivor)) {
+            // Say why: a unit the old active took back, or one the survivor
+            // gave up (its log's failures and releases).
+            let survivor_log = common::admin::newest_log(&faults.hosts.dir, other_host(&victim))
+                .and_then(|log| std::fs::read_to_string(log).ok())
+                .unwrap_or_default();
+            let reasons: Vec<&str> = survivor_log
+                .lines()
+                .filter(|l| {
+                    [
+                        "unit failed",
+                        "stepped down",
+                        "yield",
+                        "releas",
+                        "fenced at epoch",
+                    ]
+                    .iter()
+                    .any(|w| l.contains(w))
+                })
+                .collect();
+            panic!(
+                "after the heal not every unit is led by the survivor (pid {survivor}): {now:?}; the survivor's failures and releases:\n{}",
+                reasons.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     replaced_after
