@@ -33,23 +33,27 @@ pub fn plugin_dir() -> PathBuf {
 
 /// The path of a built component, e.g. `plugin("level_counter")`.
 pub fn plugin(name: &str) -> PathBuf {
-    let path = plugin_dir().join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: build the components first with scripts/build-plugins.sh",
-        path.display()
-    );
-    path
+    built(
+        plugin_dir().join(format!("{name}.wasm")),
+        "scripts/build-plugins.sh",
+    )
 }
 
 /// The path of a built Python component (`plugins/sdk-python/examples`),
 /// e.g. `python_plugin("level_counter")`.
 #[allow(dead_code)] // not every test binary deploys a Python processor
 pub fn python_plugin(name: &str) -> PathBuf {
-    let path = plugin_dir().join(format!("../python/{name}.wasm"));
+    built(
+        plugin_dir().join(format!("../python/{name}.wasm")),
+        "scripts/build-plugins.sh --python",
+    )
+}
+
+/// `path`, which `build` makes; a test without it says how to build it.
+fn built(path: PathBuf, build: &str) -> PathBuf {
     assert!(
         path.exists(),
-        "{} is missing: build the Python components first with scripts/build-plugins.sh --python",
+        "{} is missing: build the components first with {build}",
         path.display()
     );
     path
