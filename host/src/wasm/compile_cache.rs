@@ -63,6 +63,15 @@ impl CompileCache {
             // wasmtime still checks the header and version before use.
             match unsafe { Component::deserialize_file(engine.engine(), &path) } {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
+                // The artifact is sound; this engine's limits refuse the
+                // component, and compiling it again would be refused the
+                // same way.
+                Err(error)
+                    if super::module::initial_memory_over_limit(&format!("{error:#}"))
+                        .is_some() =>
+                {
+                    return Err(error.into())
+                }
                 Err(error) => tracing::warn!(
                     path = %path.display(),
                     "compiled artifact does not load, recompiling: {error:#}"

@@ -171,11 +171,23 @@ fn mib(bytes: u64) -> String {
 /// linear memory exceeds the pooling allocator's per-instance limit
 /// (componentize-py's pre-initialised CPython starts at about 12.5 MiB) is
 /// named as such, with the limit to set; every other error as it is.
-/// Wasmtime words the first case "memory has a minimum byte size of N
-/// which exceeds the limit of M bytes" (`pooling/memory_pool.rs`); only
-/// that wording is recognised.
 fn compile_error(error: &anyhow::Error) -> ModuleError {
-    let text = first_line(error);
+    match initial_memory_over_limit(&first_line(error)) {
+        Some((initial_bytes, limit_bytes)) => ModuleError::InitialMemoryOverLimit {
+            initial_bytes,
+            limit_bytes,
+        },
+        None => ModuleError::InvalidComponent(first_line(error)),
+    }
+}
+
+/// `(initial bytes, limit bytes)` when `text` (an error with its causes) is
+/// the engine refusing a component whose initial linear memory exceeds the
+/// per-instance limit.
+/// Wasmtime words it "memory has a minimum byte size of N which exceeds the
+/// limit of M bytes" (`pooling/memory_pool.rs`), when compiling and when
+/// loading a compiled artifact; only that wording is recognised.
+pub(super) fn initial_memory_over_limit(text: &str) -> Option<(u64, u64)> {
     let number_after = |marker: &str| -> Option<u64> {
         let rest = &text[text.find(marker)? + marker.len()..];
         let digits = rest.split(|c: char| c.is_whitespace()).next()?;
@@ -184,16 +196,10 @@ fn compile_error(error: &anyhow::Error) -> ModuleError {
             None => digits.parse().ok(),
         }
     };
-    match (
-        number_after("minimum byte size of "),
-        number_after("exceeds the limit of "),
-    ) {
-        (Some(initial_bytes), Some(limit_bytes)) => ModuleError::InitialMemoryOverLimit {
-            initial_bytes,
-            limit_bytes,
-        },
-        _ => ModuleError::InvalidComponent(text),
-    }
+    Some((
+        number_after("minimum byte size of ")?,
+        number_after("exceeds the limit of ")?,
+    ))
 }
 
 /// The names a component imports and exports.
