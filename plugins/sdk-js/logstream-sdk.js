@@ -36,8 +36,8 @@
 import { log as hostLog } from "logstream:processor/host-log@0.1.0";
 
 const UTF8 = new TextEncoder();
-const UTF8_STRICT = new TextDecoder("utf-8", { fatal: true });
-const UTF8_LOSSY = new TextDecoder("utf-8");
+const UTF8_STRICT = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }); // keep a leading U+FEFF, as Rust does
+const UTF8_LOSSY = new TextDecoder("utf-8", { ignoreBOM: true });
 
 /** Throw from `process` to refuse the record (dead-letter topic). */
 export class Reject extends Error {
