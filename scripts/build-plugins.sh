@@ -7,15 +7,21 @@
 #   scripts/build-plugins.sh --python   also the Python examples
 #                                       (scripts/build-python-plugins.sh:
 #                                       componentize-py from PyPI, pinned)
+#   scripts/build-plugins.sh --js       also the JavaScript examples
+#                                       (scripts/build-js-plugins.sh:
+#                                       componentize-js from npm, pinned)
+# (--python --js builds both.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python=false
-case ${1:-} in
-    "") ;;
-    --python) python=true ;;
-    *) echo "usage: scripts/build-plugins.sh [--python]" >&2; exit 2 ;;
-esac
+python=false js=false
+for arg in "$@"; do
+    case $arg in
+        --python) python=true ;;
+        --js) js=true ;;
+        *) echo "usage: scripts/build-plugins.sh [--python] [--js]" >&2; exit 2 ;;
+    esac
+done
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     echo "adding the wasm32-wasip2 Rust target" >&2
@@ -31,4 +37,7 @@ cargo build --profile plugin --target wasm32-wasip2 "${args[@]}"
 ls -l target/wasm32-wasip2/plugin/*.wasm >&2
 if $python; then
     scripts/build-python-plugins.sh
+fi
+if $js; then
+    scripts/build-js-plugins.sh
 fi

@@ -12,7 +12,9 @@
 #                                    chromium loads the admin web view
 #                                    headless (host/tests/web_view.rs);
 #                                    python3-venv holds componentize-py,
-#                                    which builds the Python processors
+#                                    which builds the Python processors;
+#                                    node and npm run componentize-js (the
+#                                    JavaScript processors)
 # Exits non-zero with one sentence when a package is missing and cannot be
 # installed here (not root, or no apt-get).
 set -euo pipefail
@@ -26,6 +28,8 @@ if [[ ${1:-} == --test ]]; then
     command -v openssl >/dev/null 2>&1 || needed+=(openssl)
     command -v chromium >/dev/null 2>&1 || needed+=(chromium)
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || needed+=(python3-venv)
+    command -v node >/dev/null 2>&1 || needed+=(nodejs)
+    command -v npm >/dev/null 2>&1 || needed+=(npm)
 elif [[ -n ${1:-} ]]; then
     echo "usage: scripts/install-deps.sh [--test]" >&2
     exit 2

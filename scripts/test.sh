@@ -9,8 +9,8 @@ stage() { printf '[test %02d:%02d] %s\n' $(((SECONDS - started) / 60)) $(((SECON
 # cluster and simulated machines; chromium for the web view's browser test.
 stage "system packages"
 scripts/install-deps.sh --test
-stage "processor components (Rust, then Python)"
-scripts/build-plugins.sh --python
+stage "processor components (Rust, then Python and JavaScript)"
+scripts/build-plugins.sh --python --js
 stage "cargo test (the workspace, the host with fail points)"
 # Default targets: libraries, binaries, integration and doc tests. The
 # benchmarks (harness = false) are compiled by clippy in CI, not run here.
@@ -28,6 +28,10 @@ stage "the Python SDK"
 # against the Rust one over the same records (run-local, batch 1 / 1000 /
 # snapshots), with the binary the tests just built.
 plugins/sdk-python/tests/run.sh "${CARGO_TARGET_DIR:-target}/debug/logstream"
+stage "the JavaScript SDK"
+# The same for JavaScript: its unit tests under Node, and the JS redactor
+# against the Rust one.
+plugins/sdk-js/tests/run.sh "${CARGO_TARGET_DIR:-target}/debug/logstream"
 # The decoders of untrusted bytes (record batches from the host, stored
 # checkpoints) fuzzed at a larger case count than the default 256, bounded
 # to about a minute on 2 cores; `FUZZ_CASES` scales it.

@@ -1,13 +1,14 @@
-//! What a processor written in Python costs beside its Rust twin, both as
+//! What a processor written in Python or JavaScript costs beside its Rust
+//! twin, all as
 //! components in the host runtime: component size, compile time (no cache,
 //! and loading from the compile cache), instantiate time (a fresh instance
 //! configured: what a restart or a cold standby pays), linear memory per
 //! instance, and records/s through `process_batch` on the same records.
 //!
-//! Run: `scripts/build-plugins.sh --python && cargo bench -p logstream-host --bench language_cost`
+//! Run: `scripts/build-plugins.sh --python --js && cargo bench -p logstream-host --bench language_cost`
 //! Options (env): `BENCH_BATCH` records per call (default 1,000),
 //! `BENCH_SECONDS` per throughput measurement (default 1.0), `BENCH_ROUNDS`
-//! (default 5; Rust and Python interleaved, the median reported),
+//! (default 5; the languages interleaved, the median reported),
 //! `BENCH_INSTANTIATIONS` (default 50).
 
 use std::path::{Path, PathBuf};
@@ -36,7 +37,7 @@ fn component(dir: &str, name: &str) -> PathBuf {
         .join(format!("{name}.wasm"));
     assert!(
         path.exists(),
-        "{} is missing: run scripts/build-plugins.sh --python",
+        "{} is missing: run scripts/build-plugins.sh --python --js",
         path.display()
     );
     path
@@ -134,30 +135,37 @@ fn main() {
     );
     println!("| processor | language | size | compile (no cache) | load from cache | instantiate + configure | linear memory | records/s | / Rust |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, config) in [("level_counter", "every=1000"), ("passthrough", "")] {
-        let rust = measure_build(&component("plugin", name), config, instantiations);
-        let python = measure_build(&component("python", name), config, instantiations);
-        let (mut rust_rates, mut python_rates) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            rust_rates.push(records_per_second(
-                &rust.module,
-                config,
-                &records,
-                batch,
-                seconds,
-            ));
-            python_rates.push(records_per_second(
-                &python.module,
-                config,
-                &records,
-                batch,
-                seconds,
+    // Each Rust processor beside its twins: (language, build directory).
+    let twins: [(&str, &str, &[(&str, &str)]); 3] = [
+        ("level_counter", "every=1000", &[("Python", "python")]),
+        ("passthrough", "", &[("Python", "python")]),
+        ("redactor", "", &[("JavaScript", "js")]),
+    ];
+    for (name, config, others) in twins {
+        let mut builds = vec![(
+            "Rust",
+            measure_build(&component("plugin", name), config, instantiations),
+        )];
+        for (language, dir) in others {
+            builds.push((
+                language,
+                measure_build(&component(dir, name), config, instantiations),
             ));
         }
-        let (rust_rate, python_rate) = (median(rust_rates), median(python_rates));
-        for (language, measured, rate) in
-            [("Rust", &rust, rust_rate), ("Python", &python, python_rate)]
-        {
+        let mut rates = vec![Vec::new(); builds.len()];
+        for _ in 0..rounds {
+            for ((_, measured), rates) in builds.iter().zip(rates.iter_mut()) {
+                rates.push(records_per_second(
+                    &measured.module,
+                    config,
+                    &records,
+                    batch,
+                    seconds,
+                ));
+            }
+        }
+        let rates: Vec<f64> = rates.into_iter().map(median).collect();
+        for ((language, measured), rate) in builds.iter().zip(&rates) {
             println!(
                 "| {name} | {language} | {:.1} MB | {:.2} s | {:.1} ms | {:.2} ms | {:.1} MiB | {:.0} k | {:.0} % |",
                 measured.size_bytes as f64 / 1e6,
@@ -166,7 +174,7 @@ fn main() {
                 measured.instantiate.as_secs_f64() * 1e3,
                 measured.memory_bytes as f64 / (1024.0 * 1024.0),
                 rate / 1e3,
-                100.0 * rate / rust_rate,
+                100.0 * rate / rates[0],
             );
         }
     }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{logstream, plugin, python_plugin, run, stderr, stdout};
+use common::{js_plugin, logstream, plugin, python_plugin, run, stderr, stdout};
 
 #[test]
 fn accepts_the_example_processors() {
@@ -19,13 +19,19 @@ fn accepts_the_example_processors() {
     }
 }
 
-/// The Python SDK's examples (componentize-py: CPython inside) are
-/// processors like any other: the host accepts their WASI imports, which
-/// its sandbox serves without preopens, network or entropy of the host.
+/// The Python and JavaScript SDKs' examples (componentize-py: CPython
+/// inside; componentize-js: SpiderMonkey inside) are processors like any
+/// other: the host accepts their WASI imports, which its sandbox serves
+/// without preopens, network or entropy of the host.
 #[test]
-fn accepts_the_python_processors() {
-    for name in ["level_counter", "passthrough"] {
-        let output = run(logstream().arg("check").arg(python_plugin(name)));
+fn accepts_the_python_and_javascript_processors() {
+    let components = [
+        ("level_counter", python_plugin("level_counter")),
+        ("passthrough", python_plugin("passthrough")),
+        ("redactor", js_plugin("redactor")),
+    ];
+    for (name, component) in components {
+        let output = run(logstream().arg("check").arg(component));
         assert!(output.status.success(), "{name}: {}", stderr(&output));
         let text = stdout(&output);
         assert!(text.contains("valid LogStream processor"), "{name}: {text}");

@@ -179,8 +179,9 @@ fn node_of(id: &str) -> u32 {
 struct Setup {
     store: StoreKind,
     nodes: Option<Nodes>,
-    /// The component deployed as `lc` (default: the Rust level-counter).
-    level_counter: PathBuf,
+    /// Components deployed instead of a [`PROCESSORS`] entry's (by its
+    /// component name): a processor written in another language.
+    instead: Vec<(&'static str, PathBuf)>,
 }
 
 impl Setup {
@@ -189,17 +190,16 @@ impl Setup {
         Setup {
             store,
             nodes: None,
-            level_counter: plugin("level_counter"),
+            instead: Vec::new(),
         }
     }
 
-    /// The component of processor `file` ([`PROCESSORS`]) in this setup.
+    /// The component deployed for processor component `file`.
     fn component(&self, file: &str) -> PathBuf {
-        if file == "level_counter" {
-            self.level_counter.clone()
-        } else {
-            plugin(file)
-        }
+        self.instead
+            .iter()
+            .find(|(name, _)| *name == file)
+            .map_or_else(|| plugin(file), |(_, path)| path.clone())
     }
 }
 
@@ -561,24 +561,29 @@ fn on_etcd_outputs_and_state_survive_kill_9_failovers_exactly_once() {
 
 /// The kill -9 loop with the level-counter written in Python
 /// (`plugins/sdk-python`, componentize-py: CPython inside the component)
-/// deployed as `lc`: the SDK's JSON snapshots restore on the other host to
-/// the same state, and the outputs and final state equal an uninterrupted
-/// run of the same component (which `plugins/sdk-python/tests` shows equal
-/// to the Rust level-counter's).
+/// deployed as `lc`, and the redactor written in JavaScript
+/// (`plugins/sdk-js`, componentize-js: SpiderMonkey inside) deployed as
+/// `pt`: the Python SDK's JSON snapshots restore on the other host to the
+/// same state, and the outputs and final states equal an uninterrupted run
+/// of the same components (which the SDKs' tests show equal to their Rust
+/// twins').
 #[test]
-fn a_python_processor_survives_kill_9_failovers_exactly_once() {
+fn python_and_javascript_processors_survive_kill_9_failovers_exactly_once() {
     let _exclusive = exclusive();
-    // The Python component processes several times slower than the Rust
-    // one: fewer records and kills keep the run near the others' length.
+    // These components process several times slower than the Rust ones:
+    // fewer records and kills keep the run near the others' length.
     let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);
     let kills = 8;
     let setup = Setup {
-        level_counter: common::python_plugin("level_counter"),
+        instead: vec![
+            ("level_counter", common::python_plugin("level_counter")),
+            ("passthrough", common::js_plugin("redactor")),
+        ],
         ..Setup::on(StoreKind::Sqlite)
     };
     transparency_run_then(
         setup,
-        "kill -9 of the active in a loop, Python level-counter",
+        "kill -9 of the active in a loop, Python and JavaScript processors",
         records,
         |faults| {
             for round in 0..kills {
@@ -588,7 +593,7 @@ fn a_python_processor_survives_kill_9_failovers_exactly_once() {
                 faults.hosts.start(&victim);
             }
             Injected {
-                what: format!("kill -9 of the host leading most units, restarted as the passive; `lc` is the Python level-counter (componentize-py); {records} records; every topic compared"),
+                what: format!("kill -9 of the host leading most units, restarted as the passive; `lc` is the Python level-counter (componentize-py), `pt` the JavaScript redactor (componentize-js); {records} records; every topic compared"),
                 times: kills as usize,
                 fails_over: true,
             }

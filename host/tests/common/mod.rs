@@ -49,6 +49,16 @@ pub fn python_plugin(name: &str) -> PathBuf {
     )
 }
 
+/// The path of a built JavaScript component (`plugins/sdk-js/examples`),
+/// e.g. `js_plugin("redactor")`.
+#[allow(dead_code)] // not every test binary deploys a JavaScript processor
+pub fn js_plugin(name: &str) -> PathBuf {
+    built(
+        plugin_dir().join(format!("../js/{name}.wasm")),
+        "scripts/build-plugins.sh --js",
+    )
+}
+
 /// `path`, which `build` makes; a test without it says how to build it.
 fn built(path: PathBuf, build: &str) -> PathBuf {
     assert!(
