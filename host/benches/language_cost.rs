@@ -119,6 +119,10 @@ fn records_per_second(
     processed as f64 / started.elapsed().as_secs_f64()
 }
 
+/// A twin of a Rust processor: its language and where its build lies
+/// (under `target/wasm32-wasip2/`).
+type Twin = (&'static str, &'static str);
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -136,7 +140,7 @@ fn main() {
     println!("| processor | language | size | compile (no cache) | load from cache | instantiate + configure | linear memory | records/s | / Rust |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     // Each Rust processor beside its twins: (language, build directory).
-    let twins: [(&str, &str, &[(&str, &str)]); 3] = [
+    let twins: [(&str, &str, &[Twin]); 3] = [
         ("level_counter", "every=1000", &[("Python", "python")]),
         ("passthrough", "", &[("Python", "python")]),
         ("redactor", "", &[("JavaScript", "js")]),
