@@ -81,8 +81,28 @@ pub enum SupervisorError {
     Restore { name: String, error: GuestError },
     #[error("processor '{name}' could not take a snapshot: {error}")]
     Snapshot { name: String, error: GuestError },
-    #[error("processor '{name}' failed while replaying records it had processed before ({error}); it is not deterministic")]
+    #[error(
+        "processor '{name}' failed while replaying records it had processed before ({error}); {}",
+        replay_cause(error)
+    )]
     Replay { name: String, error: GuestError },
+}
+
+/// What a failed replay says about the processor. A limit hit again is a
+/// limit too tight for the journal (a JavaScript engine's heap grows with
+/// the records it has processed, and a rebuilt instance replays up to the
+/// whole journal); any other failure of records that passed before means
+/// they do not give the same result twice.
+fn replay_cause(error: &GuestError) -> &'static str {
+    match error {
+        GuestError::MemoryLimit(_) => {
+            "its memory grows with the records it processes: raise the memory limit (`--memory-limit-mib`, `limits.memory_limit_mib`)"
+        }
+        GuestError::TimeLimit(_) => {
+            "records that passed before ran out of time: raise the call time limit (`--call-timeout-ms`, `limits.call_timeout_ms`) or give the host more CPU"
+        }
+        _ => "it is not deterministic",
+    }
 }
 
 /// A processor instance with recovery.
@@ -375,5 +395,30 @@ impl SupervisorError {
             } => Some(e),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replay that hits a limit names the limit to raise; only another
+    /// failure of records that passed before is called nondeterminism.
+    #[test]
+    fn a_failed_replay_says_whether_a_limit_or_nondeterminism_is_to_blame() {
+        let replay = |error| {
+            SupervisorError::Replay {
+                name: "p".into(),
+                error,
+            }
+            .to_string()
+        };
+        let memory = replay(GuestError::MemoryLimit("growing to 64 MiB".into()));
+        assert!(memory.contains("raise the memory limit"), "{memory}");
+        assert!(!memory.contains("not deterministic"), "{memory}");
+        let time = replay(GuestError::TimeLimit(std::time::Duration::from_secs(5)));
+        assert!(time.contains("raise the call time limit"), "{time}");
+        let trap = replay(GuestError::Trap("unreachable".into()));
+        assert!(trap.ends_with("it is not deterministic"), "{trap}");
     }
 }
