@@ -180,7 +180,8 @@ fn report(name: &str, event: Option<ElectionEvent>) {
         Some(ElectionEvent::SteppedDown { epoch }) => {
             println!("stepped down from '{name}' at epoch {epoch}")
         }
-        None => {}
+        // The probe acts by its acting epoch, which already says so.
+        Some(ElectionEvent::Resumed { .. }) | None => {}
     }
 }
 

@@ -108,12 +108,6 @@ impl Shared {
             let started = self.clock.now();
             let mut guards: Vec<MutexGuard<'_, Election>> =
                 batch.iter().map(|(_, slot)| slot.election()).collect();
-            // A renewal that makes a lapsed lease valid again changes no
-            // epoch (no event), but its paused unit may act again: wake it.
-            let lapsed: Vec<bool> = guards
-                .iter()
-                .map(|e| e.held_epoch().is_some() && e.acting_epoch(started).is_none())
-                .collect();
             let mut elections: Vec<(&str, &mut Election)> = batch
                 .iter()
                 .zip(guards.iter_mut())
@@ -129,12 +123,12 @@ impl Shared {
             drop(elections);
             match outcomes {
                 Ok(outcomes) => {
-                    let now = self.clock.now();
-                    for ((((name, slot), election), outcome), lapsed) in
-                        batch.iter().zip(&guards).zip(outcomes).zip(&lapsed)
+                    for (((name, slot), election), outcome) in
+                        batch.iter().zip(&guards).zip(outcomes)
                     {
-                        let resumed = *lapsed && election.acting_epoch(now).is_some();
-                        if outcome.event.is_some() || resumed {
+                        // Every event changes what the unit should do (a
+                        // renewal after a lapse: a paused unit acts again).
+                        if outcome.event.is_some() {
                             slot.notify();
                         }
                         log_event(name, outcome.event);
@@ -419,6 +413,10 @@ fn log_event(unit: &str, event: Option<ElectionEvent>) {
             "fenced at epoch {epoch} by epoch {by_epoch}; now passive"
         ),
         Some(ElectionEvent::SteppedDown { epoch }) => tracing::info!(epoch, "stepped down"),
+        // The unit logs its pause and its resumption.
+        Some(ElectionEvent::Resumed { epoch }) => {
+            tracing::debug!(epoch, "lease renewed after it lapsed")
+        }
         None => {}
     }
 }

@@ -298,6 +298,12 @@ pub enum ElectionEvent {
     SteppedDown {
         epoch: u64,
     },
+    /// Our lease had lapsed when the round started (the last renewal too
+    /// old to act on) and this round renewed it at the same epoch: nobody
+    /// claimed meanwhile, and we may act again.
+    Resumed {
+        epoch: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -501,7 +507,12 @@ impl Election {
             };
             self.observed = None;
             return match previous {
-                Role::Leader { epoch: was, .. } if was == epoch => None,
+                Role::Leader {
+                    epoch: was,
+                    valid_until,
+                } if was == epoch => {
+                    (started >= valid_until).then_some(ElectionEvent::Resumed { epoch })
+                }
                 _ => Some(ElectionEvent::BecameLeader { epoch }),
             };
         }
@@ -903,6 +914,25 @@ mod tests {
             assert_eq!(a.acting_epoch(world.clock.now()), Some(1));
         }
         assert_eq!(world.round(&mut a).state.unwrap().renewal(), 51);
+    }
+
+    /// A renewal after the leader stopped acting (no contender claimed
+    /// meanwhile) says so: its paused unit may act again. A renewal in
+    /// time says nothing.
+    #[test]
+    fn a_renewal_after_the_lease_lapsed_resumes_the_same_epoch() {
+        let world = World::new();
+        let mut a = contender("a");
+        world.round(&mut a);
+        world.tick();
+        assert_eq!(world.round(&mut a).event, None, "renewed in time");
+        world.clock.advance(DEFAULT_LEASE - DEFAULT_MARGIN);
+        assert_eq!(a.acting_epoch(world.clock.now()), None, "lapsed");
+        assert_eq!(
+            world.round(&mut a).event,
+            Some(ElectionEvent::Resumed { epoch: 1 })
+        );
+        assert_eq!(a.acting_epoch(world.clock.now()), Some(1));
     }
 
     #[test]

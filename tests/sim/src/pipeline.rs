@@ -130,7 +130,7 @@ use logstream_host::pipeline::unit::{Unit, UnitSettings};
 use logstream_host::record::LogRecord;
 use logstream_host::store::checkpoint;
 use logstream_host::store::clock::Clock;
-use logstream_host::store::election::{self, Election, ElectionTiming};
+use logstream_host::store::election::{self, Election, ElectionEvent, ElectionTiming};
 use logstream_host::store::registry::ProcessorSpec;
 use logstream_host::store::registry::{self, BatchSettings, DeployOptions, DeploySpec};
 use logstream_host::store::{KvStore, RetryPolicy};
@@ -971,8 +971,7 @@ impl Sim {
         let leading = {
             let mut election = slot.election.lock().unwrap_or_else(|p| p.into_inner());
             let before = election.held_epoch();
-            let lapsed = before.is_some() && election.acting_epoch(clock.now()).is_none();
-            let _ = election::step(
+            let outcome = election::step(
                 store.as_ref(),
                 &policy,
                 &mut election,
@@ -982,8 +981,14 @@ impl Sim {
             );
             let after = election.held_epoch();
             // As the host's elector: a change of epoch, or a lapsed lease
-            // valid again (its paused unit may act again), wakes the unit.
-            let resumed = lapsed && election.acting_epoch(clock.now()).is_some();
+            // renewed (its paused unit may act again), wakes the unit.
+            let resumed = matches!(
+                outcome,
+                Ok(election::StepOutcome {
+                    event: Some(ElectionEvent::Resumed { .. }),
+                    ..
+                })
+            );
             if before != after || resumed {
                 slot.changes.fetch_add(1, Ordering::Relaxed);
                 let mut state = self.state();
