@@ -53,6 +53,7 @@ use crate::store::membership::HostCapacity;
 use crate::store::registry::{self, ProcessorSpec};
 use crate::store::{deployment, membership, KvStore, RetryPolicy};
 use crate::unit_id::{Deployment, UnitId};
+use crate::wasm::limits::MIB;
 use crate::wasm::{CompileCache, InstanceLimits, ModuleLoader, ProcessorModule, WasmEngine};
 
 /// How often the main loop looks at the shutdown flag while it waits.
@@ -61,7 +62,6 @@ const SHUTDOWN_CHECK: Duration = Duration::from_millis(5);
 pub const REGISTRY_POLL: Duration = Duration::from_millis(250);
 /// How often a processor that could not start is tried again.
 pub const PROCESSOR_RETRY: Duration = Duration::from_secs(5);
-const MIB: u64 = 1024 * 1024;
 /// How often running processors' input partition counts are looked at.
 pub const PARTITION_RECHECK: Duration = Duration::from_secs(5);
 

@@ -17,9 +17,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::wasm::limits::MIB;
+
 /// The standby budget unless configured, in MiB.
 pub const DEFAULT_STANDBY_MEMORY_MIB: u64 = 4096;
-const MIB: u64 = 1024 * 1024;
 
 /// The warm standbys' shares of the budget.
 #[derive(Debug)]

@@ -6,6 +6,9 @@
 
 use std::time::Duration;
 
+/// Bytes in a MiB: memory limits and budgets are configured in MiB.
+pub const MIB: u64 = 1024 * 1024;
+
 /// Default linear-memory limit of one instance: 256 MiB.
 pub const DEFAULT_MEMORY_LIMIT_BYTES: usize = 256 << 20;
 /// Default wall-time limit of one call into a guest: 5 s.

@@ -16,6 +16,7 @@ use super::bindings::{LogProcessor, LogProcessorPre, HOST_LOG_IMPORT, PROCESSOR_
 use super::compile_cache::{CacheOutcome, CompileCache};
 use super::engine::WasmEngine;
 use super::instance::ProcessorInstance;
+use super::limits::MIB;
 use super::sandbox::SandboxState;
 
 /// Why bytes are not a loadable processor.
@@ -160,8 +161,6 @@ fn first_line(error: &anyhow::Error) -> String {
     format!("{error:#}").replace('\n', " ")
 }
 
-const MIB: u64 = 1024 * 1024;
-
 /// `bytes` in MiB, to one decimal.
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / MIB as f64)
@@ -172,12 +171,13 @@ fn mib(bytes: u64) -> String {
 /// (componentize-py's pre-initialised CPython starts at about 12.5 MiB) is
 /// named as such, with the limit to set; every other error as it is.
 fn compile_error(error: &anyhow::Error) -> ModuleError {
-    match initial_memory_over_limit(&first_line(error)) {
+    let text = first_line(error);
+    match initial_memory_over_limit(&text) {
         Some((initial_bytes, limit_bytes)) => ModuleError::InitialMemoryOverLimit {
             initial_bytes,
             limit_bytes,
         },
-        None => ModuleError::InvalidComponent(first_line(error)),
+        None => ModuleError::InvalidComponent(text),
     }
 }
 

@@ -69,8 +69,9 @@ pub use emit::{ERROR_HEADER, MAX_DEAD_LETTER_REASON_BYTES};
 /// unreachable, say), while leading.
 const INPUT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// How many times per heartbeat a passive unit wakes to read its input ahead
-/// and follow its output tail, at least. (It wakes at once when its claim
-/// commits: the elector notifies it.)
+/// and follow its output tail, and a paused one to look at its lease, at
+/// least. (Each wakes at once when its claim or renewal commits: the
+/// elector notifies it.)
 const STANDBY_WAKES_PER_HEARTBEAT: u32 = 2;
 
 /// How units run; shared by all units of a host.
@@ -288,6 +289,14 @@ impl Unit {
                 );
             }
         }
+        self.wait_for_lease_change(changes_seen);
+    }
+
+    /// Sleep until the lease changes (`changes_seen`: its change count
+    /// before it was looked at) or it is time to look again: a passive or
+    /// paused unit starts acting as soon as its claim or renewal commits
+    /// (the elector wakes this wait), not at the next poll.
+    fn wait_for_lease_change(&self, changes_seen: u64) {
         self.lease.wait_for_change(
             changes_seen,
             self.settings.timing.heartbeat / STANDBY_WAKES_PER_HEARTBEAT,
@@ -529,12 +538,7 @@ impl Unit {
                 *links = None;
             }
         }
-        // A takeover starts as soon as the claim commits (the elector wakes
-        // this wait), not at the next poll.
-        self.lease.wait_for_change(
-            changes_seen,
-            self.settings.timing.heartbeat / STANDBY_WAKES_PER_HEARTBEAT,
-        );
+        self.wait_for_lease_change(changes_seen);
     }
 
     fn demote(&mut self) {
