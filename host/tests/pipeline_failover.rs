@@ -533,9 +533,10 @@ fn busiest_host(hosts: &Hosts, store: &dyn KvStore) -> String {
 fn outputs_and_state_survive_kill_9_failovers_exactly_once() {
     let records: u64 = env_or("PIPELINE_RECORDS", DEFAULT_RECORDS);
     kill_loop(
-        StoreKind::Sqlite,
+        Setup::on(StoreKind::Sqlite),
         "kill -9 of the active in a loop",
         records,
+        env_or("PIPELINE_KILLS", DEFAULT_KILLS),
         "",
     );
 }
@@ -552,9 +553,10 @@ fn on_etcd_outputs_and_state_survive_kill_9_failovers_exactly_once() {
     // speed starved the broker past the producer's 30 s delivery bound.
     let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);
     kill_loop(
-        StoreKind::EtcdSecure,
+        Setup::on(StoreKind::EtcdSecure),
         "kill -9 of the active in a loop, on etcd",
         records,
+        env_or("PIPELINE_KILLS", DEFAULT_KILLS),
         ", on a three-member etcd cluster with TLS client certificates and password authentication",
     );
 }
@@ -569,11 +571,9 @@ fn on_etcd_outputs_and_state_survive_kill_9_failovers_exactly_once() {
 /// twins').
 #[test]
 fn python_and_javascript_processors_survive_kill_9_failovers_exactly_once() {
-    let _exclusive = exclusive();
     // These components process several times slower than the Rust ones:
     // fewer records and kills keep the run near the others' length.
     let records: u64 = env_or("RELIABILITY_RECORDS", DEFAULT_RELIABILITY_RECORDS);
-    let kills = 8;
     let setup = Setup {
         instead: vec![
             ("level_counter", common::python_plugin("level_counter")),
@@ -581,34 +581,22 @@ fn python_and_javascript_processors_survive_kill_9_failovers_exactly_once() {
         ],
         ..Setup::on(StoreKind::Sqlite)
     };
-    transparency_run_then(
+    kill_loop(
         setup,
         "kill -9 of the active in a loop, Python and JavaScript processors",
         records,
-        |faults| {
-            for round in 0..kills {
-                std::thread::sleep(Duration::from_millis(400 + 150 * (round % 4)));
-                let victim = busiest_host(faults.hosts, faults.store);
-                faults.hosts.kill9(&victim);
-                faults.hosts.start(&victim);
-            }
-            Injected {
-                what: format!("kill -9 of the host leading most units, restarted as the passive; `lc` is the Python level-counter (componentize-py), `pt` the JavaScript redactor (componentize-js); {records} records; every topic compared"),
-                times: kills as usize,
-                fails_over: true,
-            }
-        },
-        |_, _| {},
+        8,
+        ", with `lc` the Python level-counter (componentize-py) and `pt` the JavaScript redactor (componentize-js)",
     );
 }
 
-/// `records` records; kill -9 of the host leading most units,
-/// `PIPELINE_KILLS` times at varied points (a fixed-seed jitter of 300-1100 ms between kills), each
-/// restarted as the passive. `on` completes the row's description.
-fn kill_loop(kind: StoreKind, scenario: &str, records: u64, on: &str) {
+/// `records` records; kill -9 of the host leading most units, `kills`
+/// times at varied points (a fixed-seed jitter of 300-1100 ms between
+/// kills), each restarted as the passive. `on` completes the row's
+/// description.
+fn kill_loop(setup: Setup, scenario: &str, records: u64, kills: usize, on: &str) {
     let _exclusive = exclusive();
-    let kills: usize = env_or("PIPELINE_KILLS", DEFAULT_KILLS);
-    transparency_run_on(kind, scenario, records, |faults| {
+    let run = |faults: &mut Faults<'_>| {
         let mut jitter = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..kills {
             jitter ^= jitter << 13;
@@ -624,7 +612,8 @@ fn kill_loop(kind: StoreKind, scenario: &str, records: u64, on: &str) {
             times: kills,
             fails_over: true,
         }
-    });
+    };
+    transparency_run_then(setup, scenario, records, run, |_, _| {});
 }
 
 /// One etcd member of three killed (quorum kept) and restarted: the hosts
