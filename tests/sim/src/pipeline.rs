@@ -587,7 +587,8 @@ struct InFlight {
 /// lease.
 struct ElectionSlot {
     election: Mutex<Election>,
-    /// Rounds that changed the held epoch (the lease's change count).
+    /// Rounds that changed what the unit should do (the held epoch, or a
+    /// lapsed lease renewed): the lease's change count.
     changes: AtomicU64,
 }
 
@@ -1459,30 +1460,23 @@ impl SimLease {
     fn sim(&self) -> Arc<Sim> {
         self.sim.upgrade().expect("live")
     }
+
+    /// The host's election, while this incarnation lives (a dead process
+    /// holds and acts for nothing).
+    fn live_election(&self) -> Option<MutexGuard<'_, Election>> {
+        self.sim()
+            .alive(self.host, self.incarnation)
+            .then(|| self.slot.election.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 impl Lease for SimLease {
     fn acting_epoch(&self) -> Option<u64> {
-        let sim = self.sim();
-        if !sim.alive(self.host, self.incarnation) {
-            return None;
-        }
-        let now = sim.host_clock(self.host);
-        self.slot
-            .election
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .acting_epoch(now)
+        let now = self.sim().host_clock(self.host);
+        self.live_election()?.acting_epoch(now)
     }
     fn held_epoch(&self) -> Option<u64> {
-        if !self.sim().alive(self.host, self.incarnation) {
-            return None;
-        }
-        self.slot
-            .election
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .held_epoch()
+        self.live_election()?.held_epoch()
     }
     fn changes(&self) -> u64 {
         self.slot.changes.load(Ordering::Relaxed)
