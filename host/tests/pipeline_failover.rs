@@ -660,8 +660,9 @@ fn on_etcd_losing_quorum_quiets_every_leader_within_its_lease_and_recovers() {
         "etcd quorum lost, longer than the lease",
         records,
         |faults| {
-            let etcd = faults.etcd.as_mut().unwrap();
             std::thread::sleep(Duration::from_millis(800));
+            wait_for_outputs_flowing(&faults.broker.address);
+            let etcd = faults.etcd.as_mut().unwrap();
             let lost = unix_ms();
             etcd.kill(1);
             etcd.kill(2);
@@ -685,6 +686,33 @@ fn on_etcd_losing_quorum_quiets_every_leader_within_its_lease_and_recovers() {
             )
         },
     );
+}
+
+/// Outputs on every processor's topics, summed over partitions (their high
+/// watermarks).
+fn outputs_so_far(brokers: &str) -> i64 {
+    PROCESSORS
+        .iter()
+        .flat_map(|(_, _, outputs, _)| outputs.iter())
+        .flat_map(|topic| (0..PARTITIONS).map(move |partition| (topic, partition)))
+        .map(|(topic, partition)| kafka::watermarks(brokers, topic, partition).unwrap().1)
+        .sum()
+}
+
+/// Wait until outputs are being created right now, so that a fault
+/// injected next cuts a running pipeline (a loaded machine may still be
+/// starting the record generator or the units): a scenario that checks
+/// nothing is produced during an outage needs output just before it.
+fn wait_for_outputs_flowing(brokers: &str) {
+    const SAMPLE: Duration = Duration::from_millis(100);
+    let mut last = outputs_so_far(brokers);
+    wait_until("outputs to flow", Instant::now() + RUN_BOUND, || {
+        std::thread::sleep(SAMPLE);
+        let now = outputs_so_far(brokers);
+        let grew = now > last;
+        last = now;
+        grew
+    });
 }
 
 /// No output created from `lost` + the lease until `back` (wall clock, ms):
@@ -857,6 +885,7 @@ fn on_nodes_an_active_cut_from_the_store_stops_acting_within_its_lease() {
             wait_for_units_started(faults.hosts, other_host(&victim));
             let passive = faults.hosts.pid_of(other_host(&victim));
             let nodes = faults.nodes.unwrap();
+            wait_for_outputs_flowing(&faults.broker.address);
             signal(passive, "-STOP");
             let cut = unix_ms();
             nodes.cut(node_of(&victim), Link::Store);
