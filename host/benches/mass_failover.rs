@@ -80,7 +80,10 @@ fn spawn_host(
             .args(["--checkpoint-interval-ms", "1000"])
             .args(["--max-units", &units.to_string()])
             .args(["--admin-addr", "off"])
-            .env("LOGSTREAM_LOG", "info")
+            .env(
+                "LOGSTREAM_LOG",
+                std::env::var("LOGSTREAM_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("LOGSTREAM_CACHE_DIR", dir.join("cache"))
             .stdout(Stdio::null())
             .stderr(Stdio::from(
