@@ -1,9 +1,7 @@
 //! The host's output tail hub against the real broker, while records keep
-//! arriving: catch-ups from several threads at once (each makes the hub
-//! pause every partition it does not wait for, and resume them after) and
-//! rebases to new marks; every catch-up returns exactly the ids between its
-//! mark and the high watermark it was given — none lost to a pause, none
-//! from below a mark.
+//! arriving: catch-ups from several threads at once and rebases to new
+//! marks; every catch-up returns exactly the ids between its mark and the
+//! high watermark it was given — none missing, none from below a mark.
 
 mod common;
 

@@ -19,14 +19,6 @@
 //! re-read starts (a record from further on would make it skip the ones
 //! between: outputs it would then produce again).
 //!
-//! A takeover waits for the few partitions its read-back needs, while the
-//! hub follows every partition of every unit: at hundreds of partitions a
-//! fetch over all of them takes seconds on a slow broker. So while any
-//! catch-up waits, the hub pauses every partition no catch-up waits for
-//! (librdkafka leaves paused partitions out of its fetches and resumes them
-//! from the last record the hub took), and resumes them all once no
-//! catch-up waits.
-//!
 //! Guarantees: after [`OutputTail::catch_up`] returns, the set holds every
 //! id with the unit's prefix at offsets from the current marks up to the
 //! high watermarks read at that moment; ids below the marks are never
@@ -110,10 +102,6 @@ struct HubState {
     partitions: HashMap<PartitionKey, HubPartition>,
     /// Some partition's assignment must change.
     pending: bool,
-    /// How many catch-ups wait for each partition.
-    urgent: HashMap<PartitionKey, usize>,
-    /// `urgent` changed since the hub last paused or resumed partitions.
-    urgency_changed: bool,
     /// The hub's last read error (cleared by the next record).
     error: Option<String>,
 }
@@ -184,10 +172,8 @@ impl Drop for TailHub {
 /// The hub thread: apply assignment changes, take in records, hand their
 /// ids to the followers.
 fn read(hub: &Hub) {
-    let mut paused = HashSet::new();
     while !hub.stop.load(Ordering::Relaxed) {
-        let prioritised = reassign(hub).and_then(|()| prioritise(hub, &mut paused));
-        if let Err(error) = prioritised {
+        if let Err(error) = reassign(hub) {
             tracing::warn!(error = format!("{error:#}"), "output tail: reassigning");
             hub.state().error = Some(format!("{error:#}"));
             std::thread::sleep(HUB_POLL);
@@ -241,7 +227,6 @@ fn read(hub: &Hub) {
             }
         }
         if taken > 0 {
-            tracing::trace!(records = taken, "output tail: records taken in");
             hub.arrived.notify_all();
         }
     }
@@ -297,91 +282,6 @@ fn reassign(hub: &Hub) -> Result<()> {
             .context("assigning output partitions")?;
     }
     Ok(())
-}
-
-/// While any catch-up waits, pause every assigned partition none waits for
-/// (so the consumer's fetches carry only the waited ones); once none
-/// waits, resume them. `paused` is what the hub paused and has not resumed
-/// (librdkafka keeps a partition paused across reassignment).
-fn prioritise(hub: &Hub, paused: &mut HashSet<PartitionKey>) -> Result<()> {
-    let wanted: HashSet<PartitionKey> = {
-        let mut state = hub.state();
-        if !state.urgency_changed {
-            return Ok(());
-        }
-        state.urgency_changed = false;
-        if state.urgent.is_empty() {
-            HashSet::new()
-        } else {
-            state
-                .partitions
-                .iter()
-                .filter(|(key, partition)| partition.assigned && !state.urgent.contains_key(*key))
-                .map(|(key, _)| key.clone())
-                .collect()
-        }
-    };
-    let list = |keys: &mut dyn Iterator<Item = &PartitionKey>| {
-        let mut list = TopicPartitionList::new();
-        for (topic, partition) in keys {
-            list.add_partition(topic, *partition);
-        }
-        list
-    };
-    let resume = list(&mut paused.difference(&wanted));
-    let pause = list(&mut wanted.difference(paused));
-    if resume.count() > 0 {
-        hub.consumer
-            .resume(&resume)
-            .context("resuming output partitions")?;
-    }
-    if pause.count() > 0 {
-        hub.consumer
-            .pause(&pause)
-            .context("pausing output partitions")?;
-    }
-    tracing::debug!(
-        paused = wanted.len(),
-        resumed = resume.count(),
-        "output tail: partitions prioritised"
-    );
-    *paused = wanted;
-    Ok(())
-}
-
-/// A catch-up's claim on the hub's attention: the partitions it waits for
-/// stay unpaused until it is dropped.
-struct Urgency {
-    hub: Arc<Hub>,
-    keys: Vec<PartitionKey>,
-}
-
-impl Urgency {
-    fn new(hub: &Arc<Hub>, state: &mut HubState, keys: Vec<PartitionKey>) -> Self {
-        for key in &keys {
-            *state.urgent.entry(key.clone()).or_default() += 1;
-        }
-        state.urgency_changed |= !keys.is_empty();
-        Urgency {
-            hub: hub.clone(),
-            keys,
-        }
-    }
-}
-
-impl Drop for Urgency {
-    fn drop(&mut self) {
-        let mut state = self.hub.state();
-        for key in &self.keys {
-            if let Some(count) = state.urgent.get_mut(key) {
-                *count -= 1;
-                if *count == 0 {
-                    state.urgent.remove(key);
-                }
-            }
-        }
-        state.urgency_changed |= !self.keys.is_empty();
-    }
 }
 
 /// A unit's view of the hub: the partitions it follows from its marks.
@@ -496,21 +396,8 @@ impl OutputTail {
                 wanted.push(high);
             }
         }
-        // The hub fetches the partitions behind first while this waits.
-        // Declared before the lock below, so dropped after it is released
-        // (its drop takes the lock).
         let started = Instant::now();
-        let urgency = {
-            let mut state = self.hub.state();
-            let mut behind = Vec::new();
-            for (key, &high) in self.followed.iter().zip(&wanted) {
-                if self.follower(&state, key)?.next < high {
-                    behind.push(key.clone());
-                }
-            }
-            Urgency::new(&self.hub, &mut state, behind)
-        };
-        let mut last_progress = Instant::now();
+        let mut last_progress = started;
         let mut state = self.hub.state();
         let mut seen: Vec<i64> = Vec::new();
         loop {
@@ -552,7 +439,6 @@ impl OutputTail {
         }
         tracing::debug!(
             waited_ms = started.elapsed().as_millis() as u64,
-            partitions_behind = urgency.keys.len(),
             "output tail: caught up"
         );
         let mut ids = HashSet::new();
