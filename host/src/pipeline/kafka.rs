@@ -300,6 +300,20 @@ pub struct BatchLimits {
     pub linger: Duration,
 }
 
+/// `wait` rounded up to whole milliseconds, for a librdkafka poll.
+///
+/// librdkafka takes its timeouts in whole milliseconds, and rdkafka
+/// truncates: a wait of 49.9 ms sleeps 49 ms, and rdkafka's poll loop then
+/// spends the remaining 0.9 ms calling the queue with a timeout of 0 —
+/// a busy loop of a millisecond per poll. With a leader polling its
+/// partition every half heartbeat, that was most of an idle host's CPU at
+/// 100 units (BENCHMARKS.md, "Idle CPU"). Rounded up, one sleep covers it.
+pub(super) fn whole_millis(wait: Duration) -> Duration {
+    let micros = wait.as_micros();
+    let millis = micros.div_ceil(1_000);
+    Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+}
+
 /// A batch of `partition`'s records from `poll` (a consumer's or a
 /// partition queue's), within `limits`.
 pub(super) fn poll_batch_from<'a>(
@@ -313,7 +327,7 @@ pub(super) fn poll_batch_from<'a>(
     let mut bytes = 0;
     let mut deadline = Instant::now() + limits.wait;
     while batch.len() < limits.max_records && bytes < limits.max_bytes {
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining = whole_millis(deadline.saturating_duration_since(Instant::now()));
         let Some(message) = poll(remaining) else {
             break;
         };
@@ -575,3 +589,27 @@ struct NativeClient(*mut rdkafka::bindings::rd_kafka_t);
 // SAFETY: librdkafka handles are thread-safe; the pointer is only used
 // while its producer is borrowed.
 unsafe impl Send for NativeClient {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_round_up_to_whole_milliseconds() {
+        let cases = [
+            (Duration::ZERO, 0),
+            (Duration::from_nanos(400), 0),
+            (Duration::from_micros(1), 1),
+            (Duration::from_micros(49_100), 50),
+            (Duration::from_millis(50), 50),
+            (Duration::from_micros(50_001), 51),
+        ];
+        for (wait, millis) in cases {
+            assert_eq!(
+                whole_millis(wait),
+                Duration::from_millis(millis),
+                "{wait:?}"
+            );
+        }
+    }
+}
