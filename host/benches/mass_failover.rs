@@ -14,7 +14,10 @@
 //! `LOGSTREAM_BIN` (the host binary to measure, default the one just built:
 //! a saved binary of an earlier commit is the baseline of a comparison in
 //! the same session), `BENCH_LOG_DIR` (keep the hosts' logs there: the
-//! takeover phase lines say where each unit's failover time went).
+//! takeover phase lines say where each unit's failover time went),
+//! `LOGSTREAM_LOG` (the hosts' log filter, default `info`; e.g.
+//! `info,logstream_host::pipeline::tail=debug` adds each read-back's wait),
+//! `TANSU_STORAGE` (the broker's storage, default SQLite).
 
 #[path = "../tests/common/broker.rs"]
 mod broker;
