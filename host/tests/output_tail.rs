@@ -11,11 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::broker::Broker;
-use logstream_host::pipeline::kafka::{ensure_topics, watermarks, ID_HEADER};
+use logstream_host::pipeline::kafka::{ensure_topics, watermarks, Outgoing, OutputProducer};
 use logstream_host::pipeline::tail::{FollowFrom, OutputTail, TailHub};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::ClientConfig;
 
 const TOPIC: &str = "tail-out";
 /// Output partitions, one unit following each.
@@ -38,35 +35,29 @@ fn expected(partition: i32, mark: i64, high: i64) -> HashSet<String> {
 }
 
 fn produce_rounds(brokers: &str, stop: &AtomicBool) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
+    // The feeders' producer: in send order per partition, with the id
+    // header the hub reads.
+    let producer = OutputProducer::open_streaming(brokers).unwrap();
     for n in 0..ROUNDS as i64 {
         for partition in 0..PARTITIONS {
             let id = id(partition, n);
-            let headers = OwnedHeaders::new().insert(Header {
-                key: ID_HEADER,
-                value: Some(id.as_bytes()),
-            });
             producer
-                .send(
-                    BaseRecord::<(), _>::to(TOPIC)
-                        .partition(partition)
-                        .payload(id.as_bytes())
-                        .headers(headers),
-                )
-                .map_err(|(error, _)| error)
+                .send(&Outgoing {
+                    topic: TOPIC,
+                    partition,
+                    key: None,
+                    value: id.as_bytes(),
+                    headers: &[],
+                    id: Some(&id),
+                })
                 .unwrap();
         }
-        producer.poll(Duration::ZERO);
         std::thread::sleep(Duration::from_millis(10));
         if stop.load(Ordering::Relaxed) {
             break;
         }
     }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    producer.flush().unwrap();
 }
 
 #[test]
