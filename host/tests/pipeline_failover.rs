@@ -688,18 +688,23 @@ fn on_etcd_losing_quorum_quiets_every_leader_within_its_lease_and_recovers() {
     );
 }
 
+/// Every output partition of the transparency processors.
+fn output_partitions() -> impl Iterator<Item = (&'static str, i32)> {
+    PROCESSORS
+        .iter()
+        .flat_map(|(_, _, outputs, _)| outputs.iter().copied())
+        .flat_map(|topic| (0..PARTITIONS).map(move |partition| (topic, partition)))
+}
+
 /// Outputs on every processor's topics, summed over partitions (their high
 /// watermarks).
 fn outputs_so_far(brokers: &str) -> i64 {
-    PROCESSORS
-        .iter()
-        .flat_map(|(_, _, outputs, _)| outputs.iter())
-        .flat_map(|topic| (0..PARTITIONS).map(move |partition| (topic, partition)))
+    output_partitions()
         .map(|(topic, partition)| kafka::watermarks(brokers, topic, partition).unwrap().1)
         .sum()
 }
 
-/// Wait until outputs are being created right now, so that a fault
+/// Wait until outputs are being acknowledged right now, so that a fault
 /// injected next cuts a running pipeline (a loaded machine may still be
 /// starting the record generator or the units): a scenario that checks
 /// nothing is produced during an outage needs output just before it.
@@ -717,21 +722,32 @@ fn wait_for_outputs_flowing(brokers: &str) {
 
 /// No output created from `lost` + the lease until `back` (wall clock, ms):
 /// nobody may act then. `what` names the event at `lost`.
+///
+/// The quiet counts only if the pipeline was running into the fault and
+/// out of it: outputs were created in a span as long as the quiet window
+/// just before `lost` (an active that kept acting would have created some
+/// in the window too) and after `back`. A fixed short span would not do: on
+/// a loaded machine one batch's produce-and-acknowledge cycle can outlast
+/// half a second.
 fn assert_quiet(brokers: &str, (lost, back): (i64, i64), lease_ms: i64, what: &str) {
     // Outputs carry their creation time by the host's clock; this machine's
     // one clock serves both, so only the lease and a scheduling allowance
     // separate the loss from the last output allowed.
     const ALLOWANCE_MS: i64 = 100;
     let quiet_from = lost + lease_ms + ALLOWANCE_MS;
+    let just_before = lost - (back - quiet_from)..lost;
     let mut late = Vec::new();
-    let (mut before, mut after) = (0, 0);
+    let (mut before, mut after, mut newest_before) = (0, 0, i64::MIN);
     for (_, _, outputs, _) in PROCESSORS {
         for topic in outputs {
             for partition in 0..PARTITIONS {
                 for record in read_partition(brokers, topic, partition) {
                     let at = record.timestamp_ms;
-                    before += usize::from((lost - 500..lost).contains(&at));
+                    before += usize::from(just_before.contains(&at));
                     after += usize::from(at >= back);
+                    if at < lost {
+                        newest_before = newest_before.max(at);
+                    }
                     if (quiet_from..back).contains(&at) {
                         late.push((topic.to_string(), partition, at - lost));
                     }
@@ -739,7 +755,11 @@ fn assert_quiet(brokers: &str, (lost, back): (i64, i64), lease_ms: i64, what: &s
             }
         }
     }
-    eprintln!("outputs in the 500 ms before {what}: {before}; after the window: {after}");
+    eprintln!(
+        "outputs in the {} ms before {what}: {before}, the newest {} ms before it; after the window: {after}",
+        just_before.end - just_before.start,
+        lost - newest_before
+    );
     assert!(
         before > 0 && after > 0,
         "the pipeline was not running across the outage ({before} outputs just before, {after} after), so its quiet proves nothing"
