@@ -107,6 +107,24 @@ fn two_hundred_units_fail_over_together_and_match_an_uninterrupted_run() {
     });
     let (warm, cold) = standbys;
     assert!(warm > 0 && cold > 0, "{warm} warm and {cold} cold standbys");
+    // b's standbys (warm and cold) follow the checkpoints a wrote after b
+    // started: b's checkpoint watch tells each unit its checkpoint moved.
+    let current: Vec<u64> = (0..UNITS)
+        .map(|p| {
+            checkpoint::read_current_meta(&store, &format!("pt/{p}"))
+                .unwrap()
+                .unwrap()
+                .generation
+        })
+        .collect();
+    wait_until("b's standbys to reach every unit's checkpoint", || {
+        let (_, body) = get(b_admin, "/status").unwrap();
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        status["units"].as_array().unwrap().iter().all(|u| {
+            let partition = u["partition"].as_u64().unwrap() as usize;
+            u["last_checkpoint"]["generation"].as_u64() == Some(current[partition])
+        })
+    });
 
     // The second round flows while a is killed.
     let feeder = {

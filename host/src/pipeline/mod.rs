@@ -25,6 +25,7 @@
 //! - [`node`]: a host: membership, registry polling, one thread per unit.
 
 pub mod broker_health;
+pub mod checkpoint_watch;
 pub mod elector;
 pub mod fenced;
 pub mod fetchers;

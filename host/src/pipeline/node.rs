@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::broker_health::BrokerHealth;
+use super::checkpoint_watch::CheckpointWatch;
 use super::elector::HostElector;
 use super::heartbeat::{Duties, Heartbeat};
 use super::kafka;
@@ -198,6 +199,10 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
             incarnation: incarnation.clone(),
             deployment,
             timing: config.timing,
+            checkpoint_watch: Some(
+                CheckpointWatch::start(store.clone(), config.timing.heartbeat)
+                    .context("starting the checkpoint watch thread")?,
+            ),
             checkpoint_interval: config.checkpoint_interval,
             checkpoint_every_records: config.checkpoint_every_records,
         },

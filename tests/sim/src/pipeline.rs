@@ -1107,6 +1107,9 @@ impl Sim {
             incarnation: format!("h{host}.{incarnation}"),
             deployment: self.deployment.clone(),
             timing: ElectionTiming::default(),
+            // The watch is a thread of its own: simulated standbys read the
+            // store at every refresh, as a host without one does.
+            checkpoint_watch: None,
             checkpoint_interval: CHECKPOINT_INTERVAL,
             checkpoint_every_records: CHECKPOINT_EVERY_RECORDS,
         };

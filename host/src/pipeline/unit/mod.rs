@@ -16,7 +16,8 @@
 //!   of delivered outputs.
 //! - **Passive**: a hot standby. The module stays compiled and an instance
 //!   stays restored from the latest checkpoint, refreshed when a new one
-//!   lands; the input is read ahead and the output tail followed.
+//!   lands (the host's [`CheckpointWatch`] says when); the input is read
+//!   ahead and the output tail followed.
 //!
 //! On takeover ([`takeover`]) it restores the last checkpoint of its state
 //! lineage (only if the standby does not already hold it), fences the
@@ -50,6 +51,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use super::checkpoint_watch::{CheckpointWatch, WatchedCheckpoint};
 use super::fenced::ProduceError;
 use super::kafka::{is_fence_record, BatchLimits};
 use super::position::{OutputMark, Position};
@@ -90,6 +92,9 @@ pub struct UnitSettings {
     /// The deployment every id on the broker carries.
     pub deployment: Deployment,
     pub timing: ElectionTiming,
+    /// Tells passives when their checkpoint moved, so they re-read it only
+    /// then (`None`: every standby refresh reads the store).
+    pub checkpoint_watch: Option<CheckpointWatch>,
     /// Checkpoint at least this often while records flow.
     pub checkpoint_interval: Duration,
     /// ... and after this many records.
@@ -140,6 +145,9 @@ enum Role {
         links: Option<Box<dyn UnitIo>>,
         /// When the standby is next refreshed (unit clock).
         next_refresh: Duration,
+        /// The checkpoint watch's change count read before the last
+        /// refresh that succeeded (`None`: none yet, or it failed).
+        refreshed_at_change: Option<u64>,
     },
     Active(Active),
 }
@@ -151,6 +159,7 @@ impl Role {
             standby: None,
             links,
             next_refresh: Duration::ZERO,
+            refreshed_at_change: None,
         }
     }
 }
@@ -179,6 +188,8 @@ pub struct Unit {
     /// The linear memory of the unit's last instance (what a warm standby
     /// of it costs the budget), once measured.
     instance_bytes: Option<u64>,
+    /// The unit's place in the host's checkpoint watch, if it has one.
+    watched_checkpoint: Option<WatchedCheckpoint>,
 }
 
 impl Drop for Unit {
@@ -202,6 +213,10 @@ impl Unit {
         admin: UnitAdmin,
     ) -> Self {
         let id = UnitId::new(&spec.name, partition);
+        let watched_checkpoint = settings
+            .checkpoint_watch
+            .as_ref()
+            .map(|watch| watch.watch(&id.name()));
         Unit {
             id,
             spec,
@@ -212,6 +227,7 @@ impl Unit {
             role: Role::passive(None),
             admin,
             instance_bytes: None,
+            watched_checkpoint,
         }
     }
 
@@ -321,6 +337,9 @@ impl Unit {
 
     /// One batch as leader (taking over first if needed).
     fn lead(&mut self, epoch: u64) -> Result<()> {
+        if let Some(watched) = &self.watched_checkpoint {
+            watched.set_following(false);
+        }
         if !matches!(&self.role, Role::Active(active) if active.epoch == epoch) {
             self.take_over(epoch)?;
         }
@@ -514,16 +533,45 @@ impl Unit {
     /// count before it was looked at) or it is time to read again.
     fn stand_by(&mut self, changes_seen: u64) {
         let now = self.settings.clock.now();
-        let due = matches!(&self.role, Role::Passive { next_refresh, .. } if now >= *next_refresh);
+        let watched = self.watched_checkpoint.as_ref().map(|w| {
+            w.set_following(true);
+            w.changes()
+        });
+        let due = match &self.role {
+            Role::Passive {
+                next_refresh,
+                standby,
+                links,
+                refreshed_at_change,
+            } => {
+                // With a watch, a warm standby with open connections has
+                // nothing to read until its checkpoint moves; a cold one
+                // keeps looking for room in the budget.
+                let moved = watched.is_none()
+                    || standby.is_none()
+                    || links.is_none()
+                    || *refreshed_at_change != watched;
+                now >= *next_refresh && moved
+            }
+            Role::Active(_) => false,
+        };
         if due {
             if let Role::Passive { next_refresh, .. } = &mut self.role {
                 *next_refresh = now + self.settings.timing.heartbeat;
             }
-            if let Err(error) = self.refresh_standby() {
+            let refreshed = self.refresh_standby();
+            if let Err(error) = &refreshed {
                 tracing::warn!(
                     error = format!("{error:#}"),
                     "refreshing the standby failed"
                 );
+            }
+            if let Role::Passive {
+                refreshed_at_change,
+                ..
+            } = &mut self.role
+            {
+                *refreshed_at_change = refreshed.ok().and(watched);
             }
         }
         let Role::Passive { links, .. } = &mut self.role else {

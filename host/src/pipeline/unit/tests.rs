@@ -434,6 +434,7 @@ impl World {
             incarnation: format!("{host}-1"),
             deployment: self.deployment.clone(),
             timing: ElectionTiming::default(),
+            checkpoint_watch: None,
             checkpoint_interval: Duration::from_secs(3600),
             checkpoint_every_records: every_records,
         };

@@ -35,6 +35,23 @@ pub fn read_current_meta(
     })
 }
 
+/// The stored bytes of each unit's current-checkpoint pointer (`None`: no
+/// checkpoint), in one snapshot: enough to tell whether a checkpoint was
+/// written since the last look, for many units in one transaction. (A
+/// read-only transaction commits nothing on any backend.)
+pub fn read_current_pointers(
+    store: &dyn KvStore,
+    policy: &RetryPolicy,
+    names: &[&str],
+) -> Result<Vec<Option<Vec<u8>>>, CheckpointError> {
+    run(store, policy, |txn| {
+        names
+            .iter()
+            .map(|name| Ok(txn.get(&current_key(name))?))
+            .collect()
+    })
+}
+
 /// The metadata of the kept generations, newest (current) first, in one
 /// snapshot and without their chunks: for status (e.g. a rate between the
 /// two newest). Generations whose metadata is missing or malformed are
