@@ -71,10 +71,12 @@ pub use emit::{ERROR_HEADER, MAX_DEAD_LETTER_REASON_BYTES};
 /// unreachable, say), while leading.
 const INPUT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// How many times per heartbeat a passive unit wakes to read its input ahead
-/// and follow its output tail, and a paused one to look at its lease, at
-/// least. (Each wakes at once when its claim or renewal commits: the
-/// elector notifies it.)
-const STANDBY_WAKES_PER_HEARTBEAT: u32 = 2;
+/// (the host's tail hub follows the outputs), and a paused one to look at
+/// its lease, at least. Once is enough: each wakes at once when its claim
+/// or renewal commits or its lease is lost (the elector notifies it), and
+/// the read-ahead window is far larger than a heartbeat's records. Twice
+/// cost an idle passive at 300 units a fifth more CPU (BENCHMARKS.md).
+const STANDBY_WAKES_PER_HEARTBEAT: u32 = 1;
 
 /// How units run; shared by all units of a host.
 #[derive(Debug, Clone)]
