@@ -738,20 +738,16 @@ fn assert_quiet(brokers: &str, (lost, back): (i64, i64), lease_ms: i64, what: &s
     let just_before = lost - (back - quiet_from)..lost;
     let mut late = Vec::new();
     let (mut before, mut after, mut newest_before) = (0, 0, i64::MIN);
-    for (_, _, outputs, _) in PROCESSORS {
-        for topic in outputs {
-            for partition in 0..PARTITIONS {
-                for record in read_partition(brokers, topic, partition) {
-                    let at = record.timestamp_ms;
-                    before += usize::from(just_before.contains(&at));
-                    after += usize::from(at >= back);
-                    if at < lost {
-                        newest_before = newest_before.max(at);
-                    }
-                    if (quiet_from..back).contains(&at) {
-                        late.push((topic.to_string(), partition, at - lost));
-                    }
-                }
+    for (topic, partition) in output_partitions() {
+        for record in read_partition(brokers, topic, partition) {
+            let at = record.timestamp_ms;
+            before += usize::from(just_before.contains(&at));
+            after += usize::from(at >= back);
+            if at < lost {
+                newest_before = newest_before.max(at);
+            }
+            if (quiet_from..back).contains(&at) {
+                late.push((topic.to_string(), partition, at - lost));
             }
         }
     }
