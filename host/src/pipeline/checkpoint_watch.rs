@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::stoppable::StoppableThread;
 use crate::store::checkpoint;
 use crate::store::{KvStore, RetryPolicy};
 
@@ -40,7 +41,6 @@ struct Shared {
     policy: RetryPolicy,
     period: Duration,
     units: Mutex<BTreeMap<String, Arc<Watched>>>,
-    stop: AtomicBool,
 }
 
 impl Shared {
@@ -87,23 +87,7 @@ impl Shared {
 #[derive(Clone)]
 pub struct CheckpointWatch {
     shared: Arc<Shared>,
-    _thread: Arc<WatchThread>,
-}
-
-/// Stops and joins the watch thread when dropped.
-struct WatchThread {
-    shared: Arc<Shared>,
-    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl Drop for WatchThread {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            handle.thread().unpark();
-            let _ = handle.join();
-        }
-    }
+    _thread: Arc<StoppableThread>,
 }
 
 impl std::fmt::Debug for CheckpointWatch {
@@ -127,25 +111,19 @@ impl CheckpointWatch {
             },
             period,
             units: Mutex::new(BTreeMap::new()),
-            stop: AtomicBool::new(false),
         });
-        let thread_shared = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("checkpoint-watch".into())
-            .spawn(move || {
-                while !thread_shared.stop.load(Ordering::Relaxed) {
+        let thread = {
+            let shared = shared.clone();
+            StoppableThread::spawn("checkpoint-watch", move |stop| {
+                while !stop.load(Ordering::Relaxed) {
                     let started = std::time::Instant::now();
-                    thread_shared.round();
-                    std::thread::park_timeout(
-                        thread_shared.period.saturating_sub(started.elapsed()),
-                    );
+                    shared.round();
+                    std::thread::park_timeout(shared.period.saturating_sub(started.elapsed()));
                 }
-            })?;
+            })?
+        };
         Ok(Self {
-            _thread: Arc::new(WatchThread {
-                shared: shared.clone(),
-                handle: Mutex::new(Some(handle)),
-            }),
+            _thread: Arc::new(thread),
             shared,
         })
     }

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::stoppable::StoppableThread;
 use crate::store::clock::{Clock, SystemClock};
 use crate::store::election::{self, Election, ElectionEvent, ElectionTiming};
 use crate::store::{KvStore, RetryPolicy};
@@ -86,7 +87,6 @@ struct Shared {
     /// unreachable, a live peer's are not): rounds release held leases and
     /// claim none.
     yielding: AtomicBool,
-    stop: AtomicBool,
 }
 
 impl Shared {
@@ -203,23 +203,7 @@ impl Shared {
 #[derive(Clone)]
 pub struct HostElector {
     shared: Arc<Shared>,
-    _thread: Arc<ElectorThread>,
-}
-
-/// Stops and joins the elector thread when dropped.
-struct ElectorThread {
-    shared: Arc<Shared>,
-    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl Drop for ElectorThread {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            handle.thread().unpark();
-            let _ = handle.join();
-        }
-    }
+    thread: Arc<StoppableThread>,
 }
 
 impl HostElector {
@@ -242,20 +226,14 @@ impl HostElector {
             timing,
             units: Mutex::new(BTreeMap::new()),
             yielding: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
         });
-        let handle = {
+        let thread = {
             let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("elector".into())
-                .spawn(move || elect(&shared))
+            StoppableThread::spawn("elector", move |stop| elect(&shared, stop))
                 .context("starting the elector thread")?
         };
         Ok(HostElector {
-            _thread: Arc::new(ElectorThread {
-                shared: shared.clone(),
-                handle: Mutex::new(Some(handle)),
-            }),
+            thread: Arc::new(thread),
             shared,
         })
     }
@@ -286,15 +264,8 @@ impl HostElector {
             changed: Condvar::new(),
         });
         self.shared.units().insert(name.to_string(), slot.clone());
-        if let Some(handle) = &*self
-            ._thread
-            .handle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-        {
-            // A new unit's first round need not wait for the next tick.
-            handle.thread().unpark();
-        }
+        // A new unit's first round need not wait for the next tick.
+        self.thread.unpark();
         UnitLease {
             elector: self.clone(),
             name: name.to_string(),
@@ -379,9 +350,9 @@ impl Drop for UnitLease {
 
 /// The elector thread: rounds for the units due, then sleep until the next
 /// is (woken early when a unit joins or the elector stops).
-fn elect(shared: &Shared) {
+fn elect(shared: &Shared, stop: &AtomicBool) {
     let tick = shared.timing.heartbeat / PASSIVE_OBSERVATIONS_PER_HEARTBEAT;
-    while !shared.stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) {
         let now = shared.clock.now();
         let (due, next) = shared.due(now);
         if !due.is_empty() {

@@ -11,13 +11,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use super::broker_health::{self, BrokerHealth};
 use super::elector::HostElector;
+use super::stoppable::StoppableThread;
 use crate::admin::Admin;
 use crate::store::clock::{Clock, SystemClock};
 use crate::store::membership::{self, HostCapacity, LivenessView};
@@ -41,34 +41,14 @@ pub struct Duties {
 
 /// The running heartbeat thread; stopped and joined when dropped.
 pub struct Heartbeat {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: StoppableThread,
 }
 
 impl Heartbeat {
     pub fn start(duties: Duties) -> Result<Heartbeat> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("heartbeat".into())
-                .spawn(move || beat(&duties, &stop))
-                .context("starting the heartbeat thread")?
-        };
-        Ok(Heartbeat {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
-            let _ = thread.join();
-        }
+        let thread = StoppableThread::spawn("heartbeat", move |stop| beat(&duties, stop))
+            .context("starting the heartbeat thread")?;
+        Ok(Heartbeat { _thread: thread })
     }
 }
 

@@ -38,6 +38,7 @@ pub mod position;
 pub mod record_batch;
 pub mod shared_io;
 pub mod standby_budget;
+pub mod stoppable;
 pub mod tail;
 pub mod unit;
 pub mod wire;
