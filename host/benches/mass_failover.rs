@@ -3,9 +3,17 @@
 //! over an N-partition topic — N units — all led by host a. It measures
 //! each host's steady-state cost (threads, RSS, sockets, CPU while no
 //! record flows), then, while records flow to every partition, kills host a
-//! with kill -9 and measures, per unit, the time from the kill to its first
-//! output from the new leader (the first output whose CreateTime is after
-//! the kill), and the time to the *last* unit's.
+//! with kill -9 and measures, per unit:
+//! - the time from the kill to its first output from the new leader (the
+//!   first output whose CreateTime is after the kill), and to the *last*
+//!   unit's;
+//! - how much later that output came than max(the kill, its input record's
+//!   send): what the failover delayed it by, without the wait for a record
+//!   on a partition the feeder had not reached yet; beside it, the same
+//!   send-to-output latency over the seconds before the kill (a loaded
+//!   broker takes a while to acknowledge even without a failover);
+//! - when host b's takeover of it was done (fence, read-back, seek), from
+//!   the `takeover phases` lines of b's log.
 //!
 //! Run: `scripts/build-plugins.sh && UNITS=100 cargo bench -p logstream-host --bench mass_failover`
 //!
@@ -34,8 +42,12 @@ use logstream_host::probe::{pid_of, unix_micros};
 use logstream_host::store::election::read_leader;
 use logstream_host::store::{transact, RetryPolicy, SqliteStore};
 
-/// Tries of each watermark request of the final read.
-const WATERMARK_ATTEMPTS: usize = 5;
+/// How long the final read retries one partition's watermark request: a
+/// broker with thousands of partitions on 2 cores times requests out now
+/// and then (at 1,000 units five tries in a row were not enough).
+const WATERMARK_RETRY_BOUND: Duration = Duration::from_secs(120);
+/// Pause between two tries of a watermark request.
+const WATERMARK_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// Liveness bound of each wait (not a performance figure).
 const WAIT_BOUND: Duration = Duration::from_secs(600);
 
@@ -95,6 +107,22 @@ fn spawn_host(
             .spawn()
             .unwrap(),
     )
+}
+
+/// The high watermark of output `partition`, retried for
+/// [`WATERMARK_RETRY_BOUND`] (a busy broker times requests out).
+fn output_high_watermark(brokers: &str, partition: i32) -> i64 {
+    let started = Instant::now();
+    loop {
+        match kafka::watermarks(brokers, "out", partition) {
+            Ok((_, high)) => return high,
+            Err(error) if started.elapsed() < WATERMARK_RETRY_BOUND => {
+                eprintln!("reading out/{partition}'s watermarks: {error:#}; retrying");
+                std::thread::sleep(WATERMARK_RETRY_PAUSE);
+            }
+            Err(error) => panic!("reading out/{partition}'s watermarks: {error:#}"),
+        }
+    }
 }
 
 /// The pid of each unit's unreleased leader.
@@ -236,7 +264,10 @@ fn main() {
             let mut next = Instant::now();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let value = format!("{{\"n\":{n}}}");
+                // When it was sent, so that the final read can tell the
+                // wait for a record from the failover's delay.
+                let sent_ms = unix_micros() / 1000;
+                let value = format!("{{\"n\":{n},\"sent_ms\":{sent_ms}}}");
                 let sent = producer.send(&Outgoing {
                     topic: "in",
                     partition: (n % u64::from(units)) as i32,
@@ -281,28 +312,9 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     feeder.join().unwrap();
 
-    let mut per_unit_ms = Vec::new();
-    for partition in 0..partitions {
-        // A broker busy with many partitions may time a request out.
-        let high = (0..WATERMARK_ATTEMPTS)
-            .find_map(|_| kafka::watermarks(&broker.address, "out", partition).ok())
-            .expect("the output's watermarks")
-            .1;
-        let reader = PartitionReader::open(&broker.address, "out", partition, Some(0)).unwrap();
-        let mut next = 0;
-        let mut first = None;
-        while next < high && first.is_none() {
-            let batch = reader
-                .poll_batch(10_000, 64 << 20, Duration::from_secs(1), Duration::ZERO)
-                .unwrap();
-            next = batch.last().map_or(next, |r| r.offset + 1);
-            first = batch
-                .iter()
-                .find(|r| r.timestamp_ms > killed_at_ms && !is_fence_record(r))
-                .map(|r| r.timestamp_ms - killed_at_ms);
-        }
-        per_unit_ms.extend(first);
-    }
+    // Host b's part is over once the feeder stopped: stop it before the
+    // final read, so that its thousand units' polling does not slow the
+    // broker down for the read.
     drop(b);
     if let Ok(keep) = std::env::var("BENCH_LOG_DIR") {
         std::fs::create_dir_all(&keep).unwrap();
@@ -315,13 +327,109 @@ fn main() {
             .unwrap();
         }
     }
-    per_unit_ms.sort_unstable();
-    let pct = |p: f64| per_unit_ms[((per_unit_ms.len() - 1) as f64 * p).round() as usize];
+    let mut per_unit_ms = Vec::new();
+    let mut delay_ms = Vec::new();
+    let mut steady_latency_ms = Vec::new();
+    for partition in 0..partitions {
+        let high = output_high_watermark(&broker.address, partition);
+        let reader = PartitionReader::open(&broker.address, "out", partition, Some(0)).unwrap();
+        let mut next = 0;
+        let mut first = None;
+        while next < high && first.is_none() {
+            let batch = reader
+                .poll_batch(10_000, 64 << 20, Duration::from_secs(1), Duration::ZERO)
+                .unwrap();
+            next = batch.last().map_or(next, |r| r.offset + 1);
+            for record in batch.iter().filter(|r| !is_fence_record(r)) {
+                let sent_ms = sent_ms_of(&record.value);
+                if record.timestamp_ms <= killed_at_ms {
+                    if record.timestamp_ms > killed_at_ms - STEADY_SPAN_MS {
+                        steady_latency_ms.push(record.timestamp_ms - sent_ms);
+                    }
+                    continue;
+                }
+                first = Some(record.timestamp_ms - killed_at_ms);
+                delay_ms.push(record.timestamp_ms - sent_ms.max(killed_at_ms));
+                break;
+            }
+        }
+        per_unit_ms.extend(first);
+    }
+    let mut ready_ms = takeovers_done_ms(&dir.path().join("host-b.log"), killed_at_ms);
     println!(
-        "  after kill -9 of a: {} of {units} units produced again; per unit first output p50 {} ms, p99 {} ms, last {} ms after the kill",
+        "  after kill -9 of a: {} of {units} units produced again; per unit first output {} after the kill",
         per_unit_ms.len(),
+        spread(&mut per_unit_ms),
+    );
+    println!(
+        "    per unit, its first output after the kill later than max(kill, its record's send): {}",
+        spread(&mut delay_ms),
+    );
+    println!(
+        "    (end-to-end latency, send to output, over the {STEADY_SPAN_MS} ms before the kill: {})",
+        spread(&mut steady_latency_ms),
+    );
+    println!(
+        "  host b's takeovers done (fence, read-back, seek; from its log), {} of {units}: {} after the kill",
+        ready_ms.len(),
+        spread(&mut ready_ms),
+    );
+}
+
+/// The span before the kill whose outputs give the steady-state latency.
+const STEADY_SPAN_MS: i64 = 5_000;
+
+/// `p50 … ms, p99 … ms, last … ms` of `values` (sorted in place).
+fn spread(values: &mut [i64]) -> String {
+    if values.is_empty() {
+        return "none".into();
+    }
+    values.sort_unstable();
+    let pct = |p: f64| values[((values.len() - 1) as f64 * p).round() as usize];
+    format!(
+        "p50 {} ms, p99 {} ms, last {} ms",
         pct(0.5),
         pct(0.99),
-        per_unit_ms.last().unwrap()
+        values[values.len() - 1]
+    )
+}
+
+/// The feeder's send time carried in a record's value.
+fn sent_ms_of(value: &[u8]) -> i64 {
+    let value: serde_json::Value = serde_json::from_slice(value).expect("a feeder record");
+    value["sent_ms"].as_i64().expect("the feeder's send time")
+}
+
+/// Per takeover host b logged after `killed_at_ms`, when it was done, in ms
+/// after the kill (the log's `takeover phases` lines).
+fn takeovers_done_ms(log: &std::path::Path, killed_at_ms: i64) -> Vec<i64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains("takeover phases:"))
+        .filter_map(|line| unix_ms_of_log_time(line.split_whitespace().next()?))
+        .filter(|&at| at > killed_at_ms)
+        .map(|at| at - killed_at_ms)
+        .collect()
+}
+
+/// Unix ms of a log line's UTC time stamp (`2026-12-08T00:34:15.876769Z`).
+fn unix_ms_of_log_time(stamp: &str) -> Option<i64> {
+    let (date, time) = stamp.strip_suffix('Z')?.split_once('T')?;
+    let mut ymd = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, d) = (ymd.next()?.ok()?, ymd.next()?.ok()?, ymd.next()?.ok()?);
+    let mut hms = time.split(':');
+    let (h, min) = (
+        hms.next()?.parse::<i64>().ok()?,
+        hms.next()?.parse::<i64>().ok()?,
     );
+    let seconds: f64 = hms.next()?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + h) * 60 + min) * 60_000 + (seconds * 1000.0) as i64)
 }
