@@ -1,7 +1,9 @@
 //! The host's output tail hub against the real broker, while records keep
-//! arriving: catch-ups from several threads at once and rebases to new
-//! marks; every catch-up returns exactly the ids between its mark and the
-//! high watermark it was given — none missing, none from below a mark.
+//! arriving: catch-ups from several threads at once, rebases to new marks
+//! and back to older ones (a re-read); every catch-up returns exactly the
+//! ids between its mark and the high watermark it was given — none missing,
+//! none from below a mark — through the hub's two lanes together, and
+//! through its express lane alone.
 
 mod common;
 
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use common::broker::Broker;
 use logstream_host::pipeline::kafka::{ensure_topics, watermarks, Outgoing, OutputProducer};
-use logstream_host::pipeline::tail::{FollowFrom, OutputTail, TailHub};
+use logstream_host::pipeline::tail::{FollowFrom, Lanes, OutputTail, TailHub};
 
 const TOPIC: &str = "tail-out";
 /// Output partitions, one unit following each.
@@ -96,6 +98,13 @@ fn catch_ups_under_load_return_exactly_the_ids_since_their_marks() {
                             let high = watermarks(brokers, TOPIC, partition).unwrap().1;
                             *mark = high / 2;
                             tail.rebase(&[follow(partition, *mark)]).unwrap();
+                        } else if round % 8 == 5 {
+                            // Back from leading, at an older checkpoint: the
+                            // hub reads the partition again from further
+                            // back, while the express lane may be reading
+                            // it for another catch-up.
+                            *mark /= 2;
+                            tail.rebase(&[follow(partition, *mark)]).unwrap();
                         }
                         let high = watermarks(brokers, TOPIC, partition).unwrap().1;
                         let highs = BTreeMap::from([(TOPIC.to_string(), high)]);
@@ -149,4 +158,69 @@ fn catch_ups_under_load_return_exactly_the_ids_since_their_marks() {
             "partition {partition} from mark {mark}"
         );
     }
+}
+
+/// Writes `count` records to each of `partitions`, numbered on from `from`.
+fn produce(brokers: &str, partitions: i32, from: i64, count: i64) {
+    let producer = OutputProducer::open_streaming(brokers).unwrap();
+    for n in from..from + count {
+        for partition in 0..partitions {
+            let id = id(partition, n);
+            producer
+                .send(&Outgoing {
+                    topic: TOPIC,
+                    partition,
+                    key: None,
+                    value: id.as_bytes(),
+                    headers: &[],
+                    id: Some(&id),
+                })
+                .unwrap();
+        }
+    }
+    producer.flush().unwrap();
+}
+
+#[test]
+fn a_catch_up_completes_through_the_express_lane_alone() {
+    const FEW: i32 = 3;
+    let broker = Broker::start();
+    ensure_topics(&broker.address, &[(TOPIC, FEW)]).unwrap();
+    // The hub's own pass takes nothing in: only the express lane can bring
+    // a catch-up to its high watermark.
+    let hub = TailHub::start_with(&broker.address, Lanes::ExpressOnly).unwrap();
+    let follow = |partition: i32, mark: i64| FollowFrom {
+        topic: TOPIC.to_string(),
+        partition,
+        mark,
+    };
+    produce(&broker.address, FEW, 0, 200);
+    let catch_up = |tail: &mut OutputTail, partition: i32| {
+        let high = watermarks(&broker.address, TOPIC, partition).unwrap().1;
+        let highs = BTreeMap::from([(TOPIC.to_string(), high)]);
+        (tail.catch_up(&highs, &|| true).unwrap(), high)
+    };
+    // Two units share partition 0 from different marks; one follows 1.
+    let mut from_start = OutputTail::open(&hub, "u0/", &[follow(0, 0)]).unwrap();
+    let mut from_middle = OutputTail::open(&hub, "u0/", &[follow(0, 120)]).unwrap();
+    let mut other = OutputTail::open(&hub, "u1/", &[follow(1, 50)]).unwrap();
+
+    let (ids, high) = catch_up(&mut from_middle, 0);
+    assert_eq!(ids, expected(0, 120, high));
+    let (ids, high) = catch_up(&mut from_start, 0);
+    assert_eq!(ids, expected(0, 0, high));
+    let (ids, high) = catch_up(&mut other, 1);
+    assert_eq!(ids, expected(1, 50, high));
+
+    // More records, and a unit back at an older checkpoint: the partition
+    // is read again from further back, in a new generation.
+    produce(&broker.address, FEW, 200, 100);
+    from_middle.rebase(&[follow(0, 30)]).unwrap();
+    let (ids, high) = catch_up(&mut from_middle, 0);
+    assert_eq!(high, 300);
+    assert_eq!(ids, expected(0, 30, 300));
+    let (ids, _) = catch_up(&mut from_start, 0);
+    assert_eq!(ids, expected(0, 0, 300));
+    let (ids, _) = catch_up(&mut other, 1);
+    assert_eq!(ids, expected(1, 50, 300));
 }

@@ -19,6 +19,14 @@
 //! re-read starts (a record from further on would make it skip the ones
 //! between: outputs it would then produce again).
 //!
+//! A takeover that waits for its partitions does not wait for the hub's
+//! pass over every followed partition: the hub's [`express`] lane, a second
+//! consumer, fetches only the partitions some catch-up waits for, from
+//! where the hub stands up to the high watermark waited for, and hands
+//! what it reads to the followers the same way. (On a broker that serves a
+//! fetch partition after partition, the hub's fetch over a thousand
+//! partitions takes seconds; the express fetch carries a handful.)
+//!
 //! Guarantees: after [`OutputTail::catch_up`] returns, the set holds every
 //! id with the unit's prefix at offsets from the current marks up to the
 //! high watermarks read at that moment; ids below the marks are never
@@ -39,6 +47,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::kafka::{self, FetchProfile, ID_HEADER};
+
+mod express;
 
 /// Bound on a catch-up that receives nothing at all: the broker is not
 /// answering. (A catch-up that receives records goes on however long.)
@@ -87,8 +97,16 @@ struct Follower {
 /// One partition the hub reads.
 #[derive(Debug, Default)]
 struct HubPartition {
-    /// The offset the consumer delivers next, as far as the hub has seen.
+    /// Every record below this offset was handed to the followers (by
+    /// either lane). Lowered only when the hub reads the partition again,
+    /// which starts a new `generation`.
     next: i64,
+    /// Which reading of the partition this is: the express lane hands on a
+    /// record only if it was assigned the partition in the same one.
+    generation: u64,
+    /// The highest high watermark a catch-up waits for on this partition:
+    /// the express lane reads it while `next` is below.
+    catch_up_to: i64,
     /// Whether the consumer has it assigned.
     assigned: bool,
     /// Whether it must be assigned again, from the lowest follower's `next`
@@ -100,6 +118,8 @@ struct HubPartition {
 #[derive(Debug, Default)]
 struct HubState {
     partitions: HashMap<PartitionKey, HubPartition>,
+    /// The generation the next (re)reading of a partition gets.
+    next_generation: u64,
     /// Some partition's assignment must change.
     pending: bool,
     /// The hub's last read error (cleared by the next record).
@@ -109,11 +129,16 @@ struct HubState {
 /// What the hub thread and the units' tails share.
 struct Hub {
     consumer: BaseConsumer,
+    /// The express lane's consumer (see [`express`]).
+    express: BaseConsumer,
     state: Mutex<HubState>,
     /// Notified when records arrive.
     arrived: Condvar,
+    /// Notified when a catch-up starts waiting for a partition.
+    wanted: Condvar,
     next_follower: AtomicU64,
     stop: AtomicBool,
+    lanes: Lanes,
 }
 
 impl Hub {
@@ -123,11 +148,30 @@ impl Hub {
     }
 }
 
+impl HubState {
+    /// A fresh generation for a partition read (again) from its `next`.
+    fn new_generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+}
+
+/// Which of the hub's lanes read (tests take one out to see the other work
+/// alone).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lanes {
+    /// The hub's pass over every followed partition and the express lane.
+    Both,
+    /// Only the express lane: a catch-up completes through it alone.
+    ExpressOnly,
+}
+
 /// The host's one reader of output partitions; see the module docs. Its
-/// thread stops when it is dropped.
+/// threads stop when it is dropped.
 pub struct TailHub {
     hub: Arc<Hub>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for TailHub {
@@ -139,31 +183,46 @@ impl std::fmt::Debug for TailHub {
 impl TailHub {
     /// A hub reading from `brokers`.
     pub fn start(brokers: &str) -> Result<Self> {
+        Self::start_with(brokers, Lanes::Both)
+    }
+
+    /// A hub reading from `brokers` through `lanes` (tests).
+    #[doc(hidden)]
+    pub fn start_with(brokers: &str, lanes: Lanes) -> Result<Self> {
         let hub = Arc::new(Hub {
             consumer: kafka::manual_consumer(brokers, Some(TAIL_PREFETCH))?,
+            express: kafka::manual_consumer(brokers, Some(express::EXPRESS_FETCH))?,
             state: Mutex::new(HubState::default()),
             arrived: Condvar::new(),
+            wanted: Condvar::new(),
             next_follower: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            lanes,
         });
-        let thread = {
-            let hub = hub.clone();
-            std::thread::Builder::new()
-                .name("output-tail".into())
-                .spawn(move || read(&hub))
-                .context("starting the output tail thread")?
+        let mut tail_hub = TailHub {
+            hub: hub.clone(),
+            threads: Vec::new(),
         };
-        Ok(TailHub {
-            hub,
-            thread: Some(thread),
-        })
+        type Lane = fn(&Hub);
+        let lanes: [(&str, Lane); 2] = [("output-tail", read), ("output-tail-fast", express::read)];
+        for (name, lane) in lanes {
+            let hub = hub.clone();
+            let thread = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || lane(&hub))
+                .with_context(|| format!("starting the {name} thread"))?;
+            // Pushed at once: dropping the hub on a later error joins it.
+            tail_hub.threads.push(thread);
+        }
+        Ok(tail_hub)
     }
 }
 
 impl Drop for TailHub {
     fn drop(&mut self) {
         self.hub.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
+        self.hub.wanted.notify_all();
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -176,6 +235,12 @@ fn read(hub: &Hub) {
         if let Err(error) = reassign(hub) {
             tracing::warn!(error = format!("{error:#}"), "output tail: reassigning");
             hub.state().error = Some(format!("{error:#}"));
+            std::thread::sleep(HUB_POLL);
+            continue;
+        }
+        if hub.lanes == Lanes::ExpressOnly {
+            // Assignments applied (the express lane waits for them), but
+            // nothing taken in.
             std::thread::sleep(HUB_POLL);
             continue;
         }
@@ -194,36 +259,12 @@ fn read(hub: &Hub) {
                     continue;
                 }
             };
-            let id = message.headers().and_then(|headers| {
-                headers
-                    .iter()
-                    .find(|h| h.key == ID_HEADER)
-                    .and_then(|h| h.value)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-            });
+            let id = id_of(&message);
             let mut state = hub.state();
             state.error = None;
             let key = (message.topic().to_string(), message.partition());
-            let Some(partition) = state.partitions.get_mut(&key) else {
-                continue;
-            };
-            let offset = message.offset();
-            if offset < partition.next {
-                // Left over from before a re-read.
-                continue;
-            }
-            partition.next = offset + 1;
-            for follower in partition.followers.values_mut() {
-                if follower.rereading || offset < follower.next {
-                    continue;
-                }
-                follower.next = offset + 1;
-                if offset < follower.mark {
-                    continue;
-                }
-                if let Some(id) = id.filter(|id| id.starts_with(&*follower.prefix)) {
-                    follower.ids.push((offset, id.to_string()));
-                }
+            if let Some(partition) = state.partitions.get_mut(&key) {
+                hand_on(partition, message.offset(), id);
             }
         }
         if taken > 0 {
@@ -232,12 +273,53 @@ fn read(hub: &Hub) {
     }
 }
 
+/// Hand the record at `offset` (with `id`, if it has one) to the
+/// partition's followers, unless it was handed on already.
+///
+/// Either lane calls this with the records of a partition in offset order,
+/// from where the partition's `next` stood when the lane was assigned it in
+/// the current generation. So every record below `next` was handed on, by
+/// one lane or the other, and one at or above it may be handed on now: the
+/// records between were handed on too, or do not exist.
+fn hand_on(partition: &mut HubPartition, offset: i64, id: Option<&str>) {
+    if offset < partition.next {
+        // The other lane was faster, or left over from before a re-read.
+        return;
+    }
+    partition.next = offset + 1;
+    for follower in partition.followers.values_mut() {
+        if follower.rereading || offset < follower.next {
+            continue;
+        }
+        follower.next = offset + 1;
+        if offset < follower.mark {
+            continue;
+        }
+        if let Some(id) = id.filter(|id| id.starts_with(&*follower.prefix)) {
+            follower.ids.push((offset, id.to_string()));
+        }
+    }
+}
+
+/// The unit id an output record carries, if any.
+fn id_of<M: Message>(message: &M) -> Option<&str> {
+    message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|h| h.key == ID_HEADER)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    })
+}
+
 /// Apply the assignment changes the followers asked for.
 fn reassign(hub: &Hub) -> Result<()> {
     let mut unassign = TopicPartitionList::new();
     let mut assign = TopicPartitionList::new();
     {
-        let mut state = hub.state();
+        let mut guard = hub.state();
+        // Borrowed whole, so that its fields can be borrowed apart.
+        let state = &mut *guard;
         if !state.pending {
             return Ok(());
         }
@@ -259,6 +341,10 @@ fn reassign(hub: &Hub) -> Result<()> {
             match partition.followers.values().map(|f| f.next).min() {
                 Some(from) => {
                     partition.next = from;
+                    // The express lane's records of the last reading are
+                    // from further on: none of them may be handed on now.
+                    state.next_generation += 1;
+                    partition.generation = state.next_generation;
                     partition.assigned = true;
                     assign
                         .add_partition_offset(&key.0, key.1, Offset::Offset(from))
@@ -323,8 +409,10 @@ impl OutputTail {
         }
         for want in partitions {
             let key = (want.topic.clone(), want.partition);
+            let generation = state.new_generation();
             let partition = state.partitions.entry(key).or_insert_with(|| HubPartition {
                 next: want.mark,
+                generation,
                 reassign: true,
                 ..HubPartition::default()
             });
@@ -403,12 +491,26 @@ impl OutputTail {
         loop {
             let mut behind = None;
             let mut now_seen = Vec::with_capacity(wanted.len());
+            let mut express_asked = false;
             for (key, &high) in self.followed.iter().zip(&wanted) {
                 let next = self.follower(&state, key)?.next;
                 now_seen.push(next);
-                if next < high && behind.is_none() {
+                if next >= high {
+                    continue;
+                }
+                if behind.is_none() {
                     behind = Some((key.clone(), next, high));
                 }
+                // Followed, so present (checked just above).
+                if let Some(partition) = state.partitions.get_mut(key) {
+                    if partition.catch_up_to < high {
+                        partition.catch_up_to = high;
+                        express_asked = true;
+                    }
+                }
+            }
+            if express_asked {
+                self.hub.wanted.notify_all();
             }
             let Some(((topic, partition), next, high)) = behind else {
                 break;
