@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use common::broker::Broker;
 use logstream_host::pipeline::kafka::{ensure_topics, watermarks, Outgoing, OutputProducer};
-use logstream_host::pipeline::tail::{FollowFrom, Lanes, OutputTail, TailHub};
+use logstream_host::pipeline::tail::{
+    FollowFrom, Lanes, OutputTail, TailHub, EXPRESS_MAX_PARTITIONS,
+};
 
 const TOPIC: &str = "tail-out";
 /// Output partitions, one unit following each.
@@ -160,15 +162,16 @@ fn catch_ups_under_load_return_exactly_the_ids_since_their_marks() {
     }
 }
 
-/// Writes `count` records to each of `partitions`, numbered on from `from`.
-fn produce(brokers: &str, partitions: i32, from: i64, count: i64) {
+/// Writes `count` records to each of `partitions` of `topic`, numbered on
+/// from `from`.
+fn produce_to(brokers: &str, topic: &str, partitions: i32, from: i64, count: i64) {
     let producer = OutputProducer::open_streaming(brokers).unwrap();
     for n in from..from + count {
         for partition in 0..partitions {
             let id = id(partition, n);
             producer
                 .send(&Outgoing {
-                    topic: TOPIC,
+                    topic,
                     partition,
                     key: None,
                     value: id.as_bytes(),
@@ -179,6 +182,10 @@ fn produce(brokers: &str, partitions: i32, from: i64, count: i64) {
         }
     }
     producer.flush().unwrap();
+}
+
+fn produce(brokers: &str, partitions: i32, from: i64, count: i64) {
+    produce_to(brokers, TOPIC, partitions, from, count)
 }
 
 #[test]
@@ -223,4 +230,42 @@ fn a_catch_up_completes_through_the_express_lane_alone() {
     assert_eq!(ids, expected(0, 0, 300));
     let (ids, _) = catch_up(&mut other, 1);
     assert_eq!(ids, expected(1, 50, 300));
+}
+
+#[test]
+fn catch_ups_beyond_the_express_lanes_width_wait_their_turn() {
+    // More partitions waited for at once than the lane reads at once (a
+    // mass takeover), each by a unit of its own.
+    const WIDE: &str = "tail-wide";
+    let partitions = EXPRESS_MAX_PARTITIONS as i32 + 36;
+    let broker = Broker::start();
+    ensure_topics(&broker.address, &[(WIDE, partitions)]).unwrap();
+    produce_to(&broker.address, WIDE, partitions, 0, 20);
+    let hub = TailHub::start_with(&broker.address, Lanes::ExpressOnly).unwrap();
+    std::thread::scope(|scope| {
+        let catch_ups: Vec<_> = (0..partitions)
+            .map(|partition| {
+                let (hub, brokers) = (&hub, &broker.address);
+                scope.spawn(move || {
+                    let mark = i64::from(partition % 7);
+                    let follow = FollowFrom {
+                        topic: WIDE.to_string(),
+                        partition,
+                        mark,
+                    };
+                    let mut tail =
+                        OutputTail::open(hub, &format!("u{partition}/"), &[follow]).unwrap();
+                    let high = watermarks(brokers, WIDE, partition).unwrap().1;
+                    let highs = BTreeMap::from([(WIDE.to_string(), high)]);
+                    let ids = tail.catch_up(&highs, &|| true).unwrap();
+                    assert_eq!(ids, expected(partition, mark, 20), "partition {partition}");
+                })
+            })
+            .collect();
+        for catch_up in catch_ups {
+            if let Err(panic) = catch_up.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
 }

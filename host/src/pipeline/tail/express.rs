@@ -7,7 +7,9 @@
 //! a partition when a catch-up waits for it (its `catch_up_to` above its
 //! `next`), from the partition's `next`, and unassigned once `next` reached
 //! `catch_up_to`, so its fetches carry the handful of partitions takeovers
-//! wait for, at the same time as the hub's.
+//! wait for, at the same time as the hub's. It reads at most
+//! [`EXPRESS_MAX_PARTITIONS`] at once, those waited for longest first; a
+//! catch-up waiting its turn is not stalled while the lane moves on.
 //!
 //! Guarantees: the lane hands on records through the same
 //! [`hand_on`](super::hand_on) as the hub, so a follower sees each record
@@ -38,6 +40,12 @@ pub(super) const EXPRESS_FETCH: FetchProfile = FetchProfile {
 /// Longest wait for records while partitions are assigned; the lane looks
 /// at what catch-ups wait for this often.
 const EXPRESS_POLL: Duration = Duration::from_millis(20);
+/// Most partitions the lane reads at once; the others wait their turn,
+/// longest waiting first. A fetch carries every assigned partition, and a
+/// broker that serves a fetch partition after partition (tansu) times out
+/// a fetch over a thousand of them: at 1,000 units with no bound, no
+/// read-back got anything for 30 s, and the takeovers failed over and over.
+pub const EXPRESS_MAX_PARTITIONS: usize = 64;
 
 /// The lane's thread: assign what catch-ups wait for, hand on what arrives.
 pub(super) fn read(hub: &Hub) {
@@ -53,6 +61,13 @@ pub(super) fn read(hub: &Hub) {
             // Start over from nothing assigned; the next round assigns
             // again what is still waited for.
             let _ = hub.express.unassign();
+            let mut state = hub.state();
+            for key in assigned.keys() {
+                if let Some(partition) = state.partitions.get_mut(key) {
+                    partition.in_express_lane = false;
+                }
+            }
+            drop(state);
             assigned.clear();
             std::thread::sleep(HUB_POLL);
             continue;
@@ -86,6 +101,7 @@ pub(super) fn read(hub: &Hub) {
             };
             let mut state = hub.state();
             state.error = None;
+            state.express_handed_on += 1;
             hand_on_in_generation(
                 &mut state,
                 &key,
@@ -129,23 +145,44 @@ fn reassign(hub: &Hub, assigned: &mut HashMap<PartitionKey, u64>) -> Result<()> 
     let mut unassign = TopicPartitionList::new();
     let mut assign = TopicPartitionList::new();
     {
-        let state = hub.state();
+        let mut state = hub.state();
         assigned.retain(|key, generation| {
-            let keep = state
-                .partitions
-                .get(key)
+            let partition = state.partitions.get_mut(key);
+            let keep = partition
+                .as_ref()
                 .is_some_and(|p| p.generation == *generation && waited_for(p));
             if !keep {
+                if let Some(partition) = partition {
+                    partition.in_express_lane = false;
+                }
                 unassign.add_partition(&key.0, key.1);
             }
             keep
         });
-        for (key, partition) in &state.partitions {
-            if waited_for(partition) && !assigned.contains_key(key) {
+        let room = EXPRESS_MAX_PARTITIONS.saturating_sub(assigned.len());
+        if room > 0 {
+            let mut queue: Vec<(u64, &PartitionKey)> = state
+                .partitions
+                .iter()
+                .filter(|(key, p)| waited_for(p) && !assigned.contains_key(*key))
+                .map(|(key, p)| (p.waited_since, key))
+                .collect();
+            queue.sort_unstable();
+            let turn: Vec<PartitionKey> = queue
+                .into_iter()
+                .take(room)
+                .map(|(_, key)| key.clone())
+                .collect();
+            for key in turn {
+                let partition = state
+                    .partitions
+                    .get_mut(&key)
+                    .expect("picked from the partitions");
+                partition.in_express_lane = true;
                 assign
                     .add_partition_offset(&key.0, key.1, Offset::Offset(partition.next))
                     .context("building the express lane's assignment")?;
-                assigned.insert(key.clone(), partition.generation);
+                assigned.insert(key, partition.generation);
             }
         }
     }

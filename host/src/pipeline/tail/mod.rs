@@ -50,6 +50,8 @@ use super::kafka::{self, FetchProfile, ID_HEADER};
 
 mod express;
 
+pub use express::EXPRESS_MAX_PARTITIONS;
+
 /// Bound on a catch-up that receives nothing at all: the broker is not
 /// answering. (A catch-up that receives records goes on however long.)
 pub const CATCH_UP_STALL_BOUND: Duration = Duration::from_secs(30);
@@ -107,6 +109,11 @@ struct HubPartition {
     /// The highest high watermark a catch-up waits for on this partition:
     /// the express lane reads it while `next` is below.
     catch_up_to: i64,
+    /// When a catch-up last started waiting for it (the hub's count of
+    /// such waits): the express lane takes the longest waiting first.
+    waited_since: u64,
+    /// Whether the express lane has it assigned (kept by the lane).
+    in_express_lane: bool,
     /// Whether the consumer has it assigned.
     assigned: bool,
     /// Whether it must be assigned again, from the lowest follower's `next`
@@ -120,6 +127,11 @@ struct HubState {
     partitions: HashMap<PartitionKey, HubPartition>,
     /// The generation the next (re)reading of a partition gets.
     next_generation: u64,
+    /// How many times a catch-up started waiting for a partition.
+    waits: u64,
+    /// How many records the express lane handed on: a catch-up queued for
+    /// the lane is not stalled while this moves.
+    express_handed_on: u64,
     /// Some partition's assignment must change.
     pending: bool,
     /// The hub's last read error (cleared by the next record).
@@ -458,8 +470,10 @@ impl OutputTail {
     /// each followed partition, asked of the broker after the previous
     /// leader was fenced — and return the ids since the marks. Goes on as
     /// long as records arrive and `keep_going` holds; fails after
-    /// [`CATCH_UP_STALL_BOUND`] without a record, or once `keep_going` is
-    /// false (what was read stays for the next attempt). A high watermark
+    /// [`CATCH_UP_STALL_BOUND`] without a record (while it waits its turn
+    /// in the express lane: without a record for any partition of the
+    /// lane), or once `keep_going` is false (what was read stays for the
+    /// next attempt). A high watermark
     /// below a mark means the topic was recreated since the checkpoint: an
     /// error naming it.
     pub fn catch_up(
@@ -488,12 +502,17 @@ impl OutputTail {
         let mut last_progress = started;
         let mut state = self.hub.state();
         let mut seen: Vec<i64> = Vec::new();
+        let mut lane_seen = state.express_handed_on;
         loop {
             let mut behind = None;
             let mut now_seen = Vec::with_capacity(wanted.len());
             let mut express_asked = false;
+            // Whether one of the partitions waited for is queued for the
+            // express lane (waiting for a free place in it).
+            let mut queued = false;
+            let state_now = &mut *state;
             for (key, &high) in self.followed.iter().zip(&wanted) {
-                let next = self.follower(&state, key)?.next;
+                let next = self.follower(state_now, key)?.next;
                 now_seen.push(next);
                 if next >= high {
                     continue;
@@ -502,11 +521,16 @@ impl OutputTail {
                     behind = Some((key.clone(), next, high));
                 }
                 // Followed, so present (checked just above).
-                if let Some(partition) = state.partitions.get_mut(key) {
+                if let Some(partition) = state_now.partitions.get_mut(key) {
                     if partition.catch_up_to < high {
+                        if partition.next >= partition.catch_up_to {
+                            state_now.waits += 1;
+                            partition.waited_since = state_now.waits;
+                        }
                         partition.catch_up_to = high;
                         express_asked = true;
                     }
+                    queued |= !partition.in_express_lane;
                 }
             }
             if express_asked {
@@ -515,7 +539,12 @@ impl OutputTail {
             let Some(((topic, partition), next, high)) = behind else {
                 break;
             };
-            if now_seen != seen {
+            // Progress: a partition waited for moved on, or, while one waits
+            // its turn in the express lane, the lane moved on (the broker
+            // answers; the queue is long).
+            let lane_moved = state.express_handed_on != lane_seen;
+            lane_seen = state.express_handed_on;
+            if now_seen != seen || (queued && lane_moved) {
                 seen = now_seen;
                 last_progress = Instant::now();
             }
