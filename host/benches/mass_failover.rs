@@ -305,6 +305,16 @@ fn main() {
     wait_until("host b to lead every unit", || {
         leaders(&store, units).iter().all(|l| *l == Some(b_pid))
     });
+    // Holding a lease is not acting yet: at a thousand units the takeovers'
+    // fences and read-backs queue at the broker for seconds after the
+    // claims. Wait until b logged every takeover done.
+    let mut b_takeovers = TakeoverLog::new(dir.path().join("host-b.log"), killed_at_ms);
+    wait_until("host b to finish every takeover", || {
+        // Read once a second: b's log grows by megabytes at a thousand
+        // units, and the bench shares the two cores with the hosts.
+        std::thread::sleep(TAKEOVER_LOG_POLL);
+        b_takeovers.read_on() >= units as usize
+    });
     // Let every partition get a few records after the takeover.
     std::thread::sleep(
         Duration::from_secs(3) + Duration::from_secs_f64(units as f64 / rate as f64) * 5,
@@ -355,7 +365,8 @@ fn main() {
         }
         per_unit_ms.extend(first);
     }
-    let mut ready_ms = takeovers_done_ms(&dir.path().join("host-b.log"), killed_at_ms);
+    b_takeovers.read_on();
+    let mut ready_ms = b_takeovers.done_ms();
     println!(
         "  after kill -9 of a: {} of {units} units produced again; per unit first output {} after the kill",
         per_unit_ms.len(),
@@ -400,17 +411,63 @@ fn sent_ms_of(value: &[u8]) -> i64 {
     value["sent_ms"].as_i64().expect("the feeder's send time")
 }
 
-/// Per takeover host b logged after `killed_at_ms`, when it was done, in ms
-/// after the kill (the log's `takeover phases` lines).
-fn takeovers_done_ms(log: &std::path::Path, killed_at_ms: i64) -> Vec<i64> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| line.contains("takeover phases:"))
-        .filter_map(|line| unix_ms_of_log_time(line.split_whitespace().next()?))
-        .filter(|&at| at > killed_at_ms)
-        .map(|at| at - killed_at_ms)
-        .collect()
+/// How often the bench reads on in host b's log while it waits.
+const TAKEOVER_LOG_POLL: Duration = Duration::from_secs(1);
+
+/// Per unit host b took over after the kill, when its first takeover since
+/// was done: the `takeover phases` lines of b's log, logged in the unit's
+/// span (`unit{unit=pt/7}: …`), read on as the log grows.
+struct TakeoverLog {
+    path: std::path::PathBuf,
+    killed_at_ms: i64,
+    /// Bytes of the log read so far (up to the last whole line).
+    read: u64,
+    first_done_ms: std::collections::HashMap<String, i64>,
+}
+
+impl TakeoverLog {
+    fn new(path: std::path::PathBuf, killed_at_ms: i64) -> Self {
+        TakeoverLog {
+            path,
+            killed_at_ms,
+            read: 0,
+            first_done_ms: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Read the lines added since the last call; how many units are done.
+    fn read_on(&mut self) -> usize {
+        use std::io::{Read, Seek};
+        let mut added = Vec::new();
+        if let Ok(mut file) = std::fs::File::open(&self.path) {
+            let _ = file.seek(std::io::SeekFrom::Start(self.read));
+            let _ = file.read_to_end(&mut added);
+        }
+        // Only whole lines; a partly written one is read next time.
+        let whole = added.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        self.read += whole as u64;
+        for line in String::from_utf8_lossy(&added[..whole]).lines() {
+            if !line.contains("takeover phases:") {
+                continue;
+            }
+            let Some(at) = line.split_whitespace().next().and_then(unix_ms_of_log_time) else {
+                continue;
+            };
+            let Some(unit) = line.split("unit=").nth(1).and_then(|s| s.split('}').next()) else {
+                continue;
+            };
+            if at > self.killed_at_ms {
+                self.first_done_ms
+                    .entry(unit.to_string())
+                    .or_insert(at - self.killed_at_ms);
+            }
+        }
+        self.first_done_ms.len()
+    }
+
+    fn done_ms(&self) -> Vec<i64> {
+        self.first_done_ms.values().copied().collect()
+    }
 }
 
 /// Unix ms of a log line's UTC time stamp (`2026-12-08T00:34:15.876769Z`).
