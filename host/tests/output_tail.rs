@@ -44,17 +44,7 @@ fn produce_rounds(brokers: &str, stop: &AtomicBool) {
     let producer = OutputProducer::open_streaming(brokers).unwrap();
     for n in 0..ROUNDS as i64 {
         for partition in 0..PARTITIONS {
-            let id = id(partition, n);
-            producer
-                .send(&Outgoing {
-                    topic: TOPIC,
-                    partition,
-                    key: None,
-                    value: id.as_bytes(),
-                    headers: &[],
-                    id: Some(&id),
-                })
-                .unwrap();
+            send_record(&producer, TOPIC, partition, n);
         }
         std::thread::sleep(Duration::from_millis(10));
         if stop.load(Ordering::Relaxed) {
@@ -168,20 +158,25 @@ fn produce_to(brokers: &str, topic: &str, partitions: i32, from: i64, count: i64
     let producer = OutputProducer::open_streaming(brokers).unwrap();
     for n in from..from + count {
         for partition in 0..partitions {
-            let id = id(partition, n);
-            producer
-                .send(&Outgoing {
-                    topic,
-                    partition,
-                    key: None,
-                    value: id.as_bytes(),
-                    headers: &[],
-                    id: Some(&id),
-                })
-                .unwrap();
+            send_record(&producer, topic, partition, n);
         }
     }
     producer.flush().unwrap();
+}
+
+/// Record `n` of `partition`, with its id in the header the hub reads.
+fn send_record(producer: &OutputProducer, topic: &str, partition: i32, n: i64) {
+    let id = id(partition, n);
+    producer
+        .send(&Outgoing {
+            topic,
+            partition,
+            key: None,
+            value: id.as_bytes(),
+            headers: &[],
+            id: Some(&id),
+        })
+        .unwrap();
 }
 
 fn produce(brokers: &str, partitions: i32, from: i64, count: i64) {

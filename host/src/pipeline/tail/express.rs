@@ -27,7 +27,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{hand_on, id_of, Hub, HubState, PartitionKey, HUB_BATCH_RECORDS, HUB_POLL};
+use super::{hand_on, id_of, take_in, Hub, HubState, PartitionKey, HUB_POLL};
 use crate::pipeline::kafka::FetchProfile;
 
 /// How the lane's consumer fetches: a catch-up waits for its answer, so
@@ -79,40 +79,20 @@ pub(super) fn read(hub: &Hub) {
             }
             continue;
         }
-        let mut wait = EXPRESS_POLL;
-        let mut taken = 0;
-        while taken < HUB_BATCH_RECORDS {
-            let Some(message) = hub.express.poll(wait) else {
-                break;
-            };
-            wait = Duration::ZERO;
-            taken += 1;
-            let message = match message {
-                Ok(message) => message,
-                Err(error) => {
-                    hub.state().error =
-                        Some(format!("reading back the output partitions: {error}"));
-                    continue;
-                }
-            };
-            let key = (message.topic().to_string(), message.partition());
-            let Some(&generation) = assigned.get(&key) else {
-                continue;
-            };
-            let mut state = hub.state();
-            state.error = None;
-            state.express_handed_on += 1;
-            hand_on_in_generation(
-                &mut state,
-                &key,
-                generation,
-                message.offset(),
-                id_of(&message),
-            );
-        }
-        if taken > 0 {
-            hub.arrived.notify_all();
-        }
+        take_in(
+            hub,
+            &hub.express,
+            EXPRESS_POLL,
+            "reading back the output partitions",
+            |state, message| {
+                let key = (message.topic().to_string(), message.partition());
+                let Some(&generation) = assigned.get(&key) else {
+                    return;
+                };
+                state.express_handed_on += 1;
+                hand_on_in_generation(state, &key, generation, message.offset(), id_of(message));
+            },
+        );
     }
 }
 

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::kafka::{self, FetchProfile, ID_HEADER};
@@ -256,32 +256,51 @@ fn read(hub: &Hub) {
             std::thread::sleep(HUB_POLL);
             continue;
         }
-        let mut wait = HUB_POLL;
-        let mut taken = 0;
-        while taken < HUB_BATCH_RECORDS {
-            let Some(message) = hub.consumer.poll(wait) else {
-                break;
-            };
-            wait = Duration::ZERO;
-            taken += 1;
-            let message = match message {
-                Ok(message) => message,
-                Err(error) => {
-                    hub.state().error = Some(format!("following the output partitions: {error}"));
-                    continue;
+        take_in(
+            hub,
+            &hub.consumer,
+            HUB_POLL,
+            "following the output partitions",
+            |state, message| {
+                let key = (message.topic().to_string(), message.partition());
+                if let Some(partition) = state.partitions.get_mut(&key) {
+                    hand_on(partition, message.offset(), id_of(message));
                 }
-            };
-            let id = id_of(&message);
-            let mut state = hub.state();
-            state.error = None;
-            let key = (message.topic().to_string(), message.partition());
-            if let Some(partition) = state.partitions.get_mut(&key) {
-                hand_on(partition, message.offset(), id);
+            },
+        );
+    }
+}
+
+/// Take in up to [`HUB_BATCH_RECORDS`] records from `consumer` (one of the
+/// hub's lanes), waiting at most `wait` for the first, and give each to
+/// `hand` under the hub's lock; an error is kept as the hub's last, saying
+/// what the lane was `doing`. Wakes the catch-ups if anything came.
+fn take_in(
+    hub: &Hub,
+    consumer: &BaseConsumer,
+    wait: Duration,
+    doing: &str,
+    mut hand: impl FnMut(&mut HubState, &BorrowedMessage<'_>),
+) {
+    let mut wait = wait;
+    let mut taken = 0;
+    while taken < HUB_BATCH_RECORDS {
+        let Some(message) = consumer.poll(wait) else {
+            break;
+        };
+        wait = Duration::ZERO;
+        taken += 1;
+        match message {
+            Ok(message) => {
+                let mut state = hub.state();
+                state.error = None;
+                hand(&mut state, &message);
             }
+            Err(error) => hub.state().error = Some(format!("{doing}: {error}")),
         }
-        if taken > 0 {
-            hub.arrived.notify_all();
-        }
+    }
+    if taken > 0 {
+        hub.arrived.notify_all();
     }
 }
 
