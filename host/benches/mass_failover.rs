@@ -80,6 +80,7 @@ fn spawn_host(
     brokers: &str,
     units: u32,
     dir: &std::path::Path,
+    log_dir: &std::path::Path,
 ) -> HostProcess {
     HostProcess(
         Command::new(logstream_bin())
@@ -102,7 +103,7 @@ fn spawn_host(
             .env("LOGSTREAM_CACHE_DIR", dir.join("cache"))
             .stdout(Stdio::null())
             .stderr(Stdio::from(
-                std::fs::File::create(dir.join(format!("host-{id}.log"))).unwrap(),
+                std::fs::File::create(log_dir.join(format!("host-{id}.log"))).unwrap(),
             ))
             .spawn()
             .unwrap(),
@@ -201,6 +202,15 @@ fn main() {
     let partitions = i32::try_from(units).unwrap();
     let broker = broker::Broker::start();
     let dir = tempfile::tempdir().unwrap();
+    // The hosts write their logs straight to `BENCH_LOG_DIR` when it is set,
+    // so that they are kept even if the bench fails.
+    let log_dir = match std::env::var("BENCH_LOG_DIR") {
+        Ok(keep) => {
+            std::fs::create_dir_all(&keep).unwrap();
+            std::path::PathBuf::from(keep)
+        }
+        Err(_) => dir.path().to_path_buf(),
+    };
     let store_url = format!("sqlite:{}", dir.path().join("store.db").display());
     kafka::ensure_topics(&broker.address, &[("in", partitions), ("out", partitions)]).unwrap();
     let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -217,13 +227,27 @@ fn main() {
     assert!(deployed.success());
     let store = SqliteStore::open(dir.path().join("store.db")).unwrap();
     let started = Instant::now();
-    let mut a = spawn_host("a", &store_url, &broker.address, units, dir.path());
+    let mut a = spawn_host(
+        "a",
+        &store_url,
+        &broker.address,
+        units,
+        dir.path(),
+        &log_dir,
+    );
     let a_pid = a.0.id();
     wait_until("host a to lead every unit", || {
         leaders(&store, units).iter().all(|l| *l == Some(a_pid))
     });
     let led_in = started.elapsed();
-    let b = spawn_host("b", &store_url, &broker.address, units, dir.path());
+    let b = spawn_host(
+        "b",
+        &store_url,
+        &broker.address,
+        units,
+        dir.path(),
+        &log_dir,
+    );
     // Passives are warm once their standbys restored the marks checkpoint
     // each unit wrote at its first takeover; give them the time it takes.
     std::thread::sleep(Duration::from_secs(5) + Duration::from_millis(20) * units);
@@ -308,7 +332,7 @@ fn main() {
     // Holding a lease is not acting yet: at a thousand units the takeovers'
     // fences and read-backs queue at the broker for seconds after the
     // claims. Wait until b logged every takeover done.
-    let mut b_takeovers = TakeoverLog::new(dir.path().join("host-b.log"), killed_at_ms);
+    let mut b_takeovers = TakeoverLog::new(log_dir.join("host-b.log"), killed_at_ms);
     wait_until("host b to finish every takeover", || {
         // Read once a second: b's log grows by megabytes at a thousand
         // units, and the bench shares the two cores with the hosts.
@@ -326,17 +350,6 @@ fn main() {
     // final read, so that its thousand units' polling does not slow the
     // broker down for the read.
     drop(b);
-    if let Ok(keep) = std::env::var("BENCH_LOG_DIR") {
-        std::fs::create_dir_all(&keep).unwrap();
-        for host in ["a", "b"] {
-            let name = format!("host-{host}.log");
-            std::fs::copy(
-                dir.path().join(&name),
-                std::path::Path::new(&keep).join(&name),
-            )
-            .unwrap();
-        }
-    }
     let mut per_unit_ms = Vec::new();
     let mut delay_ms = Vec::new();
     let mut steady_latency_ms = Vec::new();
