@@ -485,21 +485,7 @@ impl TakeoverLog {
 
 /// Unix ms of a log line's UTC time stamp (`2026-12-08T00:34:15.876769Z`).
 fn unix_ms_of_log_time(stamp: &str) -> Option<i64> {
-    let (date, time) = stamp.strip_suffix('Z')?.split_once('T')?;
-    let mut ymd = date.split('-').map(|p| p.parse::<i64>());
-    let (y, m, d) = (ymd.next()?.ok()?, ymd.next()?.ok()?, ymd.next()?.ok()?);
-    let mut hms = time.split(':');
-    let (h, min) = (
-        hms.next()?.parse::<i64>().ok()?,
-        hms.next()?.parse::<i64>().ok()?,
-    );
-    let seconds: f64 = hms.next()?.parse().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 24 + h) * 60 + min) * 60_000 + (seconds * 1000.0) as i64)
+    chrono::DateTime::parse_from_rfc3339(stamp)
+        .ok()
+        .map(|at| at.timestamp_millis())
 }
