@@ -40,13 +40,20 @@ impl StoppableThread {
             handle.thread().unpark();
         }
     }
+
+    /// Set the stop flag and wake the thread from `park_timeout`, without
+    /// waiting for it (an owner of several stops them all, then joins them
+    /// by dropping them).
+    pub fn ask_to_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.unpark();
+    }
 }
 
 impl Drop for StoppableThread {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.ask_to_stop();
         if let Some(handle) = self.handle.take() {
-            handle.thread().unpark();
             let _ = handle.join();
         }
     }

@@ -19,7 +19,7 @@
 //! assigned the partition again from there, what it reads is dropped.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -48,11 +48,11 @@ const EXPRESS_POLL: Duration = Duration::from_millis(20);
 pub const EXPRESS_MAX_PARTITIONS: usize = 64;
 
 /// The lane's thread: assign what catch-ups wait for, hand on what arrives.
-pub(super) fn read(hub: &Hub) {
+pub(super) fn read(hub: &Hub, stop: &AtomicBool) {
     // The partitions the lane's consumer has assigned, with the generation
     // of the partition's reading they were assigned in.
     let mut assigned: HashMap<PartitionKey, u64> = HashMap::new();
-    while !hub.stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) {
         if let Err(error) = reassign(hub, &mut assigned) {
             tracing::warn!(
                 error = format!("{error:#}"),
@@ -89,7 +89,7 @@ pub(super) fn read(hub: &Hub) {
                 let Some(&generation) = assigned.get(&key) else {
                     return;
                 };
-                state.express_handed_on += 1;
+                state.express_taken_in += 1;
                 hand_on_in_generation(state, &key, generation, message.offset(), id_of(message));
             },
         );

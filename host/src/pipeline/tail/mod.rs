@@ -38,7 +38,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -47,6 +46,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::kafka::{self, FetchProfile, ID_HEADER};
+use super::stoppable::StoppableThread;
 
 mod express;
 
@@ -129,9 +129,9 @@ struct HubState {
     next_generation: u64,
     /// How many times a catch-up started waiting for a partition.
     waits: u64,
-    /// How many records the express lane handed on: a catch-up queued for
-    /// the lane is not stalled while this moves.
-    express_handed_on: u64,
+    /// How many records of its partitions the express lane took in: a
+    /// catch-up queued for the lane is not stalled while this moves.
+    express_taken_in: u64,
     /// Some partition's assignment must change.
     pending: bool,
     /// The hub's last read error (cleared by the next record).
@@ -149,7 +149,6 @@ struct Hub {
     /// Notified when a catch-up starts waiting for a partition.
     wanted: Condvar,
     next_follower: AtomicU64,
-    stop: AtomicBool,
     lanes: Lanes,
 }
 
@@ -183,7 +182,7 @@ pub enum Lanes {
 /// threads stop when it is dropped.
 pub struct TailHub {
     hub: Arc<Hub>,
-    threads: Vec<JoinHandle<()>>,
+    lanes: Vec<StoppableThread>,
 }
 
 impl std::fmt::Debug for TailHub {
@@ -208,23 +207,20 @@ impl TailHub {
             arrived: Condvar::new(),
             wanted: Condvar::new(),
             next_follower: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
             lanes,
         });
         let mut tail_hub = TailHub {
             hub: hub.clone(),
-            threads: Vec::new(),
+            lanes: Vec::new(),
         };
-        type Lane = fn(&Hub);
+        type Lane = fn(&Hub, &AtomicBool);
         let lanes: [(&str, Lane); 2] = [("output-tail", read), ("output-tail-fast", express::read)];
         for (name, lane) in lanes {
             let hub = hub.clone();
-            let thread = std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || lane(&hub))
+            let thread = StoppableThread::spawn(name, move |stop| lane(&hub, stop))
                 .with_context(|| format!("starting the {name} thread"))?;
-            // Pushed at once: dropping the hub on a later error joins it.
-            tail_hub.threads.push(thread);
+            // Pushed at once: dropping the hub on a later error stops it.
+            tail_hub.lanes.push(thread);
         }
         Ok(tail_hub)
     }
@@ -232,18 +228,18 @@ impl TailHub {
 
 impl Drop for TailHub {
     fn drop(&mut self) {
-        self.hub.stop.store(true, Ordering::Relaxed);
-        self.hub.wanted.notify_all();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+        // Both lanes stop at once; dropping them afterwards joins them.
+        for lane in &self.lanes {
+            lane.ask_to_stop();
         }
+        self.hub.wanted.notify_all();
     }
 }
 
 /// The hub thread: apply assignment changes, take in records, hand their
 /// ids to the followers.
-fn read(hub: &Hub) {
-    while !hub.stop.load(Ordering::Relaxed) {
+fn read(hub: &Hub, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
         if let Err(error) = reassign(hub) {
             tracing::warn!(error = format!("{error:#}"), "output tail: reassigning");
             hub.state().error = Some(format!("{error:#}"));
@@ -521,7 +517,7 @@ impl OutputTail {
         let mut last_progress = started;
         let mut state = self.hub.state();
         let mut seen: Vec<i64> = Vec::new();
-        let mut lane_seen = state.express_handed_on;
+        let mut lane_seen = state.express_taken_in;
         loop {
             let mut behind = None;
             let mut now_seen = Vec::with_capacity(wanted.len());
@@ -561,8 +557,8 @@ impl OutputTail {
             // Progress: a partition waited for moved on, or, while one waits
             // its turn in the express lane, the lane moved on (the broker
             // answers; the queue is long).
-            let lane_moved = state.express_handed_on != lane_seen;
-            lane_seen = state.express_handed_on;
+            let lane_moved = state.express_taken_in != lane_seen;
+            lane_seen = state.express_taken_in;
             if now_seen != seen || (queued && lane_moved) {
                 seen = now_seen;
                 last_progress = Instant::now();
