@@ -5,7 +5,9 @@
 //! each, with a standby memory budget that keeps only some standbys warm.
 //! kill -9 of the host leading every unit while records flow; every unit's
 //! outputs — warm and cold standbys' alike — must equal an uninterrupted
-//! run's. Real binary, real broker, SQLite store.
+//! run's. Each host runs its 200 units on a worker pool of 4 core threads,
+//! and once idle again holds far fewer threads than units. Real binary,
+//! real broker, SQLite store.
 
 mod common;
 
@@ -25,6 +27,18 @@ const OUTPUT_PARTITIONS: i32 = 50;
 const RECORDS_PER_ROUND: u64 = 4_000;
 /// The standby budget: room for some of the 200 standbys, not all.
 const STANDBY_MEMORY_MIB: &str = "64";
+/// The core of each host's worker pool: far fewer threads than units.
+const UNIT_WORKERS: &str = "4";
+
+/// Threads of process `pid` now.
+fn threads_of(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("a thread count in /proc/PID/status")
+}
 
 /// The pid of each unit's unreleased leader.
 fn leader_pids(store: &SqliteStore) -> Vec<Option<u32>> {
@@ -66,6 +80,8 @@ fn two_hundred_units_fail_over_together_and_match_an_uninterrupted_run() {
             "2",
             "--standby-memory-mib",
             STANDBY_MEMORY_MIB,
+            "--unit-workers",
+            UNIT_WORKERS,
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -150,6 +166,21 @@ fn two_hundred_units_fail_over_together_and_match_an_uninterrupted_run() {
     wait_until("b to checkpoint every unit's records", || {
         all_checkpointed(&store, &second)
     });
+    // b runs its 200 units on its worker pool: once the takeovers and
+    // flushes are done, most extra workers they needed end (a few stay
+    // busy with the idle units' short steps), and the host holds far fewer
+    // threads than units (a thread per unit held 236).
+    let mut b_threads = 0;
+    wait_until(
+        "b's extra unit workers to end once its units are idle",
+        || {
+            let (_, body) = get(b_admin, "/status").unwrap();
+            let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+            b_threads = threads_of(b);
+            let workers = status["capacity"]["unit_workers"].as_u64().unwrap() as usize;
+            (4..UNITS as usize / 4).contains(&workers) && b_threads < UNITS as usize / 2
+        },
+    );
     hosts.stop_all();
 
     let mut counts = Counts::default();
@@ -178,6 +209,6 @@ fn two_hundred_units_fail_over_together_and_match_an_uninterrupted_run() {
         "200 units fail over together",
         "kill -9 of the host leading all 200 units of a processor (200 input partitions into 50 output partitions, 2 input fetchers per host, a 64 MiB standby budget) while 4,000 records flow",
         1,
-        &format!("the other host ({warm} warm and {cold} cold standbys) led all 200; every unit's outputs identical to an uninterrupted run"),
+        &format!("the other host ({warm} warm and {cold} cold standbys, {UNIT_WORKERS} core unit workers, {b_threads} threads once idle) led all 200; every unit's outputs identical to an uninterrupted run"),
     );
 }

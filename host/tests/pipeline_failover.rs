@@ -419,10 +419,18 @@ fn transparency_run_then(
     wait_until("every unit to checkpoint the whole input", deadline, || {
         units().iter().all(|unit| {
             let partition: i32 = unit.rsplit('/').next().unwrap().parse().unwrap();
-            checkpoint::read_current_meta(store, unit)
-                .unwrap()
-                .and_then(|m| m.offsets.get(&partition).copied())
-                == Some(highs[partition as usize])
+            // A store still recovering from the fault (etcd members just
+            // restarted) may not answer yet: not yet, rather than a failure.
+            match checkpoint::read_current_meta(store, unit) {
+                Ok(meta) => {
+                    meta.and_then(|m| m.offsets.get(&partition).copied())
+                        == Some(highs[partition as usize])
+                }
+                Err(error) => {
+                    eprintln!("reading {unit}'s checkpoint: {error}; trying again");
+                    false
+                }
+            }
         })
     });
     hosts.stop_all();

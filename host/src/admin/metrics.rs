@@ -52,6 +52,7 @@ pub struct Metrics {
     max_units: IntGauge,
     units_running: IntGauge,
     units_waiting: IntGauge,
+    unit_workers: IntGauge,
 }
 
 impl Metrics {
@@ -103,6 +104,10 @@ impl Metrics {
             units_waiting: host_gauge(
                 "logstream_units_waiting",
                 "Units of deployed processors this host does not run for lack of capacity (it does not contend for their leases).",
+            ),
+            unit_workers: host_gauge(
+                "logstream_unit_workers",
+                "Threads running this host's units (the worker pool's core, and extra workers while steps wait on the broker).",
             ),
             records_in: counter(
                 "logstream_records_in_total",
@@ -219,12 +224,14 @@ impl Metrics {
     }
 
     /// The host's unit capacity and use.
-    pub fn capacity(&self, max_units: u32, running: usize, waiting: usize) {
+    pub fn capacity(&self, max_units: u32, running: usize, waiting: usize, workers: usize) {
         self.max_units.set(i64::from(max_units));
         self.units_running
             .set(i64::try_from(running).unwrap_or(i64::MAX));
         self.units_waiting
             .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+        self.unit_workers
+            .set(i64::try_from(workers).unwrap_or(i64::MAX));
     }
 
     /// Every family in the Prometheus text exposition format.

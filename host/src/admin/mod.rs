@@ -54,8 +54,12 @@ impl Admin {
     /// The host runs `running` units of at most `max_units`; `waiting`
     /// (unit names) do not fit.
     pub fn capacity(&self, capacity: CapacityReport) {
-        self.metrics
-            .capacity(capacity.max_units, capacity.running, capacity.waiting.len());
+        self.metrics.capacity(
+            capacity.max_units,
+            capacity.running,
+            capacity.waiting.len(),
+            capacity.unit_workers,
+        );
         self.status.capacity(capacity);
     }
 

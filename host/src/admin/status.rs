@@ -122,6 +122,9 @@ pub struct CapacityReport {
     pub standby_memory_mib: u64,
     pub standby_memory_used_mib: u64,
     pub warm_standbys: usize,
+    /// Threads running the units now (the worker pool's core, and the
+    /// extra workers started while steps block).
+    pub unit_workers: usize,
     /// Units of deployed processors this host does not run for lack of
     /// room (it does not contend for their leases).
     pub waiting: Vec<String>,

@@ -74,6 +74,13 @@ pub struct HostArgs {
     #[arg(long, default_value_t = crate::pipeline::fetchers::DEFAULT_INPUT_FETCHERS)]
     pub input_fetchers: usize,
 
+    /// Worker threads that run this host's units, 1 to 1024: a unit holds
+    /// a thread only while it steps. The pool grows past this while steps
+    /// block on the broker (takeovers, flushes), up to one per unit, and
+    /// shrinks back when they are done.
+    #[arg(long, default_value_t = crate::pipeline::worker_pool::DEFAULT_UNIT_WORKERS)]
+    pub unit_workers: usize,
+
     /// How much linear memory the warm standbys of this host's passive
     /// units may hold together, in MiB; past it a passive keeps no live
     /// instance (cold: its takeover restores from the store).
@@ -148,6 +155,7 @@ pub fn run(global: &GlobalArgs, mut args: HostArgs, matches: &ArgMatches) -> Res
         },
         max_units: args.max_units,
         input_fetchers: args.input_fetchers,
+        unit_workers: args.unit_workers,
         standby_memory_mib: args.standby_memory_mib,
         cache_dir,
         admin_addr: args.admin_addr.0,
@@ -205,6 +213,7 @@ fn apply(file: HostFile, args: &mut HostArgs, matches: &ArgMatches) -> Result<()
     take!("max_output_mib", file.limits.max_output_mib => args.limits.max_output_mib);
     take!("max_units", file.limits.max_units => args.max_units);
     take!("input_fetchers", file.limits.input_fetchers => args.input_fetchers);
+    take!("unit_workers", file.limits.unit_workers => args.unit_workers);
     take!("standby_memory_mib", file.limits.standby_memory_mib => args.standby_memory_mib);
     Ok(())
 }

@@ -59,6 +59,7 @@ pub struct LimitsTable {
     pub max_output_mib: Option<u64>,
     pub max_units: Option<u32>,
     pub input_fetchers: Option<usize>,
+    pub unit_workers: Option<usize>,
     pub standby_memory_mib: Option<u64>,
 }
 
@@ -152,6 +153,7 @@ call_timeout_ms = 2000
 max_output_mib = 16
 max_units = 200
 input_fetchers = 2
+unit_workers = 3
 standby_memory_mib = 512
 "#,
         )
@@ -162,6 +164,7 @@ standby_memory_mib = 512
         assert_eq!(file.limits.max_output_mib, Some(16));
         assert_eq!(file.limits.max_units, Some(200));
         assert_eq!(file.limits.input_fetchers, Some(2));
+        assert_eq!(file.limits.unit_workers, Some(3));
         assert_eq!(file.limits.standby_memory_mib, Some(512));
     }
 

@@ -27,6 +27,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::stoppable::StoppableThread;
+use super::wake::Wake;
 use crate::store::clock::{Clock, SystemClock};
 use crate::store::election::{self, Election, ElectionEvent, ElectionTiming};
 use crate::store::{KvStore, RetryPolicy};
@@ -59,6 +60,9 @@ struct Slot {
     /// leader, was fenced, was asked to step down); its worker waits on it.
     changes: Mutex<u64>,
     changed: Condvar,
+    /// Called after every change: the unit's worker-pool job, which holds
+    /// no thread while it waits.
+    wake: Mutex<Option<Wake>>,
 }
 
 impl Slot {
@@ -71,6 +75,10 @@ impl Slot {
     fn notify(&self) {
         *self.changes.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         self.changed.notify_all();
+        let wake = self.wake.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(wake) = wake {
+            wake();
+        }
     }
 }
 
@@ -262,6 +270,7 @@ impl HostElector {
             next_round: Mutex::new(Duration::ZERO),
             changes: Mutex::new(0),
             changed: Condvar::new(),
+            wake: Mutex::new(None),
         });
         self.shared.units().insert(name.to_string(), slot.clone());
         // A new unit's first round need not wait for the next tick.
@@ -313,6 +322,13 @@ impl UnitLease {
             .slot
             .changed
             .wait_timeout_while(changes, timeout, |now| *now == seen);
+    }
+
+    /// Call `wake` after every change from now on (what
+    /// [`wait_for_change`](Self::wait_for_change) waits for), for a unit
+    /// that holds no thread while it waits.
+    pub fn on_change(&self, wake: Wake) {
+        *self.slot.wake.lock().unwrap_or_else(|p| p.into_inner()) = Some(wake);
     }
 
     /// Whether an operator asked the holder of `epoch` to step down.

@@ -33,6 +33,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::kafka::{self, BatchLimits, FetchProfile, PartitionSource};
+use super::wake::ArmedWake;
 use crate::record::LogRecord;
 
 /// Input fetchers per host, unless configured (`limits.input_fetchers`).
@@ -127,6 +128,7 @@ impl Fetchers {
             .insert(key);
         let mut reader = SharedPartitionReader {
             queue: None,
+            arrival_wake: None,
             fetcher,
             topic: topic.to_string(),
             partition,
@@ -206,6 +208,9 @@ pub struct SharedPartitionReader {
     fetcher: Arc<Fetcher>,
     /// The partition's own queue (`None` while it is being reassigned).
     queue: Option<PartitionQueue<DefaultConsumerContext>>,
+    /// Fired when a record reaches the queue empty (set on every queue the
+    /// partition is split into).
+    arrival_wake: Option<Arc<ArmedWake>>,
     topic: String,
     partition: i32,
 }
@@ -225,7 +230,7 @@ impl SharedPartitionReader {
     /// Split the partition's queue, then start fetching it at `start`.
     /// (Split first, so no record of it reaches the main queue.)
     fn assign(&mut self, start: Option<i64>) -> Result<()> {
-        let queue = self
+        let mut queue = self
             .fetcher
             .consumer
             .split_partition_queue(&self.topic, self.partition)
@@ -236,6 +241,10 @@ impl SharedPartitionReader {
                     self.partition
                 )
             })?;
+        if let Some(wake) = &self.arrival_wake {
+            let wake = wake.clone();
+            queue.set_nonempty_callback(move || wake.fire());
+        }
         self.queue = Some(queue);
         self.fetcher
             .consumer
@@ -272,6 +281,14 @@ impl PartitionSource for SharedPartitionReader {
             (&self.topic, self.partition),
             limits,
         )
+    }
+
+    fn set_arrival_wake(&mut self, wake: Arc<ArmedWake>) {
+        if let Some(queue) = &mut self.queue {
+            let fire = wake.clone();
+            queue.set_nonempty_callback(move || fire.fire());
+        }
+        self.arrival_wake = Some(wake);
     }
 }
 

@@ -17,12 +17,14 @@
 //! (`None`: the earliest), with none skipped or repeated.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 
 use super::fetchers::Fetchers;
 use super::kafka::{BatchLimits, FetchProfile, PartitionSource};
+use super::wake::ArmedWake;
 use crate::record::LogRecord;
 
 /// What the host's input fetchers fetch ahead of each unit.
@@ -191,6 +193,12 @@ impl UnitInput {
         }
         self.next = Some(record.offset + 1);
         Ok(Arrival::Next)
+    }
+
+    /// Fire `wake` when a record reaches the partition's queue empty (see
+    /// [`super::wake`]).
+    pub fn set_arrival_wake(&mut self, wake: Arc<ArmedWake>) {
+        self.reader.set_arrival_wake(wake);
     }
 
     /// The partition's high watermark as the consumer last saw it (no

@@ -9,7 +9,7 @@
 //! not; records are produced in order (one request in flight).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
@@ -22,6 +22,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::wake::ArmedWake;
 use crate::record::LogRecord;
 use crate::wasm::bindings::Header;
 
@@ -288,6 +289,10 @@ pub trait PartitionSource: Send {
     fn cached_high_watermark(&self) -> Option<i64>;
     /// A batch within `limits`.
     fn poll(&mut self, limits: BatchLimits) -> Result<Vec<LogRecord>>;
+    /// Fire `wake` whenever a record arrives in an empty queue (it is
+    /// armed by its owner; see [`super::wake`]). Sources that are polled
+    /// with a wait of their own need not.
+    fn set_arrival_wake(&mut self, _wake: Arc<ArmedWake>) {}
 }
 
 /// How much one poll takes, and how long it waits.

@@ -22,7 +22,10 @@
 //!   hot standby, takeover with output suppression, crash-only restarts;
 //!   it reaches the clock, its lease and the broker only through
 //!   [`unit::seams`], so a simulation can run the same code;
-//! - [`node`]: a host: membership, registry polling, one thread per unit.
+//! - [`worker_pool`]: the threads that run a host's units step by step
+//!   ([`wake`]: what wakes a waiting unit);
+//! - [`node`]: a host: membership, registry polling, a job per unit in the
+//!   worker pool.
 
 pub mod broker_health;
 pub mod checkpoint_watch;
@@ -41,4 +44,6 @@ pub mod standby_budget;
 pub mod stoppable;
 pub mod tail;
 pub mod unit;
+pub mod wake;
 pub mod wire;
+pub mod worker_pool;

@@ -1,7 +1,7 @@
 //! A host node (`logstream host`): settles the deployment's name, registers
 //! in the store, heartbeats, polls the registry, and runs one crash-only
-//! [`Unit`] thread per (deployed processor, input partition), whose leases
-//! one [`HostElector`] renews. On shutdown
+//! [`Unit`] per (deployed processor, input partition) as a job of its
+//! [`WorkerPool`], whose leases one [`HostElector`] renews. On shutdown
 //! every unit hands over (final checkpoint, step down) and the host
 //! deregisters.
 //!
@@ -33,7 +33,6 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -45,8 +44,9 @@ use super::heartbeat::{Duties, Heartbeat};
 use super::kafka;
 use super::shared_io::SharedIo;
 use super::standby_budget::StandbyBudget;
-use super::unit::restarts::run_with_restarts;
+use super::unit::restarts::UnitJob;
 use super::unit::{Unit, UnitSettings};
+use super::worker_pool::{TaskHandle, WorkerPool};
 use crate::admin::{Admin, AdminServer, CapacityReport};
 use crate::store::clock::SystemClock;
 use crate::store::election::ElectionTiming;
@@ -84,6 +84,9 @@ pub struct HostConfig {
     pub max_units: u32,
     /// Kafka consumers shared by all units' inputs.
     pub input_fetchers: usize,
+    /// Worker threads that run the units' steps (the pool grows past them
+    /// while steps block; see [`super::worker_pool`]).
+    pub unit_workers: usize,
     /// How much linear memory the warm standbys may hold together, in MiB.
     pub standby_memory_mib: u64,
     pub cache_dir: Option<std::path::PathBuf>,
@@ -91,10 +94,9 @@ pub struct HostConfig {
     pub admin_addr: Option<std::net::SocketAddr>,
 }
 
-/// One unit's thread.
+/// One unit's job in the host's worker pool.
 struct RunningUnit {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    job: TaskHandle,
 }
 
 /// The units of one deployed processor on this host.
@@ -117,6 +119,8 @@ impl RunningProcessor {
 
 /// What the host loop keeps between rounds.
 struct Host {
+    /// Runs every unit's steps (see [`super::worker_pool`]).
+    workers: WorkerPool,
     elector: HostElector,
     store: Arc<dyn KvStore>,
     loader: ModuleLoader,
@@ -186,7 +190,12 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
         elector: elector.clone(),
         admin: admin.clone(),
     })?;
+    // Grows past the core while steps block (takeovers, flushes), to at
+    // most a worker per unit: never fewer side by side than a thread per
+    // unit would run.
+    let workers = WorkerPool::new("unit", config.unit_workers, config.max_units as usize)?;
     let mut host = Host {
+        workers,
         elector,
         store: store.clone(),
         loader,
@@ -241,17 +250,11 @@ pub fn run(config: HostConfig, shutdown: Arc<AtomicBool>) -> Result<()> {
     }
     tracing::info!("host {incarnation} shutting down: handing over");
     // All units hand over at once: the passives' takeovers overlap.
-    let stopping: Vec<RunningProcessor> = std::mem::take(&mut host.running).into_values().collect();
-    for processor in &stopping {
-        for unit in processor.units.values() {
-            unit.stop.store(true, Ordering::Relaxed);
-        }
-    }
-    for processor in stopping {
-        for unit in processor.units.into_values() {
-            let _ = unit.thread.join();
-        }
-    }
+    let stopping: Vec<RunningUnit> = std::mem::take(&mut host.running)
+        .into_values()
+        .flat_map(|processor| processor.units.into_values())
+        .collect();
+    stop_units(stopping);
     // No heartbeat may re-register the host after it deregistered.
     drop(heartbeat);
     // The admin server stops when `_admin_server` drops, after deregistering.
@@ -423,6 +426,7 @@ impl Host {
             standby_memory_mib: budget.limit_bytes() / MIB,
             standby_memory_used_mib: warm_bytes.div_ceil(MIB),
             warm_standbys,
+            unit_workers: self.workers.workers(),
         });
     }
 
@@ -432,7 +436,6 @@ impl Host {
         module: &ProcessorModule,
         partition: i32,
     ) -> Result<RunningUnit> {
-        let stop = Arc::new(AtomicBool::new(false));
         let admin = self.admin.unit(&spec.name, partition);
         let (spec, module, store, settings, elector) = (
             spec.clone(),
@@ -441,31 +444,28 @@ impl Host {
             self.settings.clone(),
             self.elector.clone(),
         );
-        let unit_stop = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("unit-{}-{partition}", spec.name))
-            .spawn(move || {
-                let span =
-                    tracing::info_span!("unit", unit = %format!("{}/{partition}", spec.name));
-                let _entered = span.enter();
-                run_with_restarts(
-                    || {
-                        Unit::new(
-                            spec.clone(),
-                            partition,
-                            module.clone(),
-                            store.clone(),
-                            settings.clone(),
-                            Box::new(elector.join(&UnitId::new(&spec.name, partition).name())),
-                            admin.clone(),
-                        )
-                    },
-                    &unit_stop,
-                    &admin,
-                )
-            })
-            .context("starting a unit thread")?;
-        Ok(RunningUnit { stop, thread })
+        let name = UnitId::new(&spec.name, partition).name();
+        let span = tracing::info_span!("unit", unit = %format!("{}/{partition}", spec.name));
+        let job = self.workers.spawn(&name, move |waker| {
+            let unit_admin = admin.clone();
+            Box::new(UnitJob::new(
+                move || {
+                    Unit::new(
+                        spec.clone(),
+                        partition,
+                        module.clone(),
+                        store.clone(),
+                        settings.clone(),
+                        Box::new(elector.join(&UnitId::new(&spec.name, partition).name())),
+                        unit_admin.clone(),
+                    )
+                },
+                admin,
+                waker,
+                span,
+            ))
+        });
+        Ok(RunningUnit { job })
     }
 
     /// Start units for input partitions added since a processor started.
@@ -513,12 +513,13 @@ impl Host {
     }
 }
 
-/// Stop units (all at once, so their handovers overlap) and wait for them.
+/// Stop units (all at once, so their handovers overlap: the worker pool
+/// grows for them) and wait for them.
 fn stop_units(units: Vec<RunningUnit>) {
     for unit in &units {
-        unit.stop.store(true, Ordering::Relaxed);
+        unit.job.stop();
     }
     for unit in units {
-        let _ = unit.thread.join();
+        unit.job.join();
     }
 }

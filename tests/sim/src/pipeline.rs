@@ -1027,7 +1027,9 @@ impl Sim {
         let was_active = slot.as_ref().is_some_and(Unit::is_active);
         let was_paused = slot.as_ref().is_some_and(Unit::is_paused);
         let result = match slot.as_mut() {
-            Some(unit) => unit.step(),
+            // The wait the step asks for passes simulated time on this
+            // unit's thread, as a unit with a thread of its own would.
+            Some(unit) => unit.step().map(|next| unit.wait_in_place(next)),
             None => Ok(()),
         };
         let is_active = slot.as_ref().is_some_and(Unit::is_active);

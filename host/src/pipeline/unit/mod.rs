@@ -45,7 +45,7 @@ mod takeover;
 mod tests;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,7 @@ use super::fenced::ProduceError;
 use super::kafka::{is_fence_record, BatchLimits};
 use super::position::{OutputMark, Position};
 use super::standby_budget::StandbyBudget;
+use super::wake::{ArmedWake, Wake};
 use crate::admin::{BatchFigures, UnitAdmin};
 use crate::store::checkpoint::CheckpointMeta;
 use crate::store::election::ElectionTiming;
@@ -166,13 +167,37 @@ impl Role {
     }
 }
 
-/// How a unit's run ended.
-#[derive(Debug)]
-pub enum UnitExit {
-    /// Stopped on request, after handing over.
-    Stopped,
-    /// Failed; the unit's lease is released. The host starts it again.
-    Failed(anyhow::Error),
+/// What a unit waits for before its next [`step`](Unit::step). Between
+/// steps a unit holds no thread: the host's worker pool
+/// ([`super::worker_pool`]) runs its next step when the wait ends or the
+/// unit is woken (see [`Unit::set_wake`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Step again at once (more input may be there).
+    Now,
+    /// Nothing to do until the lease changes past `seen` (its change count
+    /// before the step looked at it) or `timeout` passed: a passive, or a
+    /// leader whose lease lapsed.
+    Lease { seen: u64, timeout: Duration },
+    /// A leader whose input was empty: step again when a record arrives
+    /// (the arrival wake is armed), the lease changes past `seen`, or
+    /// `timeout` passed.
+    Input { seen: u64, timeout: Duration },
+    /// Pause `timeout` before trying again (reading the input failed).
+    Backoff(Duration),
+}
+
+impl Next {
+    /// The longest a runner waits before the next step (a wake may end the
+    /// wait sooner).
+    pub fn timeout(&self) -> Duration {
+        match *self {
+            Next::Now => Duration::ZERO,
+            Next::Lease { timeout, .. } | Next::Input { timeout, .. } | Next::Backoff(timeout) => {
+                timeout
+            }
+        }
+    }
 }
 
 /// One unit; see the module docs.
@@ -192,6 +217,10 @@ pub struct Unit {
     instance_bytes: Option<u64>,
     /// The unit's place in the host's checkpoint watch, if it has one.
     watched_checkpoint: Option<WatchedCheckpoint>,
+    /// Wakes the unit when a record reaches its input while it waits for
+    /// one (`None`: its runner does not wait between steps; see
+    /// [`Unit::set_wake`]).
+    arrival_wake: Option<Arc<ArmedWake>>,
 }
 
 impl Drop for Unit {
@@ -230,28 +259,51 @@ impl Unit {
             admin,
             instance_bytes: None,
             watched_checkpoint,
+            arrival_wake: None,
         }
     }
 
-    /// Run until `stop` is set, then hand over (final checkpoint, release);
-    /// or until a step fails, then give the unit up (see [`UnitExit`]).
-    pub fn run(mut self, stop: &AtomicBool) -> UnitExit {
-        while !stop.load(Ordering::Relaxed) {
-            if let Err(error) = self.step() {
-                // Dropping `self` releases the lease.
-                return UnitExit::Failed(error);
-            }
+    /// Wake the unit through `wake` when what it waits for happens: its
+    /// lease changes, or (while it leads and its input was empty) a record
+    /// arrives. For a runner that holds no thread per unit.
+    pub fn set_wake(&mut self, wake: Wake) {
+        self.lease.on_change(wake.clone());
+        let arrival = ArmedWake::new(wake);
+        self.arrival_wake = Some(arrival.clone());
+        let links = match &mut self.role {
+            Role::Passive { links, .. } => links.as_mut(),
+            Role::Active(active) => Some(&mut active.links),
+        };
+        if let Some(links) = links {
+            links.input().set_arrival_wake(arrival);
         }
-        self.hand_over();
-        UnitExit::Stopped
+    }
+
+    /// Wait as `next` says on the calling thread, for a runner that gives
+    /// the unit a thread of its own and wakes it through nothing else (the
+    /// simulator): lease waits in [`Lease::wait_for_change`], back-offs in
+    /// the clock's sleep. An input wait returns at once: such a runner's
+    /// reader delivers what it has when polled.
+    pub fn wait_in_place(&self, next: Next) {
+        match next {
+            Next::Now | Next::Input { .. } => {}
+            Next::Lease { seen, timeout } => self.lease.wait_for_change(seen, timeout),
+            Next::Backoff(pause) => self.settings.clock.sleep(pause),
+        }
     }
 
     /// One step of the role the unit is in: a batch while active (taking
-    /// over first when the lease was just won), a standby refresh and a
-    /// wait while passive. [`run`](Self::run) calls it in a loop; the
-    /// simulator calls it directly. An error means the unit must be given
-    /// up (crash-only): drop it, which releases the lease.
-    pub fn step(&mut self) -> Result<()> {
+    /// over first when the lease was just won), a standby refresh while
+    /// passive; then what it waits for ([`Next`]). The host's worker pool
+    /// calls it (through [`restarts::UnitJob`]); the simulator calls it
+    /// directly. An error means the unit must be given up (crash-only):
+    /// drop it, which releases the lease.
+    ///
+    /// A step waits on the broker only where the protocol must: the
+    /// takeover, a flush of the batch's outputs, and a lingering batch
+    /// (`batch.linger_ms`, once records are in hand). The pool runs other
+    /// units meanwhile.
+    pub fn step(&mut self) -> Result<Next> {
         // Test hook: FAILPOINTS=unit-panic=return(UNIT) makes that unit's
         // worker panic while it leads (the crash-only tests).
         #[cfg(feature = "failpoints")]
@@ -268,20 +320,18 @@ impl Unit {
         match self.lease.acting_epoch() {
             Some(epoch) if self.lease.step_down_asked(epoch) => {
                 self.step_down(epoch);
-                Ok(())
+                Ok(Next::Now)
             }
-            Some(epoch) => self.lead(epoch),
+            Some(epoch) => self.lead(epoch, changes_seen),
             None => {
                 if let Role::Active(active) = &self.role {
                     if self.lease.held_epoch() == Some(active.epoch) {
-                        self.pause(changes_seen);
-                        return Ok(());
+                        return Ok(self.pause(changes_seen));
                     }
                     tracing::info!("not (or no longer) the acting leader; going passive");
                     self.demote();
                 }
-                self.stand_by(changes_seen);
-                Ok(())
+                Ok(self.stand_by(changes_seen))
             }
         }
     }
@@ -296,7 +346,7 @@ impl Unit {
     /// If another host claims, the round that sees it ends the held epoch
     /// and the unit demotes. Under load (a mass failover, a slow store) a
     /// missed renewal costs a pause, not a restore and a replay.
-    fn pause(&mut self, changes_seen: u64) {
+    fn pause(&mut self, changes_seen: u64) -> Next {
         if let Role::Active(active) = &mut self.role {
             if !active.paused {
                 active.paused = true;
@@ -307,18 +357,18 @@ impl Unit {
                 );
             }
         }
-        self.wait_for_lease_change(changes_seen);
+        self.wait_for_lease_change(changes_seen)
     }
 
-    /// Sleep until the lease changes (`changes_seen`: its change count
+    /// Wait until the lease changes (`changes_seen`: its change count
     /// before it was looked at) or it is time to look again: a passive or
     /// paused unit starts acting as soon as its claim or renewal commits
-    /// (the elector wakes this wait), not at the next poll.
-    fn wait_for_lease_change(&self, changes_seen: u64) {
-        self.lease.wait_for_change(
-            changes_seen,
-            self.settings.timing.heartbeat / STANDBY_WAKES_PER_HEARTBEAT,
-        );
+    /// (the elector wakes it), not at the next poll.
+    fn wait_for_lease_change(&self, changes_seen: u64) -> Next {
+        Next::Lease {
+            seen: changes_seen,
+            timeout: self.settings.timing.heartbeat / STANDBY_WAKES_PER_HEARTBEAT,
+        }
     }
 
     /// Whether the unit is active (it took over and has not demoted since).
@@ -338,7 +388,7 @@ impl Unit {
     }
 
     /// One batch as leader (taking over first if needed).
-    fn lead(&mut self, epoch: u64) -> Result<()> {
+    fn lead(&mut self, epoch: u64, changes_seen: u64) -> Result<Next> {
         if let Some(watched) = &self.watched_checkpoint {
             watched.set_following(false);
         }
@@ -346,7 +396,7 @@ impl Unit {
             self.take_over(epoch)?;
         }
         let Role::Active(active) = &mut self.role else {
-            return Ok(());
+            return Ok(Next::Now);
         };
         if active.paused {
             active.paused = false;
@@ -361,10 +411,15 @@ impl Unit {
             Duration::ZERO
         };
         let poll_started = Instant::now();
+        // Armed before the look: a record that arrives after it wakes the
+        // unit (see `pipeline::wake`).
+        if let Some(arrival) = &self.arrival_wake {
+            arrival.arm();
+        }
         let polled = active.links.input().poll_batch(BatchLimits {
             max_records: batch_settings.max_records as usize,
             max_bytes: batch_settings.max_bytes as usize,
-            wait: self.settings.timing.heartbeat / 2,
+            wait: Duration::ZERO,
             linger,
         });
         // Nothing was taken in yet, so a failed read loses nothing: keep the
@@ -386,10 +441,10 @@ impl Unit {
                         "reading the input failed; retrying every {INPUT_RETRY_BACKOFF:?} while leading"
                     );
                 }
-                self.settings.clock.sleep(INPUT_RETRY_BACKOFF);
-                return Ok(());
+                return Ok(Next::Backoff(INPUT_RETRY_BACKOFF));
             }
         };
+        let polled_nothing = records.is_empty();
         // A reader restarted at an offset delivers nothing before it; this
         // guards the exactly-once accounting should it ever do so.
         records.retain(|r| r.offset >= active.next_offset);
@@ -415,7 +470,7 @@ impl Unit {
             // (One paused past its lease after this check is refused by the
             // broker: the successor fenced its producer epoch.)
             if !self.still_acting(epoch) {
-                return Ok(());
+                return Ok(Next::Now);
             }
             let Role::Active(active) = &mut self.role else {
                 unreachable!("still acting");
@@ -442,7 +497,7 @@ impl Unit {
             }
             // Sends the held outputs and waits for the acknowledgements.
             if !self.flushed()? {
-                return Ok(());
+                return Ok(Next::Now);
             }
             let Role::Active(active) = &mut self.role else {
                 unreachable!("flushed");
@@ -479,7 +534,7 @@ impl Unit {
             }
         }
         let Role::Active(active) = &self.role else {
-            return Ok(());
+            return Ok(Next::Now);
         };
         let since_checkpoint = self
             .settings
@@ -492,7 +547,19 @@ impl Unit {
         if due {
             self.checkpoint()?;
         }
-        Ok(())
+        if polled_nothing {
+            // Woken by the next record (armed above) or a lease change; the
+            // timeout only bounds how late an idle leader looks at its
+            // checkpoint interval.
+            return Ok(Next::Input {
+                seen: changes_seen,
+                timeout: self.settings.timing.heartbeat / 2,
+            });
+        }
+        // A full batch leaves more behind; a partial one drained the queue,
+        // but records may have arrived while it was processed: look again
+        // either way (an empty look then waits).
+        Ok(Next::Now)
     }
 
     /// Send the held outputs and wait for the broker; `false` (and passive)
@@ -533,7 +600,7 @@ impl Unit {
     /// Passive: keep the standby fresh and the connections reading, then
     /// sleep until the lease changes (`changes_seen`: the lease's change
     /// count before it was looked at) or it is time to read again.
-    fn stand_by(&mut self, changes_seen: u64) {
+    fn stand_by(&mut self, changes_seen: u64) -> Next {
         let now = self.settings.clock.now();
         let watched = self.watched_checkpoint.as_ref().map(|w| {
             w.set_following(true);
@@ -577,7 +644,7 @@ impl Unit {
             }
         }
         let Role::Passive { links, .. } = &mut self.role else {
-            return;
+            return Next::Now;
         };
         if let Some(open) = links {
             if let Err(error) = open.follow() {
@@ -588,7 +655,7 @@ impl Unit {
                 *links = None;
             }
         }
-        self.wait_for_lease_change(changes_seen);
+        self.wait_for_lease_change(changes_seen)
     }
 
     fn demote(&mut self) {

@@ -23,13 +23,18 @@
 //! simulated implementation must keep the same contract (the simulator's
 //! models cite the systems whose semantics they follow).
 //!
-//! The calls block, as today's unit does. A simulation runs each simulated
-//! unit on a thread of its own and decides which one runs next at every
-//! call through a seam, so it interleaves units at every I/O step, not only
-//! between batches. Wall-clock durations that only reach logs and metrics
+//! The calls block while they talk to the broker or the store; the waits
+//! between steps are the runner's ([`Next`](super::Next)): the host's
+//! worker pool wakes a unit through [`Lease::on_change`] and
+//! [`InputReader::set_arrival_wake`], a simulation waits in place
+//! ([`Unit::wait_in_place`](super::Unit::wait_in_place)). A simulation runs
+//! each simulated unit on a thread of its own and decides which one runs
+//! next at every call through a seam, so it interleaves units at every I/O
+//! step, not only between batches. Wall-clock durations that only reach logs and metrics
 //! (phase timings) are not read through the clock: they decide nothing.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -42,6 +47,7 @@ use crate::pipeline::links::UnitLinks;
 use crate::pipeline::position::{OutputMark, Position};
 use crate::pipeline::record_batch::ProducerIdentity;
 use crate::pipeline::shared_io::SharedIo;
+use crate::pipeline::wake::{ArmedWake, Wake};
 use crate::record::LogRecord;
 use crate::store::clock::{Clock, ManualClock, SystemClock};
 use crate::store::registry::ProcessorSpec;
@@ -83,6 +89,10 @@ pub trait Lease: Send {
     fn step_down_asked(&self, epoch: u64) -> bool;
     /// Release the held epoch (`only`: if it is that one).
     fn release(&self, only: Option<u64>);
+    /// Call `wake` after every change (as [`wait_for_change`](Self::wait_for_change)
+    /// would return): a unit that holds no thread while it waits. Leases
+    /// whose units wait in `wait_for_change` need not.
+    fn on_change(&self, _wake: Wake) {}
 }
 
 impl Lease for UnitLease {
@@ -104,6 +114,9 @@ impl Lease for UnitLease {
     fn release(&self, only: Option<u64>) {
         UnitLease::release(self, only)
     }
+    fn on_change(&self, wake: Wake) {
+        UnitLease::on_change(self, wake)
+    }
 }
 
 /// A unit's reader of its input partition; see [`UnitInput`].
@@ -112,6 +125,9 @@ pub trait InputReader: Send {
     fn poll_batch(&mut self, limits: BatchLimits) -> Result<Vec<LogRecord>>;
     /// The partition's high watermark as last fetched, if known.
     fn cached_high_watermark(&self) -> Option<i64>;
+    /// Fire `wake` when a record reaches the reader empty (see
+    /// [`crate::pipeline::wake`]). Readers whose `poll_batch` waits need not.
+    fn set_arrival_wake(&mut self, _wake: Arc<ArmedWake>) {}
 }
 
 impl InputReader for UnitInput {
@@ -120,6 +136,9 @@ impl InputReader for UnitInput {
     }
     fn cached_high_watermark(&self) -> Option<i64> {
         UnitInput::cached_high_watermark(self)
+    }
+    fn set_arrival_wake(&mut self, wake: Arc<ArmedWake>) {
+        UnitInput::set_arrival_wake(self, wake)
     }
 }
 

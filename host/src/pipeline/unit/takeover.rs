@@ -197,13 +197,19 @@ impl Unit {
                 links.rebase(position)?;
                 Ok(links)
             }
-            None => self.settings.io.open(
-                &self.spec,
-                self.id.partition(),
-                &self.id.transactional_id(&self.settings.deployment, 0),
-                &self.id.id_prefix(&self.settings.deployment),
-                position,
-            ),
+            None => {
+                let mut links = self.settings.io.open(
+                    &self.spec,
+                    self.id.partition(),
+                    &self.id.transactional_id(&self.settings.deployment, 0),
+                    &self.id.id_prefix(&self.settings.deployment),
+                    position,
+                )?;
+                if let Some(arrival) = &self.arrival_wake {
+                    links.input().set_arrival_wake(arrival.clone());
+                }
+                Ok(links)
+            }
         }
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::seams::{InputReader, Lease, OutputProducer, UnitIo, UnitIoFactory};
-use super::{Unit, UnitSettings};
+use super::{Next, Unit, UnitSettings};
 use crate::admin::Admin;
 use crate::pipeline::fenced::{ProduceError, TopicPartition};
 use crate::pipeline::kafka::{BatchLimits, Outgoing};
@@ -677,4 +677,40 @@ fn a_paused_leader_whose_lease_another_host_claimed_goes_passive() {
     world.run_to_end(&mut b);
     assert_exactly_once(&world, &world.output_ids());
     assert_eq!(fence_records(&world), 2, "b took over");
+}
+
+/// What the worker pool reads from each step: a passive waits for its
+/// lease, a leader with records steps again at once, and a leader that
+/// drained its input waits for the next record (or its lease).
+#[test]
+fn a_step_says_what_the_unit_waits_for() {
+    let world = World::new();
+    let lease = ScriptedLease::default();
+    let mut passive = world.unit("b", u64::MAX, &lease);
+    assert!(
+        matches!(passive.step().unwrap(), Next::Lease { .. }),
+        "a passive waits for its lease"
+    );
+
+    let (mut leader, _lease) = world.leader("a", 1, u64::MAX);
+    let mut steps = Vec::new();
+    for _ in 0..MAX_STEPS {
+        let next = leader.step().unwrap();
+        steps.push(next);
+        if next != Next::Now {
+            break;
+        }
+    }
+    assert_eq!(world.output_ids().len() as i64, INPUT_RECORDS);
+    // A batch of BATCH_RECORDS per step, then one look that finds nothing.
+    let batches = (INPUT_RECORDS as usize).div_ceil(BATCH_RECORDS as usize);
+    assert_eq!(steps.len(), batches + 1, "{steps:?}");
+    assert!(
+        steps[..batches].iter().all(|s| *s == Next::Now),
+        "{steps:?}"
+    );
+    assert!(
+        matches!(steps[batches], Next::Input { .. }),
+        "a drained leader waits for input: {steps:?}"
+    );
 }
