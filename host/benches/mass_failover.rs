@@ -359,9 +359,19 @@ fn main() {
         let mut next = 0;
         let mut first = None;
         while next < high && first.is_none() {
-            let batch = reader
-                .poll_batch(10_000, 64 << 20, Duration::from_secs(1), Duration::ZERO)
-                .unwrap();
+            let started = Instant::now();
+            let batch = loop {
+                match reader.poll_batch(10_000, 64 << 20, Duration::from_secs(1), Duration::ZERO) {
+                    Ok(batch) => break batch,
+                    // The broker, still loaded after the failover, may
+                    // refuse a fetch now and then.
+                    Err(error) if started.elapsed() < WATERMARK_RETRY_BOUND => {
+                        eprintln!("reading out/{partition}: {error:#}; retrying");
+                        std::thread::sleep(WATERMARK_RETRY_PAUSE);
+                    }
+                    Err(error) => panic!("reading out/{partition}: {error:#}"),
+                }
+            };
             next = batch.last().map_or(next, |r| r.offset + 1);
             for record in batch.iter().filter(|r| !is_fence_record(r)) {
                 let sent_ms = sent_ms_of(&record.value);

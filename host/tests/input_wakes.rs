@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::broker::Broker;
+use common::broker::{produce_values, Broker};
 use logstream_host::pipeline::fetchers::Fetchers;
 use logstream_host::pipeline::input::{UnitInput, INPUT_PREFETCH};
-use logstream_host::pipeline::kafka::{ensure_topics, BatchLimits, Outgoing, OutputProducer};
+use logstream_host::pipeline::kafka::{ensure_topics, BatchLimits};
 use logstream_host::pipeline::wake::ArmedWake;
 
 const TOPIC: &str = "wake-in";
@@ -23,18 +23,7 @@ const TOPIC: &str = "wake-in";
 const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 
 fn produce(brokers: &str, value: &str) {
-    let producer = OutputProducer::open_streaming(brokers).unwrap();
-    producer
-        .send(&Outgoing {
-            topic: TOPIC,
-            partition: 0,
-            key: None,
-            value: value.as_bytes(),
-            headers: &[],
-            id: None,
-        })
-        .unwrap();
-    producer.flush().unwrap();
+    produce_values(brokers, TOPIC, 0, &[value]);
 }
 
 /// Polls nothing but what is there: the way a pooled unit looks.

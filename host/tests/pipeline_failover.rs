@@ -1196,20 +1196,7 @@ fn a_poison_record_goes_to_the_dead_letter_topic_and_the_partition_keeps_flowing
     hosts.start("a");
 
     let values = ["a", "trap", "open-file /etc/hostname", "b"];
-    let producer = kafka::OutputProducer::open_streaming(&broker.address).unwrap();
-    for value in values {
-        producer
-            .send(&kafka::Outgoing {
-                topic: "mb-in",
-                partition: 0,
-                key: None,
-                value: value.as_bytes(),
-                headers: &[],
-                id: None,
-            })
-            .unwrap();
-    }
-    producer.flush().unwrap();
+    common::broker::produce_values(&broker.address, "mb-in", 0, &values);
 
     let store = SqliteStore::open(&store_path).unwrap();
     wait_until("the unit to checkpoint past every record", deadline, || {

@@ -702,11 +702,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn steps_that_block_get_extra_workers_beside_them() {
-        // One core worker: four steps that each block until all four run
-        // can only finish if the pool starts workers for them.
-        let pool = WorkerPool::new("test", 1, 8).unwrap();
+    /// Four steps that each block until all four run side by side: they
+    /// finish only if the pool runs them on four workers at once.
+    fn block_four_side_by_side(pool: &WorkerPool) {
         let met = Arc::new((Mutex::new(0), Condvar::new()));
         let all_met = Arc::new(AtomicUsize::new(0));
         let handles: Vec<_> = (0..4)
@@ -726,6 +724,14 @@ mod tests {
         assert!(pool.workers() >= 4, "{} workers", pool.workers());
     }
 
+    #[test]
+    fn steps_that_block_get_extra_workers_beside_them() {
+        // One core worker: four steps that each block until all four run
+        // can only finish if the pool starts workers for them.
+        let pool = WorkerPool::new("test", 1, 8).unwrap();
+        block_four_side_by_side(&pool);
+    }
+
     /// Steps again and again, each step short: steady light work.
     struct Ticker;
 
@@ -742,22 +748,7 @@ mod tests {
     #[test]
     fn extra_workers_end_under_steady_light_work() {
         let pool = WorkerPool::with_keep_alive("test", 1, 8, Duration::from_millis(100)).unwrap();
-        let met = Arc::new((Mutex::new(0), Condvar::new()));
-        let all_met = Arc::new(AtomicUsize::new(0));
-        let blocked: Vec<_> = (0..4)
-            .map(|_| {
-                let job = Rendezvous {
-                    met: met.clone(),
-                    count: 4,
-                    all_met: all_met.clone(),
-                };
-                pool.spawn("blocked", |_| Box::new(job))
-            })
-            .collect();
-        for handle in &blocked {
-            handle.join();
-        }
-        assert!(pool.workers() >= 4, "{} workers", pool.workers());
+        block_four_side_by_side(&pool);
         // Light work keeps coming: work goes to the most recently idle
         // worker, so the others stay idle past their keep-alive and end
         // (handed round-robin, every one of them would stay busy enough).

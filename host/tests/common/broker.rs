@@ -155,3 +155,25 @@ impl Drop for Broker {
         let _ = self.child.wait();
     }
 }
+
+/// Produce `values` to `topic`/`partition` in order (no key, no headers),
+/// and wait until the broker acknowledged them.
+// Not every bench that includes this file produces.
+#[allow(dead_code)]
+pub fn produce_values(brokers: &str, topic: &str, partition: i32, values: &[&str]) {
+    use logstream_host::pipeline::kafka::{Outgoing, OutputProducer};
+    let producer = OutputProducer::open_streaming(brokers).unwrap();
+    for value in values {
+        producer
+            .send(&Outgoing {
+                topic,
+                partition,
+                key: None,
+                value: value.as_bytes(),
+                headers: &[],
+                id: None,
+            })
+            .unwrap();
+    }
+    producer.flush().unwrap();
+}
