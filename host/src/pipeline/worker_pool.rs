@@ -8,9 +8,12 @@
 //! The pool keeps `core` workers. A step may still block (a flush waits for
 //! the broker's acknowledgements, a takeover for its read-back), so when a
 //! ready job has waited [`SPAWN_AFTER`], no worker is free and some step
-//! has run past [`BLOCKED_AFTER`], the pool starts a worker in place of
-//! each blocked one, up to `max`; a worker beyond the core that finds
-//! nothing to do for [`EXTRA_WORKER_KEEP_ALIVE`] ends. So an idle host runs
+//! has run past [`BLOCKED_AFTER`], the pool starts up to one worker per
+//! such step — again at every look (every 2 ms) while jobs still wait, so a
+//! mass takeover ramps up fast — to at most `max`; a worker beyond the
+//! core that finds nothing to do for [`EXTRA_WORKER_KEEP_ALIVE`] ends. Idle
+//! workers are handed work most recently idle first, so under steady light
+//! work the others stay idle and end. So an idle host runs
 //! its units on the core workers, and a mass takeover still runs its
 //! takeovers side by side (Go's scheduler hands a blocked thread's work to
 //! another the same way; tokio's blocking pool grows and shrinks so).
