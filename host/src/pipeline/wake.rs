@@ -9,7 +9,10 @@
 //!   schedule, or a leader busy with a batch), arrivals cost nothing.
 //!
 //! Guarantee: arming before looking at the input loses no wake-up — a
-//! record that arrives after the look fires the armed wake.
+//! record that arrives after the look fires the armed wake. A wake may
+//! also come with no record: librdkafka's partition queue carries events
+//! too, and any of them reaching the queue empty fires the callback. A
+//! woken unit that finds nothing arms again and waits (one extra step).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
