@@ -25,7 +25,9 @@
 //! takeover phase lines say where each unit's failover time went),
 //! `LOGSTREAM_LOG` (the hosts' log filter, default `info`; e.g.
 //! `info,logstream_host::pipeline::tail=debug` adds each read-back's wait),
-//! `TANSU_STORAGE` (the broker's storage, default SQLite).
+//! `TANSU_STORAGE` (the broker's storage, default SQLite), `STOP` (`kill`:
+//! kill -9 of host a, the default; `term`: SIGTERM, a graceful handover of
+//! every unit).
 
 #[path = "../tests/common/broker.rs"]
 mod broker;
@@ -199,6 +201,14 @@ fn main() {
     let units: u32 = env_or("UNITS", 100);
     let rate: u64 = env_or("RATE", 2_000);
     let idle = Duration::from_secs(env_or("IDLE_SECONDS", 5));
+    let graceful = match std::env::var("STOP").as_deref() {
+        Ok("term") => true,
+        Ok("kill") | Err(_) => false,
+        Ok(other) => {
+            panic!("STOP is {other}; it must be kill (kill -9, the default) or term (SIGTERM)")
+        }
+    };
+    let stop_name = if graceful { "SIGTERM" } else { "kill -9" };
     let partitions = i32::try_from(units).unwrap();
     let broker = broker::Broker::start();
     let dir = tempfile::tempdir().unwrap();
@@ -323,7 +333,15 @@ fn main() {
     };
     std::thread::sleep(Duration::from_secs(5));
     let killed_at_ms = (unix_micros() / 1000) as i64;
-    a.0.kill().unwrap();
+    if graceful {
+        // SIGTERM: a hands every unit over (final checkpoint, release) and
+        // exits; b claims each released lease at once.
+        // SAFETY: kill(2) with a child's pid and a signal number.
+        let sent = unsafe { libc::kill(a.0.id() as i32, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM to host a");
+    } else {
+        a.0.kill().unwrap();
+    }
     a.0.wait().unwrap();
     let b_pid = b.0.id();
     wait_until("host b to lead every unit", || {
@@ -391,7 +409,7 @@ fn main() {
     b_takeovers.read_on();
     let mut ready_ms = b_takeovers.done_ms();
     println!(
-        "  after kill -9 of a: {} of {units} units produced again; per unit first output {} after the kill",
+        "  after {stop_name} of a: {} of {units} units produced again; per unit first output {} after the kill",
         per_unit_ms.len(),
         spread(&mut per_unit_ms),
     );
