@@ -735,7 +735,7 @@ mod tests {
         block_four_side_by_side(&pool);
     }
 
-    /// Steps again and again, each step short: steady light work.
+    /// Steps every 20 ms, each step short: steady light work.
     struct Ticker;
 
     impl Job for Ticker {
@@ -743,7 +743,7 @@ mod tests {
             if stopping {
                 JobNext::Done
             } else {
-                JobNext::Wait(Duration::from_millis(1))
+                JobNext::Wait(Duration::from_millis(20))
             }
         }
     }
@@ -752,10 +752,14 @@ mod tests {
     fn extra_workers_end_under_steady_light_work() {
         let pool = WorkerPool::with_keep_alive("test", 1, 8, Duration::from_millis(100)).unwrap();
         block_four_side_by_side(&pool);
+        let peak = pool.workers();
         // Light work keeps coming: work goes to the most recently idle
         // worker, so the others stay idle past their keep-alive and end
         // (handed round-robin, every one of them would stay busy enough).
-        let tickers: Vec<_> = (0..2)
+        // (On a loaded machine a ready tick may wait past SPAWN_AFTER, and
+        // the pool then wakes a second idle worker: at most the core and
+        // one extra stay busy.)
+        let tickers: Vec<_> = (0..1)
             .map(|_| pool.spawn("ticker", |_| Box::new(Ticker)))
             .collect();
         let started = Instant::now();
@@ -767,7 +771,10 @@ mod tests {
             ticker.stop();
             ticker.join();
         }
-        assert!(workers <= 2, "{workers} workers still running");
+        assert!(
+            workers <= 2,
+            "{workers} workers still running of {peak} at the peak"
+        );
     }
 
     struct Panics;
