@@ -230,7 +230,7 @@ impl SharedPartitionReader {
     /// Split the partition's queue, then start fetching it at `start`.
     /// (Split first, so no record of it reaches the main queue.)
     fn assign(&mut self, start: Option<i64>) -> Result<()> {
-        let mut queue = self
+        let queue = self
             .fetcher
             .consumer
             .split_partition_queue(&self.topic, self.partition)
@@ -241,15 +241,21 @@ impl SharedPartitionReader {
                     self.partition
                 )
             })?;
-        if let Some(wake) = &self.arrival_wake {
-            let wake = wake.clone();
-            queue.set_nonempty_callback(move || wake.fire());
-        }
         self.queue = Some(queue);
+        self.fire_on_arrival();
         self.fetcher
             .consumer
             .incremental_assign(&self.assignment(start)?)
             .with_context(|| format!("assigning {}/{}", self.topic, self.partition))
+    }
+
+    /// Have the partition's current queue fire the arrival wake, if there
+    /// are both (every queue split for the partition needs it anew).
+    fn fire_on_arrival(&mut self) {
+        if let (Some(queue), Some(wake)) = (&mut self.queue, &self.arrival_wake) {
+            let wake = wake.clone();
+            queue.set_nonempty_callback(move || wake.fire());
+        }
     }
 
     fn unassign(&mut self) -> Result<()> {
@@ -284,11 +290,8 @@ impl PartitionSource for SharedPartitionReader {
     }
 
     fn set_arrival_wake(&mut self, wake: Arc<ArmedWake>) {
-        if let Some(queue) = &mut self.queue {
-            let fire = wake.clone();
-            queue.set_nonempty_callback(move || fire.fire());
-        }
         self.arrival_wake = Some(wake);
+        self.fire_on_arrival();
     }
 }
 
